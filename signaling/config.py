@@ -1,0 +1,115 @@
+"""Settings: built-in defaults, then a TOML file, then ANRUF_* environment, then flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    #: SQLAlchemy URL; empty means an SQLite file in data_dir.
+    database_url: str = ""
+    #: Region used to read numbers written in national format.
+    default_region: str = "DE"
+
+    # Verification codes
+    code_ttl: float = 300.0
+    code_attempts: int = 5
+    code_sends_per_hour: int = 5
+    #: Numbers starting with this E.164 prefix verify with test_code and get no SMS.
+    test_number_prefix: str = ""
+    test_code: str = ""
+    sms_sender: str = "console"
+
+    # Calls
+    ring_timeout: float = 45.0
+    #: How long a call waits for a device whose WebSocket dropped.
+    reconnect_grace: float = 10.0
+    media_timeout: float = 20.0
+
+    # Media relay: which address ICE binds and announces (never the wildcard).
+    media_bind_address: str = "127.0.0.1"
+    media_announce_address: str = ""
+    #: STUN/TURN URLs for the relay; empty on loopback. Never a public default.
+    ice_servers: tuple[str, ...] = ()
+
+    # WebSocket limits
+    ws_max_message_bytes: int = 64 * 1024
+    ws_messages_per_second: float = 20.0
+    ws_message_burst: int = 40
+    ws_heartbeat: float = 20.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'anruf.sqlite3'}"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind_name in ("int",):
+            return int(value)
+        if kind_name in ("float",):
+            return float(value)
+        if kind_name == "Path":
+            return Path(value)
+        if kind_name.startswith("tuple"):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: {value!r} is not a valid {kind_name}") from exc
+
+
+def load_config(
+    file: Path | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults < file (TOML) < ANRUF_* environment < explicit overrides (flags)."""
+    environ = dict(os.environ) if environ is None else environ
+    known = {f.name: f.type for f in fields(Config)}
+    values: dict[str, Any] = {}
+    if file is None and environ.get("ANRUF_CONFIG"):
+        file = Path(environ["ANRUF_CONFIG"])
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {file}: {exc}") from exc
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"config file {file}: unknown setting {key!r}")
+            values[key] = _coerce(key, known[key], value)
+    for key, kind in known.items():
+        env_value = environ.get(f"ANRUF_{key.upper()}")
+        if env_value is not None:
+            values[key] = _coerce(key, kind, env_value)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, known[key], value)
+    return Config(**values)
+
+
+__all__ = ["Config", "ConfigError", "load_config"]

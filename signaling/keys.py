@@ -1,0 +1,24 @@
+"""Typed application keys: how handlers reach the services built by create_app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from signaling.calls.service import CallService
+    from signaling.config import Config
+    from signaling.identity.service import IdentityService
+    from signaling.metrics import Metrics
+    from signaling.store.cdrs import CallRecordStore
+    from signaling.store.database import Database
+    from voice.relay.relay import Relay
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+DATABASE: web.AppKey[Database] = web.AppKey("database")
+IDENTITY: web.AppKey[IdentityService] = web.AppKey("identity")
+CDRS: web.AppKey[CallRecordStore] = web.AppKey("cdrs")
+RELAY: web.AppKey[Relay] = web.AppKey("relay")
+CALLS: web.AppKey[CallService] = web.AppKey("calls")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

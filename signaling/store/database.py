@@ -1,0 +1,121 @@
+"""The database handle: one async engine, the schema, and write transactions.
+
+SQLite (``sqlite+aiosqlite:///path``) is the embedded default: WAL journal,
+``synchronous=FULL`` so a committed transaction survives a power cut, foreign
+keys on, and a busy timeout. PostgreSQL (``postgresql+asyncpg://...``) is
+used when several nodes share one database.
+
+Every write goes through :meth:`Database.transaction`, which commits before
+returning, so anything acknowledged to a client is on disk. SQLite allows one
+writer at a time; the transaction lock serialises this process's writers so
+they queue in asyncio instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from signaling.store.schema import metadata
+
+log = logging.getLogger("anruf.store")
+
+#: Seconds SQLite waits for a lock held by another process before failing.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str) -> Database:
+        """Connect to ``url`` and create any missing tables."""
+        parsed = make_url(url)
+        kwargs: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            path = parsed.database or ""
+            if path and path != ":memory:" and not path.startswith("file:"):
+                await asyncio.to_thread(_make_parent_dir, path)
+            else:
+                # An in-memory database exists only on its one connection.
+                kwargs["poolclass"] = StaticPool
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = create_async_engine(parsed, **kwargs)
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine)
+        db = cls(engine)
+        try:
+            async with db.transaction() as conn:
+                await conn.run_sync(metadata.create_all)
+        except BaseException:
+            await engine.dispose()
+            raise
+        log.info("database open: %s", parsed.render_as_string(hide_password=True))
+        return db
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed on normal exit, rolled back on error."""
+        if self.is_sqlite:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads (WAL lets SQLite readers run beside the writer)."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer ``SELECT 1``."""
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _make_parent_dir(path: str) -> None:
+    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin
+        # (the pysqlite driver otherwise defers BEGIN and breaks atomicity).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+__all__ = ["Database"]

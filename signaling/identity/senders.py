@@ -1,0 +1,40 @@
+"""Delivery of verification codes (SMS in production, a log line in development)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+sms_log = logging.getLogger("anruf.sms")
+
+
+class CodeSender(Protocol):
+    """Delivers a verification code to a number. Raise to report failure."""
+
+    async def send(self, number: str, code: str) -> None: ...
+
+
+class ConsoleSender:
+    """Writes the code to the ``anruf.sms`` log instead of sending an SMS.
+
+    For development and tests only: the code appears in the server log.
+    """
+
+    async def send(self, number: str, code: str) -> None:
+        sms_log.info("verification code for %s: %s", number, code)
+
+
+_SENDERS: dict[str, type[ConsoleSender]] = {"console": ConsoleSender}
+
+
+def make_sender(name: str) -> CodeSender:
+    """The sender configured as ``Config.sms_sender``; ValueError if unknown."""
+    try:
+        factory = _SENDERS[name]
+    except KeyError:
+        known = ", ".join(sorted(_SENDERS))
+        raise ValueError(f"unknown SMS sender {name!r} (known: {known})") from None
+    return factory()
+
+
+__all__ = ["CodeSender", "ConsoleSender", "make_sender"]

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from signaling.config import Config
     from signaling.identity.service import IdentityService
     from signaling.metrics import Metrics
+    from signaling.presence import Presence
     from signaling.store.cdrs import CallRecordStore
     from signaling.store.database import Database
     from voice.relay.relay import Relay
@@ -22,3 +23,4 @@ CDRS: web.AppKey[CallRecordStore] = web.AppKey("cdrs")
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
 CALLS: web.AppKey[CallService] = web.AppKey("calls")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+PRESENCE: web.AppKey[Presence] = web.AppKey("presence")

@@ -1,0 +1,105 @@
+"""The composition root: create_app(config) builds and wires every part."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, web
+
+from signaling.api import rest
+from signaling.api.problems import problem_middleware
+from signaling.calls.service import CallService
+from signaling.config import Config
+from signaling.identity.service import Device, IdentityService, make_sender
+from signaling.keys import CALLS, CDRS, CONFIG, DATABASE, IDENTITY, METRICS, PRESENCE, RELAY
+from signaling.metrics import Metrics, metrics_handler
+from signaling.presence import Presence
+from signaling.store.cdrs import CallRecordStore
+from signaling.store.database import Database
+from signaling.ws import close_device, websocket
+from voice.ice import restrict_host_addresses
+from voice.relay.relay import Relay
+
+logger = logging.getLogger("anruf")
+
+ROUTES = [
+    web.post("/v1/verification", rest.request_code),
+    web.post("/v1/devices", rest.register_device),
+    web.get("/v1/devices", rest.list_devices),
+    web.delete("/v1/devices/{device_id}", rest.revoke_device),
+    web.post("/v1/contacts/discover", rest.discover_contacts),
+    web.get("/v1/calls", rest.call_history),
+    web.get("/v1/ws", websocket),
+    web.get("/healthz", rest.healthz),
+    web.get("/metrics", metrics_handler),
+]
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware], client_max_size=256 * 1024)
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[PRESENCE] = Presence()
+    app.add_routes(ROUTES)
+    app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_media)
+    app.cleanup_ctx.append(_calls)
+    app.on_shutdown.append(_close_websockets)
+    return app
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    database = await Database.open(config.resolved_database_url)
+    app[DATABASE] = database
+    app[IDENTITY] = IdentityService(database, config, make_sender(config.sms_sender))
+    app[CDRS] = CallRecordStore(database)
+
+    def revoked(device: Device) -> None:
+        asyncio.get_running_loop().create_task(close_device(app, device))
+
+    app[IDENTITY].on_revoked(revoked)
+    yield
+    await database.close()
+
+
+async def _media(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    restrict_host_addresses([config.media_bind_address])
+
+    def leg_failed(leg_id: str, detail: str) -> None:
+        app[CALLS].leg_failed(leg_id, detail)
+
+    relay = Relay(
+        bind_address=config.media_bind_address,
+        announce_address=config.media_announce_address,
+        ice_servers=config.ice_servers,
+        media_timeout=config.media_timeout,
+        on_leg_failed=leg_failed,
+    )
+    app[RELAY] = relay
+    yield
+    await relay.close()
+
+
+async def _calls(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[CALLS] = CallService(
+        presence=app[PRESENCE],
+        relay=app[RELAY],
+        directory=app[IDENTITY],
+        records=app[CDRS],
+        metrics=app[METRICS],
+        ring_timeout=config.ring_timeout,
+        reconnect_grace=config.reconnect_grace,
+    )
+    yield
+    await app[CALLS].shutdown()
+
+
+async def _close_websockets(app: web.Application) -> None:
+    await app[CALLS].shutdown()
+    for link in app[PRESENCE].links():
+        await link.close(WSCloseCode.GOING_AWAY, "server shutting down")

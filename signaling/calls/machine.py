@@ -1,0 +1,302 @@
+"""The call state machine: one call between a caller device and a callee number.
+
+Pure (sans-I/O): fed inputs carrying the current time, it returns effects for the
+service to carry out. The transition table lists every legal (state, input) pair;
+anything else raises CallStateError naming the state and the input.
+
+    INVITING --Ring--> RINGING --Accept--> CONNECTED --Hangup--> ENDED
+        |                 |  Reject/Cancel/RingTimeout/...           ^
+        +--- Busy/Unavailable/Fail/Cancel ------------------------+
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger("anruf.calls")
+
+
+class CallState(enum.Enum):
+    INVITING = "inviting"
+    RINGING = "ringing"
+    CONNECTED = "connected"
+    ENDED = "ended"
+
+
+class EndReason(enum.StrEnum):
+    COMPLETED = "completed"
+    BUSY = "busy"
+    DECLINED = "declined"
+    NO_ANSWER = "no_answer"
+    CANCELLED = "cancelled"
+    UNAVAILABLE = "unavailable"
+    ANSWERED_ELSEWHERE = "answered_elsewhere"
+    DECLINED_ELSEWHERE = "declined_elsewhere"
+    FAILED = "failed"
+
+
+class CallStateError(Exception):
+    """An input that is not legal in the call's current state (our caller's mistake)."""
+
+    def __init__(self, state: CallState, event: Input) -> None:
+        super().__init__(f"{type(event).__name__} is not allowed in state {state.value}")
+        self.state = state
+        self.event = event
+
+
+# Inputs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Input:
+    now: float
+
+
+@dataclass(frozen=True)
+class Ring(Input):
+    """The callee's devices have been offered the call."""
+
+    devices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Busy(Input):
+    pass
+
+
+@dataclass(frozen=True)
+class Unavailable(Input):
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Accept(Input):
+    device: str
+
+
+@dataclass(frozen=True)
+class Reject(Input):
+    device: str
+
+
+@dataclass(frozen=True)
+class Hangup(Input):
+    device: str
+
+
+@dataclass(frozen=True)
+class RingTimeout(Input):
+    pass
+
+
+@dataclass(frozen=True)
+class DeviceLost(Input):
+    """A participant's device is gone (its connection did not come back in time)."""
+
+    device: str
+
+
+@dataclass(frozen=True)
+class Fail(Input):
+    """Media or signaling failure: the call cannot go on."""
+
+    detail: str
+
+
+# Effects ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Effect:
+    pass
+
+
+@dataclass(frozen=True)
+class Notify(Effect):
+    """Tell one device that the call is over for it, and why."""
+
+    device: str
+    reason: EndReason
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Connected(Effect):
+    device: str
+
+
+@dataclass(frozen=True)
+class Ended(Effect):
+    reason: EndReason
+    detail: str = ""
+
+
+# The machine --------------------------------------------------------------
+
+#: Each handler takes the input type its table entry names.
+Handler = Callable[["Call", Any], list["Effect"]]
+
+
+@dataclass
+class Call:
+    call_id: str
+    caller: str
+    callee: str
+    caller_device: str
+    invited_at: float
+    ring_timeout: float
+    state: CallState = CallState.INVITING
+    ringing_devices: set[str] = field(default_factory=set)
+    callee_device: str | None = None
+    ringing_at: float | None = None
+    answered_at: float | None = None
+    ended_at: float | None = None
+    end_reason: EndReason | None = None
+    end_detail: str = ""
+
+    @property
+    def ring_deadline(self) -> float | None:
+        """When RingTimeout is due, while the call rings."""
+        if self.state is not CallState.RINGING or self.ringing_at is None:
+            return None
+        return self.ringing_at + self.ring_timeout
+
+    @property
+    def devices(self) -> set[str]:
+        """Every device still taking part in the call."""
+        parties = {self.caller_device} | self.ringing_devices
+        if self.callee_device is not None:
+            parties.add(self.callee_device)
+        return parties
+
+    def handle(self, event: Input) -> list[Effect]:
+        handler = _TRANSITIONS.get((self.state, type(event)))
+        if handler is None:
+            raise CallStateError(self.state, event)
+        return handler(self, event)
+
+    # helpers used by the table
+
+    def _set_state(self, state: CallState) -> None:
+        logger.debug("call %s: %s -> %s", self.call_id, self.state.value, state.value)
+        self.state = state
+
+    def _end(
+        self, now: float, reason: EndReason, detail: str = "", callee_reason: EndReason | None = None
+    ) -> list[Effect]:
+        """End the call: every remaining device hears the reason (ringing devices may
+        hear ``callee_reason`` instead, e.g. declined_elsewhere)."""
+        effects: list[Effect] = [Notify(self.caller_device, reason, detail)]
+        others = set(self.ringing_devices)
+        if self.callee_device is not None:
+            others.add(self.callee_device)
+        for device in sorted(others):
+            effects.append(Notify(device, callee_reason or reason, detail))
+        self.ringing_devices.clear()
+        self.ended_at = now
+        self.end_reason = reason
+        self.end_detail = detail
+        self._set_state(CallState.ENDED)
+        effects.append(Ended(reason, detail))
+        return effects
+
+
+def _ring(call: Call, e: Ring) -> list[Effect]:
+    if not e.devices:
+        return call._end(e.now, EndReason.UNAVAILABLE, "no_device_online")
+    call.ringing_devices = set(e.devices)
+    call.ringing_at = e.now
+    call._set_state(CallState.RINGING)
+    return []
+
+
+def _busy(call: Call, e: Busy) -> list[Effect]:
+    return call._end(e.now, EndReason.BUSY)
+
+
+def _unavailable(call: Call, e: Unavailable) -> list[Effect]:
+    return call._end(e.now, EndReason.UNAVAILABLE, e.detail)
+
+
+def _fail(call: Call, e: Fail) -> list[Effect]:
+    return call._end(e.now, EndReason.FAILED, e.detail)
+
+
+def _accept(call: Call, e: Accept) -> list[Effect]:
+    if e.device not in call.ringing_devices:
+        raise CallStateError(call.state, e)
+    others = sorted(call.ringing_devices - {e.device})
+    call.ringing_devices.clear()
+    call.callee_device = e.device
+    call.answered_at = e.now
+    call._set_state(CallState.CONNECTED)
+    effects: list[Effect] = [Notify(d, EndReason.ANSWERED_ELSEWHERE) for d in others]
+    effects.append(Connected(e.device))
+    return effects
+
+
+def _reject(call: Call, e: Reject) -> list[Effect]:
+    if e.device not in call.ringing_devices:
+        raise CallStateError(call.state, e)
+    # One decline declines the call: the other devices stop ringing too.
+    call.ringing_devices.discard(e.device)
+    effects = call._end(e.now, EndReason.DECLINED, callee_reason=EndReason.DECLINED_ELSEWHERE)
+    return [Notify(e.device, EndReason.DECLINED), *effects]
+
+
+def _hangup_before_answer(call: Call, e: Hangup) -> list[Effect]:
+    if e.device == call.caller_device:
+        return call._end(e.now, EndReason.CANCELLED)
+    if e.device in call.ringing_devices:
+        return _reject(call, Reject(e.now, e.device))
+    raise CallStateError(call.state, e)
+
+
+def _hangup_connected(call: Call, e: Hangup) -> list[Effect]:
+    if e.device not in (call.caller_device, call.callee_device):
+        raise CallStateError(call.state, e)
+    return call._end(e.now, EndReason.COMPLETED)
+
+
+def _ring_timeout(call: Call, e: RingTimeout) -> list[Effect]:
+    return call._end(e.now, EndReason.NO_ANSWER)
+
+
+def _device_lost_before_answer(call: Call, e: DeviceLost) -> list[Effect]:
+    if e.device == call.caller_device:
+        return call._end(e.now, EndReason.CANCELLED, "caller_connection_lost")
+    if e.device not in call.ringing_devices:
+        return []
+    call.ringing_devices.discard(e.device)
+    if call.ringing_devices or call.state is CallState.INVITING:
+        return []
+    return call._end(e.now, EndReason.UNAVAILABLE, "callee_connection_lost")
+
+
+def _device_lost_connected(call: Call, e: DeviceLost) -> list[Effect]:
+    if e.device not in (call.caller_device, call.callee_device):
+        return []
+    return call._end(e.now, EndReason.FAILED, "connection_lost")
+
+
+_TRANSITIONS: dict[tuple[CallState, type[Input]], Handler] = {
+    (CallState.INVITING, Ring): _ring,
+    (CallState.INVITING, Busy): _busy,
+    (CallState.INVITING, Unavailable): _unavailable,
+    (CallState.INVITING, Fail): _fail,
+    (CallState.INVITING, Hangup): _hangup_before_answer,
+    (CallState.INVITING, DeviceLost): _device_lost_before_answer,
+    (CallState.RINGING, Accept): _accept,
+    (CallState.RINGING, Reject): _reject,
+    (CallState.RINGING, Hangup): _hangup_before_answer,
+    (CallState.RINGING, RingTimeout): _ring_timeout,
+    (CallState.RINGING, DeviceLost): _device_lost_before_answer,
+    (CallState.RINGING, Fail): _fail,
+    (CallState.CONNECTED, Hangup): _hangup_connected,
+    (CallState.CONNECTED, DeviceLost): _device_lost_connected,
+    (CallState.CONNECTED, Fail): _fail,
+}

@@ -1,0 +1,439 @@
+"""CallService: the B2BUA. Feeds each call's state machine and carries out its effects
+(messages to devices, relay legs, timers, call records, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from signaling import protocol
+from signaling.calls.machine import (
+    Accept,
+    Busy,
+    Call,
+    CallState,
+    CallStateError,
+    Connected,
+    DeviceLost,
+    Effect,
+    Ended,
+    EndReason,
+    Fail,
+    Hangup,
+    Input,
+    Notify,
+    Reject,
+    Ring,
+    RingTimeout,
+    Unavailable,
+)
+from signaling.calls.records import CallRecord
+from signaling.metrics import Metrics
+from signaling.presence import Presence
+from voice.relay.relay import LegStats, NoOpusError
+
+logger = logging.getLogger("anruf.calls")
+
+
+class MediaRelay(Protocol):
+    """What CallService needs of the media relay (voice.relay.Relay)."""
+
+    async def answer(self, leg_id: str, offer_sdp: str) -> str: ...
+    async def offer(self, leg_id: str) -> str: ...
+    async def accept_answer(self, leg_id: str, answer_sdp: str) -> None: ...
+    def start_ringback(self, leg_id: str) -> None: ...
+    def bridge(self, a: str, b: str) -> None: ...
+    async def close_leg(self, leg_id: str) -> LegStats: ...
+
+
+class RecordSink(Protocol):
+    async def save(self, record: CallRecord) -> None: ...
+
+
+class Directory(Protocol):
+    """Numbers known to the service (IdentityService)."""
+
+    def normalise(self, raw: str, region: str | None = None) -> str: ...
+    async def is_registered(self, number: str) -> bool: ...
+
+
+@dataclass
+class _CallContext:
+    call: Call
+    invite_ref: str | None
+    started: float  # monotonic, for the setup-time histogram
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    legs: dict[str, str] = field(default_factory=dict)  # device id -> leg id
+    ring_timer: asyncio.TimerHandle | None = None
+
+    def leg(self, device_id: str) -> str:
+        return self.legs.setdefault(device_id, f"{self.call.call_id}:{device_id}")
+
+
+class CallService:
+    def __init__(
+        self,
+        *,
+        presence: Presence,
+        relay: MediaRelay,
+        directory: Directory,
+        records: RecordSink,
+        metrics: Metrics,
+        ring_timeout: float,
+        reconnect_grace: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._presence = presence
+        self._relay = relay
+        self._directory = directory
+        self._records = records
+        self._metrics = metrics
+        self._ring_timeout = ring_timeout
+        self._grace = reconnect_grace
+        self._clock = clock
+        self._calls: dict[str, _CallContext] = {}
+        self._device_calls: dict[str, set[str]] = {}
+        self._number_calls: dict[str, set[str]] = {}
+        self._leg_calls: dict[str, tuple[str, str]] = {}  # leg id -> (call id, device id)
+        self._grace_timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    # Requests from devices -------------------------------------------------
+
+    async def invite(
+        self, device_id: str, number: str, message: protocol.CallInvite
+    ) -> None:
+        ref = message.id
+        try:
+            callee = self._directory.normalise(message.to, message.region)
+        except ValueError as exc:
+            detail = getattr(exc, "detail", None) or str(exc)
+            await self._error(device_id, protocol.ErrorCode.INVALID_NUMBER, detail, ref)
+            return
+        if callee == number:
+            await self._error(device_id, protocol.ErrorCode.SELF_CALL, "cannot call yourself", ref)
+            return
+        if self._device_calls.get(device_id):
+            await self._error(
+                device_id, protocol.ErrorCode.INVALID_STATE, "this device is already in a call", ref
+            )
+            return
+
+        call = Call(
+            call_id=uuid.uuid4().hex,
+            caller=number,
+            callee=callee,
+            caller_device=device_id,
+            invited_at=self._clock(),
+            ring_timeout=self._ring_timeout,
+        )
+        ctx = _CallContext(call, ref, time.monotonic())
+        busy = bool(self._number_calls.get(callee))
+        self._register(ctx, device_id)
+        self._metrics.active_calls.set(len(self._calls))
+        async with ctx.lock:
+            if busy:
+                await self._feed(ctx, Busy(self._clock()))
+            else:
+                await self._place(ctx, message.sdp)
+
+    async def _place(self, ctx: _CallContext, offer_sdp: str) -> None:
+        call = ctx.call
+        if not await self._directory.is_registered(call.callee):
+            await self._feed(ctx, Unavailable(self._clock(), "not_an_app_user"))
+            return
+
+        try:
+            answer = await self._relay.answer(ctx.leg(call.caller_device), offer_sdp)
+        except NoOpusError:
+            await self._feed(ctx, Fail(self._clock(), "no_opus_in_offer"))
+            return
+        except ValueError as exc:
+            logger.info("call %s: unusable offer: %s", call.call_id, exc)
+            await self._feed(ctx, Fail(self._clock(), "bad_sdp"))
+            return
+        if call.state is CallState.ENDED:  # hung up while the relay answered
+            return
+        await self._send(
+            call.caller_device,
+            protocol.encode("call.progress", ref=ctx.invite_ref, call_id=call.call_id, to=call.callee, sdp=answer),
+        )
+        self._relay.start_ringback(ctx.leg(call.caller_device))
+
+        alerted: list[str] = []
+        for device in self._presence.devices(call.callee):
+            if device in self._device_calls:  # on this call or another: do not ring it
+                continue
+            try:
+                offer = await self._relay.offer(ctx.leg(device))
+            except Exception:
+                logger.exception("call %s: no relay leg for device %s", call.call_id, device)
+                continue
+            self._register(ctx, device)
+            alerted.append(device)
+            await self._send(
+                device,
+                protocol.encode("call.incoming", call_id=call.call_id, **{"from": call.caller}, sdp=offer),
+            )
+        await self._feed(ctx, Ring(self._clock(), tuple(alerted)))
+        if call.state is CallState.RINGING:
+            await self._send(call.caller_device, protocol.encode("call.ringing", call_id=call.call_id))
+            self._metrics.setup_seconds.observe(time.monotonic() - ctx.started)
+            loop = asyncio.get_running_loop()
+            ctx.ring_timer = loop.call_later(
+                self._ring_timeout, self._spawn, self._timeout(call.call_id)
+            )
+
+    async def accept(self, device_id: str, message: protocol.CallAccept) -> None:
+        ctx = await self._find(device_id, message.call_id, message.id)
+        if ctx is None:
+            return
+        async with ctx.lock:
+            call = ctx.call
+            if call.state is not CallState.RINGING or device_id not in call.ringing_devices:
+                await self._state_error(device_id, call, message.id)
+                return
+            try:
+                await self._relay.accept_answer(ctx.leg(device_id), message.sdp)
+            except ValueError as exc:
+                logger.info("call %s: unusable answer from %s: %s", call.call_id, device_id, exc)
+                await self._error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
+                await self._feed(ctx, Fail(self._clock(), "bad_sdp_in_answer"))
+                return
+            await self._feed(ctx, Accept(self._clock(), device_id))
+
+    async def reject(self, device_id: str, message: protocol.CallReject) -> None:
+        await self._request(device_id, message.call_id, message.id, Reject(self._clock(), device_id))
+
+    async def hangup(self, device_id: str, message: protocol.CallHangup) -> None:
+        await self._request(device_id, message.call_id, message.id, Hangup(self._clock(), device_id))
+
+    async def _request(self, device_id: str, call_id: str, ref: str | None, event: Input) -> None:
+        ctx = await self._find(device_id, call_id, ref)
+        if ctx is None:
+            return
+        async with ctx.lock:
+            try:
+                await self._feed(ctx, event, strict=True)
+            except CallStateError:
+                await self._state_error(device_id, ctx.call, ref)
+
+    # Connections -----------------------------------------------------------
+
+    def device_connected(self, device_id: str) -> None:
+        timer = self._grace_timers.pop(device_id, None)
+        if timer is not None:
+            timer.cancel()
+            logger.info("device %s is back within the grace period", device_id)
+
+    def device_disconnected(self, device_id: str) -> None:
+        """The device's last link closed. A device that was only ringing is dropped at
+        once (it can no longer answer); a caller or talker gets a grace period."""
+        for call_id in list(self._device_calls.get(device_id, ())):
+            ctx = self._calls.get(call_id)
+            if ctx is None:
+                continue
+            if device_id in ctx.call.ringing_devices:
+                self._spawn(self._lost(call_id, device_id))
+            elif device_id not in self._grace_timers:
+                self._grace_timers[device_id] = asyncio.get_running_loop().call_later(
+                    self._grace, self._grace_expired, device_id
+                )
+
+    def _grace_expired(self, device_id: str) -> None:
+        self._grace_timers.pop(device_id, None)
+        for call_id in list(self._device_calls.get(device_id, ())):
+            self._spawn(self._lost(call_id, device_id))
+
+    async def _lost(self, call_id: str, device_id: str) -> None:
+        ctx = self._calls.get(call_id)
+        if ctx is not None:
+            async with ctx.lock:
+                await self._feed(ctx, DeviceLost(self._clock(), device_id))
+
+    def leg_failed(self, leg_id: str, detail: str) -> None:
+        """Relay callback: a leg's ICE/DTLS failed or its media stopped."""
+        owner = self._leg_calls.get(leg_id)
+        if owner is None:
+            return
+        call_id, device_id = owner
+        ctx = self._calls.get(call_id)
+        if ctx is None:
+            return
+        if device_id in ctx.call.ringing_devices:
+            self._spawn(self._lost(call_id, device_id))
+        else:
+            self._spawn(self._fail(call_id, f"media:{detail}"))
+
+    async def _fail(self, call_id: str, detail: str) -> None:
+        ctx = self._calls.get(call_id)
+        if ctx is not None:
+            async with ctx.lock:
+                await self._feed(ctx, Fail(self._clock(), detail))
+
+    async def _timeout(self, call_id: str) -> None:
+        ctx = self._calls.get(call_id)
+        if ctx is not None:
+            async with ctx.lock:
+                if ctx.call.state is CallState.RINGING:
+                    await self._feed(ctx, RingTimeout(self._clock()))
+
+    async def shutdown(self) -> None:
+        """End every call (server stopping): devices are told, records are written."""
+        for call_id in list(self._calls):
+            await self._fail(call_id, "server_shutdown")
+        for timer in self._grace_timers.values():
+            timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # Effects ---------------------------------------------------------------
+
+    async def _feed(self, ctx: _CallContext, event: Input, *, strict: bool = False) -> None:
+        if ctx.call.state is CallState.ENDED and not strict:
+            return
+        effects = ctx.call.handle(event)
+        for effect in effects:
+            await self._apply(ctx, effect)
+        if ctx.call.state is not CallState.ENDED:
+            for device in set(ctx.legs) - ctx.call.devices:  # e.g. a ringing device that left
+                await self._release(ctx, device)
+
+    async def _apply(self, ctx: _CallContext, effect: Effect) -> None:
+        call = ctx.call
+        if isinstance(effect, Notify):
+            ref = ctx.invite_ref if effect.device == call.caller_device else None
+            await self._send(
+                effect.device,
+                protocol.encode(
+                    "call.ended",
+                    ref=ref,
+                    call_id=call.call_id,
+                    reason=effect.reason.value,
+                    detail=effect.detail,
+                ),
+            )
+            if call.state is not CallState.ENDED:  # released before the end (answered elsewhere)
+                await self._release(ctx, effect.device)
+        elif isinstance(effect, Connected):
+            if ctx.ring_timer is not None:
+                ctx.ring_timer.cancel()
+            self._relay.bridge(ctx.leg(call.caller_device), ctx.leg(effect.device))
+            message = protocol.encode("call.accepted", call_id=call.call_id, device_id=effect.device)
+            await self._send(call.caller_device, message)
+            await self._send(effect.device, message)
+        elif isinstance(effect, Ended):
+            await self._finish(ctx, effect)
+
+    async def _release(self, ctx: _CallContext, device_id: str) -> LegStats | None:
+        leg = ctx.legs.pop(device_id, None)
+        calls = self._device_calls.get(device_id)
+        if calls is not None:
+            calls.discard(ctx.call.call_id)
+            if not calls:
+                del self._device_calls[device_id]
+        if leg is None:
+            return None
+        self._leg_calls.pop(leg, None)
+        return await self._relay.close_leg(leg)
+
+    async def _finish(self, ctx: _CallContext, ended: Ended) -> None:
+        call = ctx.call
+        if ctx.ring_timer is not None:
+            ctx.ring_timer.cancel()
+        media: dict[str, dict[str, Any]] = {}
+        caller_stats = await self._release(ctx, call.caller_device)
+        if caller_stats is not None:
+            media["caller"] = caller_stats.as_dict()
+        if call.callee_device is not None:
+            callee_stats = await self._release(ctx, call.callee_device)
+            if callee_stats is not None:
+                media["callee"] = callee_stats.as_dict()
+        for device in list(ctx.legs):
+            await self._release(ctx, device)
+        self._calls.pop(call.call_id, None)
+        for number in (call.caller, call.callee):
+            calls = self._number_calls.get(number)
+            if calls is not None:
+                calls.discard(call.call_id)
+                if not calls:
+                    del self._number_calls[number]
+        self._metrics.active_calls.set(len(self._calls))
+        self._metrics.call_attempts.labels(outcome=ended.reason.value).inc()
+        record = CallRecord(
+            call_id=call.call_id,
+            caller=call.caller,
+            callee=call.callee,
+            caller_device=call.caller_device,
+            callee_device=call.callee_device,
+            invited_at=call.invited_at,
+            ringing_at=call.ringing_at,
+            answered_at=call.answered_at,
+            ended_at=call.ended_at or self._clock(),
+            end_reason=ended.reason.value,
+            end_detail=ended.detail,
+            media=media,
+        )
+        try:
+            await self._records.save(record)
+        except Exception:
+            logger.exception("call %s: the call record could not be written", call.call_id)
+        logger.info(
+            "call %s ended: %s %s (%.1f s)", call.call_id, ended.reason.value, ended.detail, record.duration
+        )
+
+    # Helpers ---------------------------------------------------------------
+
+    def _register(self, ctx: _CallContext, device_id: str) -> None:
+        call = ctx.call
+        self._calls[call.call_id] = ctx
+        self._device_calls.setdefault(device_id, set()).add(call.call_id)
+        self._leg_calls[ctx.leg(device_id)] = (call.call_id, device_id)
+        for number in (call.caller, call.callee):
+            self._number_calls.setdefault(number, set()).add(call.call_id)
+
+    async def _find(self, device_id: str, call_id: str, ref: str | None) -> _CallContext | None:
+        ctx = self._calls.get(call_id)
+        if ctx is None or device_id not in ctx.legs:
+            await self._error(device_id, protocol.ErrorCode.CALL_NOT_FOUND, "no such call", ref)
+            return None
+        return ctx
+
+    async def _state_error(self, device_id: str, call: Call, ref: str | None) -> None:
+        await self._error(
+            device_id,
+            protocol.ErrorCode.INVALID_STATE,
+            f"the call is {call.state.value}" if call.state is not CallState.ENDED else "the call has ended",
+            ref,
+        )
+
+    async def _error(self, device_id: str, code: str, message: str, ref: str | None) -> None:
+        self._metrics.ws_errors.labels(code=code).inc()
+        await self._send(device_id, protocol.error(code, message, ref))
+
+    async def _send(self, device_id: str, text: str) -> None:
+        link = self._presence.link(device_id)
+        if link is None:
+            return
+        try:
+            await link.send(text)
+        except (ConnectionError, RuntimeError) as exc:
+            logger.info("device %s: message not delivered: %s", device_id, exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+__all__ = ["CallService", "EndReason"]

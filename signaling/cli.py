@@ -1,0 +1,237 @@
+"""The `anruf` command: serve, login, call, answer."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import ipaddress
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_PROFILE_DIR = Path(os.environ.get("ANRUF_PROFILE_DIR", "~/.config/anruf")).expanduser()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anruf", description="Voice calls between phone numbers")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the signaling server and media relay")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir", type=Path)
+    serve.add_argument("--database-url")
+    serve.add_argument("--media-bind-address")
+    serve.add_argument("--media-announce-address")
+    serve.add_argument("--test-number-prefix")
+    serve.add_argument("--test-code")
+    serve.add_argument("--ring-timeout", type=float)
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile-dir", type=Path, default=DEFAULT_PROFILE_DIR)
+        p.add_argument(
+            "--media-address",
+            help="address our media binds and offers (default: 127.0.0.1 for a loopback server)",
+        )
+
+    login = commands.add_parser("login", help="register this device for a phone number")
+    login.add_argument("number")
+    login.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8080")
+    login.add_argument("--code", help="the verification code (asked for when omitted)")
+    login.add_argument("--name", default="anruf-cli")
+    client_options(login)
+
+    def media_options(p: argparse.ArgumentParser) -> None:
+        client_options(p)
+        p.add_argument("--play", default="silence", help="tone:FREQ, silence or a WAV file")
+        p.add_argument("--record", type=Path, help="write what you hear to this WAV file")
+        p.add_argument("--duration", type=float, default=10.0, help="seconds to talk")
+
+    call = commands.add_parser("call", help="call a phone number")
+    call.add_argument("number")
+    media_options(call)
+    answer = commands.add_parser("answer", help="wait for calls and answer them")
+    answer.add_argument("--calls", type=int, default=1)
+    media_options(answer)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        return _serve(args)
+    try:
+        return asyncio.run(_CLIENT_COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line for the user, not a traceback
+        from voice.client.signaling import ServerError
+
+        if isinstance(exc, ServerError | OSError | ValueError | TimeoutError):
+            print(f"anruf: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from signaling.app import create_app
+    from signaling.config import ConfigError, load_config
+
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "host",
+            "port",
+            "data_dir",
+            "database_url",
+            "media_bind_address",
+            "media_announce_address",
+            "test_number_prefix",
+            "test_code",
+            "ring_timeout",
+        )
+    }
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"anruf: {exc}", file=sys.stderr)
+        return 2
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    return 0
+
+
+# Client commands ----------------------------------------------------------
+
+
+def _profile_path(args: argparse.Namespace) -> Path:
+    return Path(args.profile_dir) / "profile.json"
+
+
+def _load_profile(args: argparse.Namespace) -> dict[str, Any]:
+    path = _profile_path(args)
+    try:
+        profile: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"no profile in {path.parent}: run `anruf login NUMBER` first") from None
+    return profile
+
+
+def _use_media_address(args: argparse.Namespace, server: str) -> None:
+    from voice.ice import restrict_host_addresses
+
+    address = args.media_address
+    if address is None:
+        host = urlsplit(server).hostname or ""
+        with contextlib.suppress(ValueError):
+            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+                address = "127.0.0.1"
+    if address:
+        restrict_host_addresses([address])
+
+
+async def _login(args: argparse.Namespace) -> int:
+    from voice.client.signaling import SignalingClient
+
+    client = SignalingClient(args.server)
+    try:
+        code = args.code
+        if code is None:
+            started = await client.request_code(args.number)
+            print(f"A verification code was sent to {started['number']}.")
+            if not sys.stdin.isatty():
+                print("Run again with --code CODE.")
+                return 1
+            code = getpass.getpass("Code: ").strip()
+        device = await client.register(args.number, code, args.name)
+    finally:
+        await client.close()
+    path = _profile_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"server": args.server, **device}))
+    path.chmod(0o600)  # the credential is a secret
+    print(f"Signed in as {device['number']} (device {device['device_id']}).")
+    return 0
+
+
+async def _talk(call: Any, duration: float) -> None:
+    """Stay in a connected call for ``duration`` seconds or until the other side hangs up."""
+    with contextlib.suppress(TimeoutError):
+        await call.ended(timeout=duration)
+    if call.state != "ended":
+        await call.hangup()
+        with contextlib.suppress(TimeoutError):
+            await call.ended(timeout=5)
+
+
+async def _call(args: argparse.Namespace) -> int:
+    from voice.client.client import Phone
+
+    profile = _load_profile(args)
+    _use_media_address(args, profile["server"])
+    phone = await Phone.open(profile["server"], profile["token"])
+    try:
+        call = await phone.call(args.number, source=args.play, record=args.record)
+        print(f"Calling {args.number} ...")
+        with contextlib.suppress(TimeoutError):
+            await call.ringing(timeout=15)
+        if call.state == "ringing":
+            print("Ringing ...")
+        await call.connected(timeout=600)
+        if call.state == "connected":
+            print(f"Connected after {call.connected_at - call.invited_at:.1f} s.")
+            await _talk(call, args.duration)
+        await call.ended(timeout=10)
+        print(_ended_line(call))
+        return 0 if call.end_reason == "completed" else 3
+    finally:
+        await phone.close()
+
+
+async def _answer(args: argparse.Namespace) -> int:
+    from voice.client.client import Phone
+
+    profile = _load_profile(args)
+    _use_media_address(args, profile["server"])
+    phone = await Phone.open(profile["server"], profile["token"])
+    try:
+        print(f"Waiting for calls to {phone.number} ...")
+        for index in range(args.calls):
+            record = args.record
+            if record is not None and args.calls > 1:
+                record = record.with_name(f"{record.stem}-{index + 1}{record.suffix}")
+            call = await phone.incoming(timeout=24 * 3600, source=args.play, record=record)
+            print(f"Incoming call from {call.peer}; answering.")
+            await call.accept()
+            started = time.monotonic()
+            await call.connected(timeout=30)
+            if call.state == "connected":
+                await _talk(call, args.duration - (time.monotonic() - started))
+            await call.ended(timeout=10)
+            print(_ended_line(call))
+        return 0
+    finally:
+        await phone.close()
+
+
+def _ended_line(call: Any) -> str:
+    detail = f" ({call.end_detail})" if call.end_detail else ""
+    return f"Call ended: {call.end_reason}{detail}."
+
+
+_CLIENT_COMMANDS = {"login": _login, "call": _call, "answer": _answer}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The Python app client: one device of a phone number, placing and taking calls.
+
+    phone = await Phone.open(server, token)
+    call = await phone.call("+4917700000002", source="tone:440")
+    await call.connected()
+    ...
+    await call.hangup()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from voice.client.media import MediaEndpoint
+from voice.client.signaling import SignalingClient
+
+logger = logging.getLogger("anruf.client")
+
+
+class Call:
+    """One call as this device sees it."""
+
+    def __init__(
+        self, phone: Phone, media: MediaEndpoint | None, *, peer: str, outgoing: bool
+    ) -> None:
+        self.phone = phone
+        self.media = media
+        self.peer = peer
+        self.outgoing = outgoing
+        self.call_id: str | None = None
+        self.state = "inviting" if outgoing else "incoming"
+        self.end_reason: str | None = None
+        self.end_detail = ""
+        self.invited_at = time.monotonic()
+        self.connected_at: float | None = None
+        self._events: dict[str, asyncio.Event] = {
+            name: asyncio.Event() for name in ("progress", "ringing", "connected", "ended")
+        }
+        self.incoming_sdp = ""
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        media = self.media
+        if kind == "call.progress" and media is not None:
+            self.call_id = message["call_id"]
+            await media.accept_answer(message["sdp"])
+            self._set("progress")
+        elif kind == "call.ringing":
+            self.state = "ringing"
+            self._set("ringing")
+        elif kind == "call.accepted":
+            self.state = "connected"
+            self.connected_at = time.monotonic()
+            if media is not None:
+                media.mark("connected")
+            self._set("connected")
+        elif kind == "call.ended":
+            self.state = "ended"
+            self.end_reason = message.get("reason")
+            self.end_detail = message.get("detail", "")
+            await self._end(media)
+        elif kind == "error":
+            self.state = "ended"
+            self.end_reason = "error"
+            self.end_detail = f"{message.get('code')}: {message.get('message')}"
+            await self._end(media)
+
+    async def _end(self, media: MediaEndpoint | None) -> None:
+        self._set("ended")
+        if media is not None:
+            media.mark("ended")
+            await media.close()
+
+    def _set(self, name: str) -> None:
+        self._events[name].set()
+        if name == "ended":
+            for event in self._events.values():
+                event.set()  # nobody waits forever on a call that is over
+
+    async def _wait(self, name: str, timeout: float) -> None:
+        await asyncio.wait_for(self._events[name].wait(), timeout)
+
+    async def ringing(self, timeout: float = 10) -> None:
+        await self._wait("ringing", timeout)
+
+    async def connected(self, timeout: float = 60) -> bool:
+        await self._wait("connected", timeout)
+        return self.state == "connected"
+
+    async def ended(self, timeout: float = 60) -> str | None:
+        await self._wait("ended", timeout)
+        return self.end_reason
+
+    async def accept(self) -> None:
+        """Answer an incoming call."""
+        if self.call_id is None or self.outgoing or self.media is None:
+            raise RuntimeError("only an incoming call taken with Phone.incoming() can be accepted")
+        sdp = await self.media.answer(self.incoming_sdp)
+        await self.phone.signaling.send("call.accept", call_id=self.call_id, sdp=sdp)
+
+    async def reject(self) -> None:
+        assert self.call_id is not None
+        await self.phone.signaling.send("call.reject", call_id=self.call_id)
+
+    async def hangup(self) -> None:
+        if self.call_id is not None and self.state != "ended":
+            await self.phone.signaling.send("call.hangup", call_id=self.call_id)
+
+
+class Phone:
+    """One registered device with its signaling connection."""
+
+    def __init__(self, signaling: SignalingClient, *, ice_servers: Sequence[str] = ()) -> None:
+        self.signaling = signaling
+        self.ice_servers = tuple(ice_servers)
+        self.calls: dict[str, Call] = {}
+        self._pending: dict[str, Call] = {}  # message id of call.invite -> call
+        self._incoming: asyncio.Queue[Call] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+        self.device_id = ""
+        self.number = ""
+
+    @classmethod
+    async def open(cls, server: str, token: str, *, ice_servers: Sequence[str] = ()) -> Phone:
+        phone = cls(SignalingClient(server, token), ice_servers=ice_servers)
+        await phone.connect()
+        return phone
+
+    async def connect(self) -> None:
+        welcome = await self.signaling.connect()
+        self.device_id = welcome["device_id"]
+        self.number = welcome["number"]
+        self.closed.clear()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def call(
+        self, number: str, *, source: str = "silence", record: Path | None = None
+    ) -> Call:
+        media = MediaEndpoint(source=source, record=record, ice_servers=self.ice_servers)
+        call = Call(self, media, peer=number, outgoing=True)
+        offer = await media.create_offer()
+        call.invited_at = time.monotonic()
+        message_id = await self.signaling.send("call.invite", to=number, sdp=offer)
+        self._pending[message_id] = call
+        return call
+
+    async def incoming(
+        self, timeout: float = 30, *, source: str = "silence", record: Path | None = None
+    ) -> Call:
+        """The next incoming call (set up to play ``source`` once accepted)."""
+        call = await asyncio.wait_for(self._incoming.get(), timeout)
+        call.media = MediaEndpoint(source=source, record=record, ice_servers=self.ice_servers)
+        return call
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = await self.signaling.receive()
+                try:
+                    await self._route(message)
+                except Exception:
+                    logger.exception("could not handle %s", message.get("type"))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.closed.set()
+
+    async def _route(self, message: dict[str, Any]) -> None:
+        ref = message.get("ref")
+        call: Call | None = None
+        if ref is not None and ref in self._pending:
+            call = self._pending.pop(ref)
+            if "call_id" in message:
+                call.call_id = message["call_id"]
+                self.calls[call.call_id] = call
+        elif message["type"] == "call.incoming":
+            call = Call(self, None, peer=message["from"], outgoing=False)
+            call.call_id = message["call_id"]
+            call.incoming_sdp = message["sdp"]
+            self.calls[call.call_id] = call
+            await self._incoming.put(call)
+            return
+        elif "call_id" in message:
+            call = self.calls.get(message["call_id"])
+        if call is None:
+            if message["type"] == "error":
+                logger.warning("server error: %s", message)
+            return
+        await call._on_message(message)
+
+    async def close(self) -> None:
+        for call in list(self.calls.values()):
+            if call.state != "ended":
+                with contextlib.suppress(Exception):
+                    await call.hangup()
+                if call.media is not None:
+                    await call.media.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self.signaling.close()
+

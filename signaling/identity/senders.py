@@ -24,6 +24,23 @@ class ConsoleSender:
         sms_log.info("verification code for %s: %s", number, code)
 
 
+class RecordingSender:
+    """Keeps every code in memory: a fake for tests and local tooling."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    async def send(self, number: str, code: str) -> None:
+        self.sent.append((number, code))
+
+    def last_code(self, number: str) -> str:
+        """The most recent code sent to ``number``; KeyError if none was."""
+        for sent_to, code in reversed(self.sent):
+            if sent_to == number:
+                return code
+        raise KeyError(number)
+
+
 _SENDERS: dict[str, type[ConsoleSender]] = {"console": ConsoleSender}
 
 
@@ -37,4 +54,4 @@ def make_sender(name: str) -> CodeSender:
     return factory()
 
 
-__all__ = ["CodeSender", "ConsoleSender", "make_sender"]
+__all__ = ["CodeSender", "ConsoleSender", "RecordingSender", "make_sender"]

@@ -1,0 +1,5 @@
+"""Media anchoring: WebRTC legs (ICE, DTLS-SRTP), Opus packet forwarding, leg stats."""
+
+from voice.relay.relay import LegStats, NoOpusError, Relay
+
+__all__ = ["LegStats", "NoOpusError", "Relay"]

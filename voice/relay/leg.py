@@ -1,0 +1,294 @@
+"""One WebRTC leg of the relay: aiortc does ICE and DTLS-SRTP, we do the RTP.
+
+aiortc's RTCRtpReceiver would put every packet through its jitter buffer
+(80-280 ms, aiortc issue 543) and decoder; its RTCRtpSender would encode a
+track. A relay needs neither, so after negotiation packets are taken from,
+and handed to, the leg's RTCDtlsTransport directly. The seams into aiortc
+1.16 are all in `_install_seams` below:
+
+- receiver._handle_rtp_packet / _handle_rtcp_packet: the DTLS transport's
+  RtpRouter calls these for each unprotected packet; instance attributes
+  shadow the methods, so packets never reach the jitter buffer or decoder.
+- sender._handle_rtcp_packet: receiver reports about our SSRC (for RTT).
+- sender._run_rtcp: aiortc's would send sender reports counting zero
+  packets (it never sent any); ours reports the stream we actually send.
+- transport._send_rtp(bytes): SRTP-protects and sends on the ICE pair.
+
+The sender gets a track that never yields a frame, so aiortc's own RTP loop
+stays idle while the m-line is negotiated sendrecv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import (
+    AnyRtcpPacket,
+    RtcpByePacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+)
+
+from voice.rtp.rewriter import StreamRewriter
+from voice.rtp.rtcp import compact_ntp, delay_since_last_sr, ntp_timestamp, round_trip_time
+from voice.rtp.stats import ReceptionStatistics
+
+logger = logging.getLogger(__name__)
+
+CLOCK_RATE = 48000
+FRAME_SAMPLES = 960
+# RFC 3550 §6.2: mean report interval; audio-only legs are cheap to report on.
+RTCP_INTERVAL = 1.0
+# Smoothing of RTT samples, as aiortc's sender does.
+RTT_ALPHA = 0.85
+
+
+class SilentTrack(MediaStreamTrack):
+    """An audio track that never produces a frame: the relay sends its own RTP."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._never = asyncio.Event()
+
+    async def recv(self) -> Any:
+        await self._never.wait()
+        raise AssertionError("unreachable")
+
+
+class Leg:
+    """Per-leg RTP state around one RTCPeerConnection."""
+
+    def __init__(
+        self,
+        leg_id: str,
+        pc: RTCPeerConnection,
+        on_failure: Callable[[Leg, str], None],
+    ) -> None:
+        self.leg_id = leg_id
+        self.pc = pc
+        self.transceiver: RTCRtpTransceiver = pc.addTransceiver(SilentTrack(), direction="sendrecv")
+        self.sender: RTCRtpSender = self.transceiver.sender
+        self.ssrc: int = self.sender._ssrc
+        self.rewriter = StreamRewriter(
+            initial_sequence_number=random.randrange(1 << 15),
+            initial_timestamp=random.randrange(1 << 32),
+            clock_rate=CLOCK_RATE,
+            frame_samples=FRAME_SAMPLES,
+        )
+        self.reception = ReceptionStatistics(CLOCK_RATE)
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.rtt: float | None = None
+        self.peer: Leg | None = None
+        self.ringback_task: asyncio.Task[None] | None = None
+        self.watchdog_task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.failed = False
+        self.connected_at: float | None = None
+        self.decoder_bypassed_packets = 0
+        self._on_failure = on_failure
+        self._remote_ssrc: int | None = None
+        self._last_sr_lsr = 0
+        self._last_sr_arrival: float | None = None
+        self._last_send_time = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._install_seams()
+
+    # -- aiortc seams ------------------------------------------------------
+
+    def _install_seams(self) -> None:
+        receiver = self.transceiver.receiver
+        # setattr: instance attributes shadow aiortc's methods for this leg only.
+        setattr(receiver, "_handle_rtp_packet", self._handle_rtp_packet)  # noqa: B010
+        setattr(receiver, "_handle_rtcp_packet", self._handle_rtcp_from_receiver)  # noqa: B010
+        setattr(self.sender, "_handle_rtcp_packet", self._handle_rtcp_from_sender)  # noqa: B010
+        setattr(self.sender, "_run_rtcp", self._run_rtcp)  # noqa: B010
+
+    @property
+    def payload_type(self) -> int:
+        """The Opus payload type negotiated on this leg (codec preferences leave only Opus)."""
+        payload_type = self.transceiver._codecs[0].payloadType
+        assert payload_type is not None, "payload types are set once negotiated"
+        return payload_type
+
+    @property
+    def mid(self) -> str | None:
+        return self.transceiver.mid
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.sender.transport.state == "connected")
+
+    # -- receive path ------------------------------------------------------
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        if self.closed:
+            return
+        self.decoder_bypassed_packets += 1
+        self._remote_ssrc = packet.ssrc
+        self.reception.receive(
+            packet.sequence_number, packet.timestamp, self._loop.time(), len(packet.payload)
+        )
+        peer = self.peer
+        if peer is None or packet.payload_type != self.payload_type or not packet.payload:
+            return
+        await peer.send(
+            (self.leg_id, packet.ssrc),
+            packet.sequence_number,
+            packet.timestamp,
+            packet.marker,
+            packet.payload,
+        )
+
+    async def _handle_rtcp_from_receiver(self, packet: AnyRtcpPacket) -> None:
+        # Sender reports of the device's stream: remember them for our LSR/DLSR.
+        if isinstance(packet, RtcpSrPacket):
+            self._last_sr_lsr = compact_ntp(packet.sender_info.ntp_timestamp)
+            self._last_sr_arrival = time.time()
+
+    async def _handle_rtcp_from_sender(self, packet: AnyRtcpPacket) -> None:
+        # Report blocks about the stream we send: RFC 3550 §6.4.1 round-trip time.
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc != self.ssrc:
+                    continue
+                rtt = round_trip_time(time.time(), report.lsr, report.dlsr)
+                if rtt is None:
+                    continue
+                if self.rtt is None:
+                    self.rtt = rtt
+                else:
+                    self.rtt = RTT_ALPHA * self.rtt + (1 - RTT_ALPHA) * rtt
+
+    # -- send path ---------------------------------------------------------
+
+    async def send(
+        self, source: Hashable, sequence_number: int, timestamp: int, marker: int, payload: bytes
+    ) -> bool:
+        """Send one Opus payload from `source` on this leg's stream; False if not sent."""
+        if self.closed or not self.connected:
+            return False
+        now = self._loop.time()
+        header = self.rewriter.rewrite(source, sequence_number, timestamp, now)
+        if header is None:
+            return False
+        packet = RtpPacket(
+            payload_type=self.payload_type,
+            marker=marker,
+            sequence_number=header.sequence_number,
+            timestamp=header.timestamp,
+            ssrc=self.ssrc,
+            payload=payload,
+        )
+        packet.extensions.mid = self.mid
+        transport = self.sender.transport
+        try:
+            await transport._send_rtp(packet.serialize(transport._rtp_header_extensions_map))
+        except ConnectionError:
+            return False
+        self.packets_sent += 1
+        self.bytes_sent += len(payload)
+        self._last_send_time = now
+        return True
+
+    # -- RTCP --------------------------------------------------------------
+
+    async def _run_rtcp(self) -> None:
+        # Replaces RTCRtpSender._run_rtcp; stop() waits on these two events.
+        started: asyncio.Event = getattr(self.sender, "_RTCRtpSender__rtcp_started")  # noqa: B009
+        exited: asyncio.Event = getattr(self.sender, "_RTCRtpSender__rtcp_exited")  # noqa: B009
+        cname: str | None = getattr(self.sender, "_RTCRtpSender__cname", None)
+        started.set()
+        try:
+            while True:
+                # §6.2: randomise over [0.5, 1.5] of the interval to avoid sync.
+                await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
+                await self._send_rtcp(self.sender_report(cname))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await self._send_rtcp([RtcpByePacket(sources=[self.ssrc])])
+            exited.set()
+
+    def sender_report(self, cname: str | None) -> list[AnyRtcpPacket]:
+        """SR (with a report block on the device's stream, if any) and SDES."""
+        now_unix = time.time()
+        elapsed = max(0.0, self._loop.time() - self._last_send_time) if self.packets_sent else 0.0
+        rtp_timestamp = (self.rewriter.last_timestamp + round(elapsed * CLOCK_RATE)) & 0xFFFFFFFF
+        reports: list[RtcpReceiverInfo] = []
+        if self._remote_ssrc is not None:
+            reports.append(
+                RtcpReceiverInfo(
+                    ssrc=self._remote_ssrc,
+                    fraction_lost=self.reception.fraction_lost(),
+                    packets_lost=min(self.reception.packets_lost, 0x7FFFFF),
+                    highest_sequence=self.reception.extended_highest_sequence & 0xFFFFFFFF,
+                    jitter=int(self.reception.jitter) & 0xFFFFFFFF,
+                    lsr=self._last_sr_lsr,
+                    dlsr=delay_since_last_sr(now_unix, self._last_sr_arrival),
+                )
+            )
+        packets: list[AnyRtcpPacket] = [
+            RtcpSrPacket(
+                ssrc=self.ssrc,
+                sender_info=RtcpSenderInfo(
+                    ntp_timestamp=ntp_timestamp(now_unix),
+                    rtp_timestamp=rtp_timestamp,
+                    packet_count=self.packets_sent & 0xFFFFFFFF,
+                    octet_count=self.bytes_sent & 0xFFFFFFFF,
+                ),
+                reports=reports,
+            )
+        ]
+        if cname:
+            packets.append(
+                RtcpSdesPacket(
+                    chunks=[RtcpSourceInfo(ssrc=self.ssrc, items=[(1, cname.encode("utf8"))])]
+                )
+            )
+        return packets
+
+    async def _send_rtcp(self, packets: list[AnyRtcpPacket]) -> None:
+        if not self.connected:
+            return
+        with contextlib.suppress(ConnectionError):
+            await self.sender.transport._send_rtp(b"".join(bytes(packet) for packet in packets))
+
+    # -- failure detection -------------------------------------------------
+
+    def on_connection_state(self, state: str) -> None:
+        if self.closed:
+            return
+        if state == "connected" and self.connected_at is None:
+            self.connected_at = self._loop.time()
+        elif state == "failed":
+            failed_ice = self.pc.iceConnectionState == "failed"
+            self._on_failure(self, "ice_failed" if failed_ice else "dtls_failed")
+
+    async def watch_media(self, media_timeout: float) -> None:
+        """Report 'media_timeout' when no RTP arrived for that long on a connected leg."""
+        while not self.closed and not self.failed:
+            if self.connected_at is None:
+                await asyncio.sleep(0.2)
+                continue
+            last = max(self.connected_at, self.reception.last_arrival or 0.0)
+            remaining = last + media_timeout - self._loop.time()
+            if remaining <= 0:
+                self._on_failure(self, "media_timeout")
+                return
+            await asyncio.sleep(remaining)

@@ -1,0 +1,249 @@
+"""The media relay: anchors each device's WebRTC leg and forwards Opus between legs.
+
+Packets are forwarded encoded, never decoded (ARCHITECTURE: a relay must not
+route audio through aiortc's jitter buffer); see voice/relay/leg.py for how
+aiortc is used for ICE and DTLS-SRTP only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+
+from voice.ice import ice_configuration, rewrite_candidate_addresses
+from voice.relay.leg import FRAME_SAMPLES, Leg
+from voice.relay.ringback import FRAME_DURATION, ringback_cycle
+from voice.relay.sdp import NoOpusError, opus_payload_types
+
+__all__ = ["LegStats", "NoOpusError", "Relay"]
+
+logger = logging.getLogger(__name__)
+
+# A pacer that fell this far behind (a stalled loop) restarts its clock
+# instead of sending a burst the receiver would have to absorb.
+MAX_PACER_LAG = 0.2
+
+
+@dataclass(frozen=True)
+class LegStats:
+    """Counters of one leg: received from its device, sent to its device.
+
+    Bytes are RTP payload octets (RFC 3550 §6.4.1 octet count). Loss and
+    jitter (RFC 3550 A.3, A.8) are of the device's stream as the relay
+    received it; rtt_ms comes from the device's receiver reports on the
+    relay's sender reports (§6.4.1), None until one arrived.
+    """
+
+    packets_received: int = 0
+    packets_sent: int = 0
+    packets_lost: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    jitter_ms: float = 0.0
+    rtt_ms: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        bind_address: str,
+        announce_address: str = "",
+        ice_servers: Sequence[str] = (),
+        media_timeout: float = 20.0,
+        on_leg_failed: Callable[[str, str], None] | None = None,
+    ) -> None:
+        # bind_address is applied process-wide by voice.ice.restrict_host_addresses
+        # (aioice has no per-connection setting); here it names what to rewrite.
+        self.bind_address = bind_address
+        self.announce_address = announce_address
+        self.ice_servers = tuple(ice_servers)
+        self.media_timeout = media_timeout
+        self.on_leg_failed = on_leg_failed
+        self._legs: dict[str, Leg] = {}
+        self._ringback_sources = 0
+
+    @property
+    def active_legs(self) -> int:
+        return len(self._legs)
+
+    # -- negotiation -------------------------------------------------------
+
+    async def answer(self, leg_id: str, offer_sdp: str) -> str:
+        """Answer a device's offer (the caller's leg); returns the relay's answer SDP."""
+        opus_payload_types(offer_sdp)
+        leg = self._create_leg(leg_id)
+        try:
+            await leg.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await leg.pc.setLocalDescription(await leg.pc.createAnswer())
+        except Exception as exc:
+            await self.close_leg(leg_id)
+            raise ValueError(f"leg {leg_id}: cannot use offer SDP: {exc}") from exc
+        return self._local_sdp(leg)
+
+    async def offer(self, leg_id: str) -> str:
+        """Create the relay's offer for a device (a callee's leg)."""
+        leg = self._create_leg(leg_id)
+        await leg.pc.setLocalDescription(await leg.pc.createOffer())
+        return self._local_sdp(leg)
+
+    async def accept_answer(self, leg_id: str, answer_sdp: str) -> None:
+        """Apply the device's answer to the relay's offer; media starts flowing."""
+        leg = self._leg(leg_id)
+        opus_payload_types(answer_sdp)
+        try:
+            await leg.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+        except Exception as exc:
+            raise ValueError(f"leg {leg_id}: cannot use answer SDP: {exc}") from exc
+
+    def _create_leg(self, leg_id: str) -> Leg:
+        if leg_id in self._legs:
+            raise ValueError(f"leg {leg_id} already exists")
+        pc = RTCPeerConnection(configuration=ice_configuration(self.ice_servers))
+        leg = Leg(leg_id, pc, self._leg_failed)
+        capabilities = RTCRtpSender.getCapabilities("audio")
+        # Opus only: both legs must speak it for packets to be forwarded as they are.
+        leg.transceiver.setCodecPreferences(
+            [codec for codec in capabilities.codecs if codec.mimeType.lower() == "audio/opus"]
+        )
+
+        @pc.on("connectionstatechange")
+        def on_connection_state() -> None:
+            leg.on_connection_state(pc.connectionState)
+
+        leg.watchdog_task = asyncio.create_task(leg.watch_media(self.media_timeout))
+        self._legs[leg_id] = leg
+        return leg
+
+    def _local_sdp(self, leg: Leg) -> str:
+        description = leg.pc.localDescription
+        return rewrite_candidate_addresses(
+            description.sdp, self.bind_address, self.announce_address
+        )
+
+    def _leg(self, leg_id: str) -> Leg:
+        try:
+            return self._legs[leg_id]
+        except KeyError:
+            raise KeyError(f"unknown leg {leg_id}") from None
+
+    def _leg_failed(self, leg: Leg, detail: str) -> None:
+        if leg.closed or leg.failed:
+            return
+        leg.failed = True
+        logger.info("leg %s failed: %s", leg.leg_id, detail)
+        if self.on_leg_failed is not None:
+            try:
+                self.on_leg_failed(leg.leg_id, detail)
+            except Exception:
+                logger.exception("on_leg_failed(%s, %s) raised", leg.leg_id, detail)
+
+    # -- media -------------------------------------------------------------
+
+    def start_ringback(self, leg_id: str) -> None:
+        """Play the ringback tone to this leg as early media (from when it connects)."""
+        leg = self._leg(leg_id)
+        if leg.ringback_task is not None and not leg.ringback_task.done():
+            return
+        self._ringback_sources += 1
+        source = ("ringback", self._ringback_sources)
+        leg.ringback_task = asyncio.create_task(self._play_ringback(leg, source))
+
+    def stop_ringback(self, leg_id: str) -> None:
+        leg = self._legs.get(leg_id)
+        if leg is not None and leg.ringback_task is not None:
+            leg.ringback_task.cancel()
+            leg.ringback_task = None
+
+    async def _play_ringback(self, leg: Leg, source: tuple[str, int]) -> None:
+        payloads = ringback_cycle()
+        loop = asyncio.get_running_loop()
+        # The cadence starts when the caller can hear it, i.e. with the tone.
+        while not leg.connected:
+            if leg.closed:
+                return
+            await asyncio.sleep(FRAME_DURATION)
+        deadline = loop.time()
+        index = 0
+        while not leg.closed:
+            payload = payloads[index % len(payloads)]
+            await leg.send(
+                source,
+                index & 0xFFFF,
+                (index * FRAME_SAMPLES) & 0xFFFFFFFF,
+                int(index % len(payloads) == 0),
+                payload,
+            )
+            index += 1
+            deadline += FRAME_DURATION
+            delay = deadline - loop.time()
+            if delay < -MAX_PACER_LAG:
+                deadline = loop.time()
+                delay = 0.0
+            await asyncio.sleep(max(0.0, delay))
+
+    def bridge(self, a: str, b: str) -> None:
+        """Forward Opus packets between legs a and b both ways; ends ringback on both."""
+        if a == b:
+            raise ValueError("cannot bridge a leg to itself")
+        leg_a, leg_b = self._leg(a), self._leg(b)
+        for leg in (leg_a, leg_b):
+            self.stop_ringback(leg.leg_id)
+            if leg.peer is not None and leg.peer not in (leg_a, leg_b):
+                leg.peer.peer = None
+        leg_a.peer = leg_b
+        leg_b.peer = leg_a
+
+    # -- stats and teardown -------------------------------------------------
+
+    def stats(self, leg_id: str) -> LegStats:
+        """Current counters of a leg; zero stats for an unknown leg."""
+        leg = self._legs.get(leg_id)
+        return _stats(leg) if leg is not None else LegStats()
+
+    async def close_leg(self, leg_id: str) -> LegStats:
+        """Close a leg (idempotent) and return its final stats."""
+        leg = self._legs.pop(leg_id, None)
+        if leg is None:
+            return LegStats()
+        # Closed first: no failure callback and no more forwarding from here on.
+        leg.closed = True
+        if leg.peer is not None:
+            leg.peer.peer = None
+            leg.peer = None
+        for task in (leg.ringback_task, leg.watchdog_task):
+            if task is not None:
+                task.cancel()
+        final = _stats(leg)
+        for task in (leg.ringback_task, leg.watchdog_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await leg.pc.close()
+        return final
+
+    async def close(self) -> None:
+        for leg_id in list(self._legs):
+            await self.close_leg(leg_id)
+
+
+def _stats(leg: Leg) -> LegStats:
+    reception = leg.reception
+    return LegStats(
+        packets_received=reception.packets_received,
+        packets_sent=leg.packets_sent,
+        packets_lost=reception.packets_lost,
+        bytes_received=reception.bytes_received,
+        bytes_sent=leg.bytes_sent,
+        jitter_ms=round(reception.jitter_ms, 3),
+        rtt_ms=None if leg.rtt is None else round(leg.rtt * 1000.0, 3),
+    )

@@ -34,6 +34,7 @@ from signaling.calls.machine import (
     Unavailable,
 )
 from signaling.calls.records import CallRecord
+from signaling.identity.service import InvalidNumberError
 from signaling.metrics import Metrics
 from signaling.presence import Presence
 from voice.relay.relay import LegStats, NoOpusError
@@ -59,7 +60,8 @@ class RecordSink(Protocol):
 class Directory(Protocol):
     """Numbers known to the service (IdentityService)."""
 
-    def normalise(self, raw: str, region: str | None = None) -> str: ...
+    def normalise(self, raw: str, region: str | None = None) -> str:
+        """E.164; raises InvalidNumberError."""
     async def is_registered(self, number: str) -> bool: ...
 
 
@@ -116,9 +118,8 @@ class CallService:
         ref = message.id
         try:
             callee = self._directory.normalise(message.to, message.region)
-        except ValueError as exc:
-            detail = getattr(exc, "detail", None) or str(exc)
-            await self._error(device_id, protocol.ErrorCode.INVALID_NUMBER, detail, ref)
+        except InvalidNumberError as exc:
+            await self._error(device_id, protocol.ErrorCode.INVALID_NUMBER, exc.detail, ref)
             return
         if callee == number:
             await self._error(device_id, protocol.ErrorCode.SELF_CALL, "cannot call yourself", ref)

@@ -1,0 +1,99 @@
+"""Shared fixtures: a real server on 127.0.0.1 and registered app devices."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from signaling.app import create_app
+from signaling.config import Config
+from voice.client.client import Phone
+from voice.client.signaling import SignalingClient
+from voice.ice import restrict_host_addresses
+
+#: Fictional numbers in the test range of every test server.
+TEST_PREFIX = "+4917700000"
+TEST_CODE = "246810"
+ALICE = "+4917700000001"
+BOB = "+4917700000002"
+CAROL = "+4917700000003"
+
+# All media stays on loopback: our clients and the relay bind and offer 127.0.0.1 only.
+restrict_host_addresses(["127.0.0.1"])
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def server_config(tmp_path: Path, **changes: object) -> Config:
+    return Config(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path,
+        test_number_prefix=TEST_PREFIX,
+        test_code=TEST_CODE,
+        media_bind_address="127.0.0.1",
+        reconnect_grace=1.0,
+        media_timeout=10.0,
+    ).replace(**changes)
+
+
+class Server:
+    def __init__(self, app: web.Application, runner: web.AppRunner, url: str) -> None:
+        self.app = app
+        self.runner = runner
+        self.url = url
+        self.phones: list[Phone] = []
+
+    async def register(self, number: str, name: str = "phone") -> str:
+        """A new device for ``number``; returns its credential."""
+        client = SignalingClient(self.url)
+        try:
+            device = await client.register(number, TEST_CODE, name)
+        finally:
+            await client.close()
+        return str(device["token"])
+
+    async def phone(self, number: str, name: str = "phone") -> Phone:
+        phone = await Phone.open(self.url, await self.register(number, name))
+        self.phones.append(phone)
+        return phone
+
+
+async def start_server(config: Config) -> Server:
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return Server(app, runner, f"http://127.0.0.1:{port}")
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    servers: list[Server] = []
+
+    async def make(**changes: object) -> Server:
+        server = await start_server(server_config(tmp_path, **changes))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        for phone in server.phones:
+            await phone.close()
+        await server.runner.cleanup()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> Server:
+    return await make_server()

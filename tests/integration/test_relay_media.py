@@ -28,9 +28,9 @@ async def relay() -> AsyncIterator[Relay]:
     await relay.close()
 
 
-async def wait_connected(*endpoints: MediaEndpoint, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while any(e.connection_state != "connected" for e in endpoints):
+async def wait_connected(*endpoints: MediaEndpoint, limit: float = 10.0) -> None:
+    async with asyncio.timeout(limit):
+        while any(e.connection_state != "connected" for e in endpoints):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 

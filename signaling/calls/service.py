@@ -192,7 +192,7 @@ class CallService:
             self._metrics.setup_seconds.observe(time.monotonic() - ctx.started)
             loop = asyncio.get_running_loop()
             ctx.ring_timer = loop.call_later(
-                self._ring_timeout, self._spawn, self._timeout(call.call_id)
+                self._ring_timeout, lambda: self._spawn(self._timeout(call.call_id))
             )
 
     async def accept(self, device_id: str, message: protocol.CallAccept) -> None:
@@ -304,6 +304,9 @@ class CallService:
         if ctx.call.state is CallState.ENDED and not strict:
             return
         effects = ctx.call.handle(event)
+        # The record is written before anyone hears the call ended, so a device that
+        # asks for its history right after sees the call.
+        effects.sort(key=lambda effect: not isinstance(effect, Ended))
         for effect in effects:
             await self._apply(ctx, effect)
         if ctx.call.state is not CallState.ENDED:

@@ -130,6 +130,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         detail = "" if exc.text in (None, f"{exc.status}: {exc.reason}") else exc.text or ""
         return problem(exc.status, _status_phrase(exc.status), detail, headers=headers)
     except Exception:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            # The socket may already be upgraded; a JSON body cannot follow.
+            raise
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(500, "Internal Server Error", "the server could not complete the request")
 

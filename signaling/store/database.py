@@ -69,7 +69,10 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction: committed on normal exit, rolled back on error."""
+        """A write transaction: committed on normal exit, rolled back on error.
+
+        Do not nest: on SQLite the inner call would wait for the outer forever.
+        """
         if self.is_sqlite:
             async with self._write_lock, self.engine.begin() as conn:
                 yield conn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -271,3 +272,27 @@ async def test_console_sender_logs(caplog: pytest.LogCaptureFixture) -> None:
     assert any("424242" in r.getMessage() and r.name == "anruf.sms" for r in caplog.records)
     with pytest.raises(ValueError):
         make_sender("carrier-pigeon")
+
+
+async def test_concurrent_requests_respect_the_send_limit(
+    identity: IdentityService, sender: RecordingSender
+) -> None:
+    results = await asyncio.gather(
+        *(identity.request_code(ALICE) for _ in range(10)), return_exceptions=True
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 2
+    assert all(isinstance(r, TooManySends) for r in results if isinstance(r, BaseException))
+    assert len(sender.sent) == 2
+
+
+async def test_concurrent_guesses_respect_the_attempt_limit(
+    identity: IdentityService, sender: RecordingSender
+) -> None:
+    await identity.request_code(ALICE)
+    right = sender.last_code(ALICE)
+    guesses = [f"{(int(right) + i) % 1_000_000:06d}" for i in range(1, 11)]
+    results = await asyncio.gather(
+        *(identity.verify(ALICE, g) for g in guesses), return_exceptions=True
+    )
+    assert sum(isinstance(r, WrongCode) for r in results) == 2
+    assert sum(isinstance(r, TooManyAttempts) for r in results) == 8

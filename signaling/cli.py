@@ -190,7 +190,7 @@ async def _call(args: argparse.Namespace) -> int:
         if call.state == "ringing":
             print("Ringing ...")
         await call.connected(timeout=600)
-        if call.state == "connected":
+        if call.state == "connected" and call.connected_at is not None:
             print(f"Connected after {call.connected_at - call.invited_at:.1f} s.")
             await _talk(call, args.duration)
         await call.ended(timeout=10)

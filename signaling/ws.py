@@ -69,10 +69,10 @@ async def _first_message_auth(request: web.Request, ws: web.WebSocketResponse) -
     if msg.type != WSMsgType.TEXT:
         await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"unauthenticated")
         return None
+    message: protocol.Message | None = None
     try:
         message = protocol.parse(msg.data)
     except protocol.ProtocolError as exc:
-        message = None
         ref = exc.ref
     else:
         ref = message.id
@@ -109,7 +109,9 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, device: Device
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
-                await link.send(protocol.error(protocol.ErrorCode.BAD_MESSAGE, "send JSON text frames"))
+                await link.send(
+                    protocol.error(protocol.ErrorCode.BAD_MESSAGE, "send JSON text frames")
+                )
                 continue
             if not bucket.allow(time.monotonic()):
                 refused += 1
@@ -150,7 +152,9 @@ async def _dispatch(request: web.Request, link: WebSocketLink, device: Device, t
             case protocol.Ping():
                 await link.send(protocol.encode("pong", ref=message.id))
             case protocol.Auth():
-                await link.send(protocol.encode("welcome", ref=message.id, device_id=device.device_id))
+                await link.send(
+                    protocol.encode("welcome", ref=message.id, device_id=device.device_id)
+                )
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -186,7 +186,11 @@ class Call:
         self.state = state
 
     def _end(
-        self, now: float, reason: EndReason, detail: str = "", callee_reason: EndReason | None = None
+        self,
+        now: float,
+        reason: EndReason,
+        detail: str = "",
+        callee_reason: EndReason | None = None,
     ) -> list[Effect]:
         """End the call: every remaining device hears the reason (ringing devices may
         hear ``callee_reason`` instead, e.g. declined_elsewhere)."""

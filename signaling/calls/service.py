@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -62,6 +61,7 @@ class Directory(Protocol):
 
     def normalise(self, raw: str, region: str | None = None) -> str:
         """E.164; raises InvalidNumberError."""
+
     async def is_registered(self, number: str) -> bool: ...
 
 
@@ -112,9 +112,7 @@ class CallService:
 
     # Requests from devices -------------------------------------------------
 
-    async def invite(
-        self, device_id: str, number: str, message: protocol.CallInvite
-    ) -> None:
+    async def invite(self, device_id: str, number: str, message: protocol.CallInvite) -> None:
         ref = message.id
         try:
             callee = self._directory.normalise(message.to, message.region)
@@ -167,7 +165,13 @@ class CallService:
             return
         await self._send(
             call.caller_device,
-            protocol.encode("call.progress", ref=ctx.invite_ref, call_id=call.call_id, to=call.callee, sdp=answer),
+            protocol.encode(
+                "call.progress",
+                ref=ctx.invite_ref,
+                call_id=call.call_id,
+                to=call.callee,
+                sdp=answer,
+            ),
         )
         self._relay.start_ringback(ctx.leg(call.caller_device))
 
@@ -184,11 +188,15 @@ class CallService:
             alerted.append(device)
             await self._send(
                 device,
-                protocol.encode("call.incoming", call_id=call.call_id, **{"from": call.caller}, sdp=offer),
+                protocol.encode(
+                    "call.incoming", call_id=call.call_id, **{"from": call.caller}, sdp=offer
+                ),
             )
         await self._feed(ctx, Ring(self._clock(), tuple(alerted)))
         if call.state is CallState.RINGING:
-            await self._send(call.caller_device, protocol.encode("call.ringing", call_id=call.call_id))
+            await self._send(
+                call.caller_device, protocol.encode("call.ringing", call_id=call.call_id)
+            )
             self._metrics.setup_seconds.observe(time.monotonic() - ctx.started)
             loop = asyncio.get_running_loop()
             ctx.ring_timer = loop.call_later(
@@ -214,10 +222,14 @@ class CallService:
             await self._feed(ctx, Accept(self._clock(), device_id))
 
     async def reject(self, device_id: str, message: protocol.CallReject) -> None:
-        await self._request(device_id, message.call_id, message.id, Reject(self._clock(), device_id))
+        await self._request(
+            device_id, message.call_id, message.id, Reject(self._clock(), device_id)
+        )
 
     async def hangup(self, device_id: str, message: protocol.CallHangup) -> None:
-        await self._request(device_id, message.call_id, message.id, Hangup(self._clock(), device_id))
+        await self._request(
+            device_id, message.call_id, message.id, Hangup(self._clock(), device_id)
+        )
 
     async def _request(self, device_id: str, call_id: str, ref: str | None, event: Input) -> None:
         ctx = await self._find(device_id, call_id, ref)
@@ -333,7 +345,9 @@ class CallService:
             if ctx.ring_timer is not None:
                 ctx.ring_timer.cancel()
             self._relay.bridge(ctx.leg(call.caller_device), ctx.leg(effect.device))
-            message = protocol.encode("call.accepted", call_id=call.call_id, device_id=effect.device)
+            message = protocol.encode(
+                "call.accepted", call_id=call.call_id, device_id=effect.device
+            )
             await self._send(call.caller_device, message)
             await self._send(effect.device, message)
         elif isinstance(effect, Ended):
@@ -393,7 +407,11 @@ class CallService:
         except Exception:
             logger.exception("call %s: the call record could not be written", call.call_id)
         logger.info(
-            "call %s ended: %s %s (%.1f s)", call.call_id, ended.reason.value, ended.detail, record.duration
+            "call %s ended: %s %s (%.1f s)",
+            call.call_id,
+            ended.reason.value,
+            ended.detail,
+            record.duration,
         )
 
     # Helpers ---------------------------------------------------------------
@@ -417,7 +435,9 @@ class CallService:
         await self._error(
             device_id,
             protocol.ErrorCode.INVALID_STATE,
-            f"the call is {call.state.value}" if call.state is not CallState.ENDED else "the call has ended",
+            f"the call is {call.state.value}"
+            if call.state is not CallState.ENDED
+            else "the call has ended",
             ref,
         )
 

@@ -21,7 +21,9 @@ def heard(call: Call, start: str = "connected", end: str = "ended") -> np.ndarra
     return audio[markers.get(start, 0) : markers.get(end, len(audio))]
 
 
-async def connect(alice: Phone, bob: Phone, *, caller_tone: int = 440, callee_tone: int = 880) -> tuple[Call, Call]:
+async def connect(
+    alice: Phone, bob: Phone, *, caller_tone: int = 440, callee_tone: int = 880
+) -> tuple[Call, Call]:
     outgoing = await alice.call(BOB, source=f"tone:{caller_tone}")
     incoming = await bob.incoming(timeout=10, source=f"tone:{callee_tone}")
     assert incoming.peer == ALICE
@@ -104,7 +106,9 @@ async def test_busy_when_the_callee_is_in_another_call(server: Server) -> None:
     assert await attempt.ended(timeout=5) == "busy"
 
 
-async def test_no_answer_after_the_ring_timeout_is_a_missed_call(make_server: ServerFactory) -> None:
+async def test_no_answer_after_the_ring_timeout_is_a_missed_call(
+    make_server: ServerFactory,
+) -> None:
     server = await make_server(ring_timeout=1.5)
     alice = await server.phone(ALICE)
     bob = await server.phone(BOB)
@@ -127,7 +131,9 @@ async def test_caller_cancels_while_ringing(server: Server) -> None:
     assert await incoming.ended(timeout=5) == "cancelled"
 
 
-async def test_unavailable_when_no_device_is_online_or_the_number_is_unknown(server: Server) -> None:
+async def test_unavailable_when_no_device_is_online_or_the_number_is_unknown(
+    server: Server,
+) -> None:
     alice = await server.phone(ALICE)
     await server.register(BOB)  # registered, but offline
     offline = await alice.call(BOB)
@@ -149,7 +155,9 @@ async def test_dropped_websocket_mid_call_ends_it_after_the_grace_period(server:
     assert record["end_reason"] == "failed"
 
 
-async def test_reconnecting_within_the_grace_period_keeps_the_call(make_server: ServerFactory) -> None:
+async def test_reconnecting_within_the_grace_period_keeps_the_call(
+    make_server: ServerFactory,
+) -> None:
     server = await make_server(reconnect_grace=3.0)
     alice = await server.phone(ALICE)
     bob = await server.phone(BOB)

@@ -21,7 +21,9 @@ a=sendrecv
 """
 
 
-async def open_ws(server: Server, token: str | None, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+async def open_ws(
+    server: Server, token: str | None, session: aiohttp.ClientSession
+) -> aiohttp.ClientWebSocketResponse:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return await session.ws_connect(server.url.replace("http", "ws") + "/v1/ws", headers=headers)
 
@@ -71,7 +73,9 @@ async def test_an_offer_without_opus_fails_the_call_with_a_reason(
     await server.phone(BOB)
     ws = await open_ws(server, await server.register(ALICE), session)
     await receive(ws)
-    await ws.send_str(json.dumps({"type": "call.invite", "id": "i1", "to": BOB, "sdp": SDP_WITHOUT_OPUS}))
+    await ws.send_str(
+        json.dumps({"type": "call.invite", "id": "i1", "to": BOB, "sdp": SDP_WITHOUT_OPUS})
+    )
     reply = await receive(ws)
     assert reply["type"] == "call.ended" and reply["ref"] == "i1"
     assert (reply["reason"], reply["detail"]) == ("failed", "no_opus_in_offer")
@@ -130,7 +134,8 @@ async def test_unauthenticated_and_revoked_devices_are_refused(
 
     other = await server.register(ALICE, "laptop")
     async with session.delete(
-        f"{server.url}/v1/devices/{welcome['device_id']}", headers={"Authorization": f"Bearer {other}"}
+        f"{server.url}/v1/devices/{welcome['device_id']}",
+        headers={"Authorization": f"Bearer {other}"},
     ) as response:
         assert response.status == 204
     assert (await receive(ws))["code"] == "unauthenticated"

@@ -9,7 +9,9 @@ from signaling.ratelimit import TokenBucket
 
 
 def test_parse_invite() -> None:
-    msg = protocol.parse(json.dumps({"type": "call.invite", "id": 7, "to": "+4917700000002", "sdp": "v=0"}))
+    msg = protocol.parse(
+        json.dumps({"type": "call.invite", "id": 7, "to": "+4917700000002", "sdp": "v=0"})
+    )
     assert msg == protocol.CallInvite("7", "+4917700000002", "v=0", None)
 
 

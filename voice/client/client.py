@@ -1,10 +1,10 @@
 """The Python app client: one device of a phone number, placing and taking calls.
 
-    phone = await Phone.open(server, token)
-    call = await phone.call("+4917700000002", source="tone:440")
-    await call.connected()
-    ...
-    await call.hangup()
+phone = await Phone.open(server, token)
+call = await phone.call("+4917700000002", source="tone:440")
+await call.connected()
+...
+await call.hangup()
 """
 
 from __future__ import annotations
@@ -207,4 +207,3 @@ class Phone:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         await self.signaling.close()
-

@@ -5,7 +5,6 @@ Speaks the protocol described in docs/protocol.md; it does not import the server
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from typing import Any
@@ -48,7 +47,9 @@ class SignalingClient:
             text = await response.text()
             data: dict[str, Any] = json.loads(text) if text else {}
             if response.status >= 400:
-                raise ServerError(response.status, data.get("detail") or data.get("title", text), data)
+                raise ServerError(
+                    response.status, data.get("detail") or data.get("title", text), data
+                )
             return data
 
     # REST ------------------------------------------------------------------

@@ -35,9 +35,7 @@ async def test_offer_without_opus_is_refused() -> None:
     device = MediaEndpoint(source="silence")
     try:
         offer = await device.create_offer()
-        pcmu_only = "\r\n".join(
-            line for line in offer.split("\r\n") if "opus" not in line.lower()
-        )
+        pcmu_only = "\r\n".join(line for line in offer.split("\r\n") if "opus" not in line.lower())
         with pytest.raises(NoOpusError):
             await relay.answer("a", pcmu_only)
         with pytest.raises(ValueError, match="SDP"):

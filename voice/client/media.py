@@ -148,7 +148,7 @@ class MediaEndpoint:
             self._chunks = [np.concatenate(self._chunks)]
         return self._chunks[0]
 
-    async def wait_for_tone(self, freq: float, timeout: float) -> float:  # noqa: ASYNC109
+    async def wait_for_tone(self, freq: float, timeout: float) -> float:
         """time.monotonic() of the first received frame where `freq` was dominant.
 
         Checked at every 20 ms frame over the last 100 ms received.

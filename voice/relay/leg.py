@@ -100,6 +100,8 @@ class Leg:
         self.closed = False
         self.failed = False
         self.connected_at: float | None = None
+        # When both descriptions were applied and ICE checks could start.
+        self.negotiated_at: float | None = None
         self.decoder_bypassed_packets = 0
         self._on_failure = on_failure
         self._remote_ssrc: int | None = None
@@ -280,14 +282,30 @@ class Leg:
             failed_ice = self.pc.iceConnectionState == "failed"
             self._on_failure(self, "ice_failed" if failed_ice else "dtls_failed")
 
-    async def watch_media(self, media_timeout: float) -> None:
-        """Report 'media_timeout' when no RTP arrived for that long on a connected leg."""
+    async def watch_media(self, media_timeout: float, connect_timeout: float) -> None:
+        """Report a leg that does not connect in time, or goes silent once connected.
+
+        aioice only gives up on connectivity checks after its STUN
+        retransmissions run out (over 30 s), far longer than a caller waits,
+        so the relay bounds connection setup itself: ICE not done means
+        "ice_failed", ICE done but no DTLS means "dtls_failed". Once
+        connected, no RTP for `media_timeout` seconds is "media_timeout".
+        """
         while not self.closed and not self.failed:
+            now = self._loop.time()
             if self.connected_at is None:
-                await asyncio.sleep(0.2)
+                if self.negotiated_at is None:
+                    await asyncio.sleep(0.2)
+                    continue
+                remaining = self.negotiated_at + connect_timeout - now
+                if remaining <= 0:
+                    ice_done = self.pc.iceConnectionState in ("connected", "completed")
+                    self._on_failure(self, "dtls_failed" if ice_done else "ice_failed")
+                    return
+                await asyncio.sleep(min(remaining, 0.2))
                 continue
             last = max(self.connected_at, self.reception.last_arrival or 0.0)
-            remaining = last + media_timeout - self._loop.time()
+            remaining = last + media_timeout - now
             if remaining <= 0:
                 self._on_failure(self, "media_timeout")
                 return

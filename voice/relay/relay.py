@@ -61,6 +61,7 @@ class Relay:
         ice_servers: Sequence[str] = (),
         media_timeout: float = 20.0,
         on_leg_failed: Callable[[str, str], None] | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
         # bind_address is applied process-wide by voice.ice.restrict_host_addresses
         # (aioice has no per-connection setting); here it names what to rewrite.
@@ -68,6 +69,7 @@ class Relay:
         self.announce_address = announce_address
         self.ice_servers = tuple(ice_servers)
         self.media_timeout = media_timeout
+        self.connect_timeout = connect_timeout
         self.on_leg_failed = on_leg_failed
         self._legs: dict[str, Leg] = {}
         self._ringback_sources = 0
@@ -88,6 +90,7 @@ class Relay:
         except Exception as exc:
             await self.close_leg(leg_id)
             raise ValueError(f"leg {leg_id}: cannot use offer SDP: {exc}") from exc
+        leg.negotiated_at = asyncio.get_running_loop().time()
         return self._local_sdp(leg)
 
     async def offer(self, leg_id: str) -> str:
@@ -104,6 +107,7 @@ class Relay:
             await leg.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
         except Exception as exc:
             raise ValueError(f"leg {leg_id}: cannot use answer SDP: {exc}") from exc
+        leg.negotiated_at = asyncio.get_running_loop().time()
 
     def _create_leg(self, leg_id: str) -> Leg:
         if leg_id in self._legs:
@@ -120,7 +124,8 @@ class Relay:
         def on_connection_state() -> None:
             leg.on_connection_state(pc.connectionState)
 
-        leg.watchdog_task = asyncio.create_task(leg.watch_media(self.media_timeout))
+        watch = leg.watch_media(self.media_timeout, self.connect_timeout)
+        leg.watchdog_task = asyncio.create_task(watch)
         self._legs[leg_id] = leg
         return leg
 

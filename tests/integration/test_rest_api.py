@@ -281,7 +281,7 @@ async def test_bad_bodies_are_problems(
 async def test_oversized_body(client: TestClient[web.Request, web.Application]) -> None:
     response = await client.post(
         "/v1/verification",
-        data=b"{" + b" " * 200_000 + b"}",
+        data=b"{" + b" " * 2_000_000 + b"}",
         headers={"Content-Type": "application/json"},
     )
     await assert_problem(response, 413)

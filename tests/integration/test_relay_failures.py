@@ -10,7 +10,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from voice.client.media import MediaEndpoint
 from voice.ice import ice_configuration, restrict_host_addresses
-from voice.relay import NoOpusError, Relay
+from voice.relay import NoOpusError, Relay, UnknownLegError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,6 +41,11 @@ async def test_offer_without_opus_is_refused() -> None:
         with pytest.raises(ValueError, match="SDP"):
             await relay.answer("a", "this is not SDP")
         assert relay.active_legs == 0
+        with pytest.raises(UnknownLegError):
+            await relay.accept_answer("gone", offer)
+        with pytest.raises(ValueError):
+            relay.start_ringback("gone")
+        assert relay.stats("gone") == await relay.close_leg("gone")
     finally:
         await device.close()
         await relay.close()

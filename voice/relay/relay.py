@@ -21,13 +21,22 @@ from voice.relay.leg import FRAME_SAMPLES, Leg
 from voice.relay.ringback import FRAME_DURATION, ringback_cycle
 from voice.relay.sdp import NoOpusError, opus_payload_types
 
-__all__ = ["LegStats", "NoOpusError", "Relay"]
+__all__ = ["LegStats", "NoOpusError", "Relay", "UnknownLegError"]
 
 logger = logging.getLogger(__name__)
 
 # A pacer that fell this far behind (a stalled loop) restarts its clock
 # instead of sending a burst the receiver would have to absorb.
 MAX_PACER_LAG = 0.2
+
+
+class UnknownLegError(KeyError, ValueError):
+    """No such leg (never created, or already closed).
+
+    Both a KeyError (a lookup failed) and a ValueError, so callers that
+    treat any unusable request as ValueError also catch an answer arriving
+    for a leg that was closed in the meantime.
+    """
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ class Relay:
         try:
             return self._legs[leg_id]
         except KeyError:
-            raise KeyError(f"unknown leg {leg_id}") from None
+            raise UnknownLegError(f"unknown leg {leg_id}") from None
 
     def _leg_failed(self, leg: Leg, detail: str) -> None:
         if leg.closed or leg.failed:

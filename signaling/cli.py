@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # ICE pair checks are debugging detail
+        logging.getLogger("aioice").setLevel(logging.WARNING)
     if args.command == "serve":
         return _serve(args)
     try:
@@ -191,7 +193,8 @@ async def _call(args: argparse.Namespace) -> int:
             print("Ringing ...")
         await call.connected(timeout=600)
         if call.state == "connected" and call.connected_at is not None:
-            print(f"Connected after {call.connected_at - call.invited_at:.1f} s.")
+            setup_ms = (call.connected_at - call.invited_at) * 1000
+            print(f"Connected after {setup_ms:.0f} ms.")
             await _talk(call, args.duration)
         await call.ended(timeout=10)
         print(_ended_line(call))

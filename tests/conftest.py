@@ -97,3 +97,19 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
 @pytest.fixture
 async def server(make_server: ServerFactory) -> Server:
     return await make_server()
+
+
+POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+def require_postgres() -> str:
+    """The machine's PostgreSQL: absent fails loudly in CI, and skips elsewhere."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    except OSError as exc:
+        if in_ci():
+            pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432 in CI: {exc}")
+        pytest.skip(f"PostgreSQL is not running at 127.0.0.1:5432 ({exc})")
+    return POSTGRES_URL

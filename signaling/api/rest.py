@@ -184,19 +184,7 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-#: The routes above, for an app's route table.
-ROUTES: list[web.RouteDef] = [
-    web.post("/v1/verification", request_code),
-    web.post("/v1/devices", register_device),
-    web.get("/v1/devices", list_devices, allow_head=False),
-    web.delete("/v1/devices/{device_id}", revoke_device),
-    web.post("/v1/contacts/discover", discover_contacts),
-    web.get("/v1/calls", call_history, allow_head=False),
-    web.get("/healthz", healthz),
-]
-
 __all__ = [
-    "ROUTES",
     "call_history",
     "discover_contacts",
     "healthz",

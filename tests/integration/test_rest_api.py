@@ -13,38 +13,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from signaling.api import rest
 from signaling.api.problems import problem_middleware
+from signaling.app import create_app
 from signaling.calls.records import CallRecord
 from signaling.config import Config
-from signaling.identity.senders import make_sender
-from signaling.identity.service import IdentityService
-from signaling.keys import CDRS, CONFIG, DATABASE, IDENTITY
-from signaling.store.cdrs import CallRecordStore
-from signaling.store.database import Database
+from signaling.keys import CDRS, DATABASE
 
 ALICE = "+4917700000001"
 BOB = "+4917700000002"
 LOAD_TEST_NUMBER = "+4917799999901"
 PROBLEM = "application/problem+json"
-
-
-def build_app(config: Config) -> web.Application:
-    """Stand-in for signaling.app.create_app: the REST routes and the services."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=64 * 1024)
-    app[CONFIG] = config
-
-    async def services(app: web.Application) -> AsyncIterator[None]:
-        db = await Database.open(config.resolved_database_url)
-        app[DATABASE] = db
-        app[IDENTITY] = IdentityService(db, config, make_sender(config.sms_sender))
-        app[CDRS] = CallRecordStore(db)
-        yield
-        await db.close()
-
-    app.cleanup_ctx.append(services)
-    app.router.add_routes(rest.ROUTES)
-    return app
 
 
 @pytest.fixture
@@ -58,7 +36,7 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Ap
         test_code="123456",
         sms_sender="console",
     )
-    app = build_app(config)  # later: signaling.app.create_app(config)
+    app = create_app(config)
     async with TestClient(TestServer(app, host="127.0.0.1")) as test_client:
         yield test_client
 

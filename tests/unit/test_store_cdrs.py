@@ -1,12 +1,10 @@
 """Call detail records: save once, read back, history per number, restarts.
 
-Runs on SQLite files and, when the asyncpg driver is installed, on the
-PostgreSQL test database at 127.0.0.1:5432 (tables dropped around each test).
+Runs on SQLite files and on the machine's PostgreSQL test database at 127.0.0.1:5432 (tables dropped around each test).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,34 +14,25 @@ from signaling.calls.records import CallRecord
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.store.schema import metadata
+from tests.conftest import require_postgres
 
 ALICE = "+4917700000001"
 BOB = "+4917700000002"
 CAROL = "+4917700000003"
-POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(
-                importlib.util.find_spec("asyncpg") is None, reason="asyncpg not installed"
-            ),
-        ),
-    ]
-)
+@pytest.fixture(params=["sqlite", "postgresql"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'anruf.sqlite3'}"
         return
-    db = await Database.open(POSTGRES_URL)
+    url = require_postgres()
+    db = await Database.open(url)
     async with db.transaction() as conn:
         await conn.run_sync(metadata.drop_all)
     await db.close()
-    yield POSTGRES_URL
-    db = await Database.open(POSTGRES_URL)
+    yield url
+    db = await Database.open(url)
     async with db.transaction() as conn:
         await conn.run_sync(metadata.drop_all)
     await db.close()

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from signaling import protocol
 from signaling.ratelimit import TokenBucket
@@ -52,3 +55,34 @@ def test_token_bucket_refuses_a_burst_and_refills() -> None:
     assert [bucket.allow(0.0) for _ in range(6)] == [True] * 5 + [False]
     assert bucket.allow(0.1)
     assert not bucket.allow(0.1)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+TYPES = ["auth", "ping", "call.invite", "call.accept", "call.reject", "call.hangup", "x"]
+message_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(TYPES)},
+    optional={"id": json_values, "to": json_values, "sdp": json_values, "call_id": json_values,
+              "token": json_values, "region": json_values},
+)  # fmt: skip
+
+
+@given(st.one_of(json_values, message_like))
+def test_any_json_parses_or_fails_with_a_protocol_error(value: object) -> None:
+    try:
+        message = protocol.parse(json.dumps(value))
+    except protocol.ProtocolError as exc:
+        assert exc.code in {"bad_json", "bad_message", "unknown_type"}
+    else:
+        assert isinstance(message, protocol.Message)
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_parse_or_fail_with_a_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(protocol.ProtocolError):
+        protocol.parse(data)

@@ -1,6 +1,7 @@
 """Call detail records: save once, read back, history per number, restarts.
 
-Runs on SQLite files and on the machine's PostgreSQL test database at 127.0.0.1:5432 (tables dropped around each test).
+Runs on SQLite files and on the machine's PostgreSQL test database at
+127.0.0.1:5432 (tables dropped around each test).
 """
 
 from __future__ import annotations

@@ -194,6 +194,8 @@ class Phone:
                 logger.warning("server error: %s", message)
             return
         await call._on_message(message)
+        if call.state == "ended" and call.call_id is not None:
+            self.calls.pop(call.call_id, None)  # the caller keeps its Call object
 
     async def close(self) -> None:
         for call in list(self.calls.values()):

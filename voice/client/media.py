@@ -151,7 +151,8 @@ class MediaEndpoint:
     async def wait_for_tone(self, freq: float, timeout: float) -> float:
         """time.monotonic() of the first received frame where `freq` was dominant.
 
-        Checked at every 20 ms frame over the last 100 ms received.
+        Checked at every 20 ms frame over the last 100 ms received. Raises
+        TimeoutError, or ConnectionError once the endpoint is closed.
         """
         checked = 0
         async with asyncio.timeout(timeout):
@@ -167,6 +168,8 @@ class MediaEndpoint:
                     found = dominant_frequency(window, SAMPLE_RATE)
                     if found > 0 and abs(found - freq) <= DETECTION_TOLERANCE_HZ:
                         return arrival
+                if self._closed:
+                    raise ConnectionError("the media endpoint closed before the tone was heard")
                 self._new_audio.clear()
                 await self._new_audio.wait()
 
@@ -177,6 +180,7 @@ class MediaEndpoint:
         if self._closed:
             return
         self._closed = True
+        self._new_audio.set()  # wake wait_for_tone()
         if self._receive_task is not None:
             self._receive_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -72,7 +72,14 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
     def leg_failed(leg_id: str, detail: str) -> None:
         app[CALLS].leg_failed(leg_id, detail)
 
-    relay = Relay(
+    relay_class: type[Relay] = Relay
+    if config.relay_mode == "transcode":
+        from voice.relay.transcode import TranscodingRelay
+
+        relay_class = TranscodingRelay
+    elif config.relay_mode != "forward":
+        raise ValueError(f"relay_mode must be forward or transcode, not {config.relay_mode!r}")
+    relay = relay_class(
         bind_address=config.media_bind_address,
         announce_address=config.media_announce_address,
         ice_servers=config.ice_servers,

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--test-number-prefix")
     serve.add_argument("--test-code")
     serve.add_argument("--ring-timeout", type=float)
+    serve.add_argument("--relay-mode", choices=["forward", "transcode"])
 
     def client_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--profile-dir", type=Path, default=DEFAULT_PROFILE_DIR)
@@ -103,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
             "test_number_prefix",
             "test_code",
             "ring_timeout",
+            "relay_mode",
         )
     }
     try:

@@ -40,6 +40,9 @@ class Config:
     media_announce_address: str = ""
     #: STUN/TURN URLs for the relay; empty on loopback. Never a public default.
     ice_servers: tuple[str, ...] = ()
+    #: "forward" (Opus packets forwarded, never decoded) or "transcode" (aiortc's
+    #: MediaRelay decodes and re-encodes every frame: a baseline for load tests only).
+    relay_mode: str = "forward"
 
     # WebSocket limits
     ws_max_message_bytes: int = 64 * 1024

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     answer.add_argument("--calls", type=int, default=1)
     media_options(answer)
 
+    from voice.loadtest.cli import add_parser as add_loadtest
+
+    add_loadtest(commands)
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -73,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("aioice").setLevel(logging.WARNING)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "loadtest":
+        from voice.loadtest.cli import main as loadtest
+
+        return loadtest(args)
     try:
         return asyncio.run(_CLIENT_COMMANDS[args.command](args))
     except KeyboardInterrupt:

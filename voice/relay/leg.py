@@ -16,6 +16,10 @@ and handed to, the leg's RTCDtlsTransport directly. The seams into aiortc
 
 The sender gets a track that never yields a frame, so aiortc's own RTP loop
 stays idle while the m-line is negotiated sendrecv.
+
+`RtpPeer` holds these seams, the send path and RTCP; `Leg` adds what the
+relay needs on top (forwarding to the peer leg, failure detection). The load
+generator's endpoints (voice/loadtest/line.py) are RtpPeers too.
 """
 
 from __future__ import annotations
@@ -70,16 +74,16 @@ class SilentTrack(MediaStreamTrack):
         raise AssertionError("unreachable")
 
 
-class Leg:
-    """Per-leg RTP state around one RTCPeerConnection."""
+class RtpPeer:
+    """Raw RTP over one RTCPeerConnection: aiortc negotiates ICE and DTLS-SRTP only.
 
-    def __init__(
-        self,
-        leg_id: str,
-        pc: RTCPeerConnection,
-        on_failure: Callable[[Leg, str], None],
-    ) -> None:
-        self.leg_id = leg_id
+    The relay's legs and the load generator's endpoints both build on this:
+    packets are received through `on_rtp` (before aiortc's jitter buffer and
+    decoder) and sent with `send`; RTCP sender reports describe the stream
+    actually sent and RTT comes from the peer's receiver reports.
+    """
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
         self.pc = pc
         self.transceiver: RTCRtpTransceiver = pc.addTransceiver(SilentTrack(), direction="sendrecv")
         self.sender: RTCRtpSender = self.transceiver.sender
@@ -94,22 +98,21 @@ class Leg:
         self.packets_sent = 0
         self.bytes_sent = 0
         self.rtt: float | None = None
-        self.peer: Leg | None = None
-        self.ringback_task: asyncio.Task[None] | None = None
-        self.watchdog_task: asyncio.Task[None] | None = None
         self.closed = False
-        self.failed = False
-        self.connected_at: float | None = None
-        # When both descriptions were applied and ICE checks could start.
-        self.negotiated_at: float | None = None
         self.decoder_bypassed_packets = 0
-        self._on_failure = on_failure
         self._remote_ssrc: int | None = None
         self._last_sr_lsr = 0
         self._last_sr_arrival: float | None = None
         self._last_send_time = 0.0
         self._loop = asyncio.get_running_loop()
         self._install_seams()
+
+    def use_opus_only(self) -> None:
+        """Offer/answer Opus alone: packets are forwarded or replayed as Opus as they are."""
+        capabilities = RTCRtpSender.getCapabilities("audio")
+        self.transceiver.setCodecPreferences(
+            [codec for codec in capabilities.codecs if codec.mimeType.lower() == "audio/opus"]
+        )
 
     # -- aiortc seams ------------------------------------------------------
 
@@ -146,16 +149,10 @@ class Leg:
         self.reception.receive(
             packet.sequence_number, packet.timestamp, self._loop.time(), len(packet.payload)
         )
-        peer = self.peer
-        if peer is None or packet.payload_type != self.payload_type or not packet.payload:
-            return
-        await peer.send(
-            (self.leg_id, packet.ssrc),
-            packet.sequence_number,
-            packet.timestamp,
-            packet.marker,
-            packet.payload,
-        )
+        await self.on_rtp(packet)
+
+    async def on_rtp(self, packet: RtpPacket) -> None:
+        """Called for every RTP packet received (after the leg's own statistics)."""
 
     async def _handle_rtcp_from_receiver(self, packet: AnyRtcpPacket) -> None:
         # Sender reports of the device's stream: remember them for our LSR/DLSR.
@@ -270,6 +267,38 @@ class Leg:
             return
         with contextlib.suppress(ConnectionError):
             await self.sender.transport._send_rtp(b"".join(bytes(packet) for packet in packets))
+
+class Leg(RtpPeer):
+    """A relay leg: forwards what its device sends to the peer leg; reports failures."""
+
+    def __init__(
+        self,
+        leg_id: str,
+        pc: RTCPeerConnection,
+        on_failure: Callable[[Leg, str], None],
+    ) -> None:
+        super().__init__(pc)
+        self.leg_id = leg_id
+        self.peer: Leg | None = None
+        self.ringback_task: asyncio.Task[None] | None = None
+        self.watchdog_task: asyncio.Task[None] | None = None
+        self.failed = False
+        self.connected_at: float | None = None
+        # When both descriptions were applied and ICE checks could start.
+        self.negotiated_at: float | None = None
+        self._on_failure = on_failure
+
+    async def on_rtp(self, packet: RtpPacket) -> None:
+        peer = self.peer
+        if peer is None or packet.payload_type != self.payload_type or not packet.payload:
+            return
+        await peer.send(
+            (self.leg_id, packet.ssrc),
+            packet.sequence_number,
+            packet.timestamp,
+            packet.marker,
+            packet.payload,
+        )
 
     # -- failure detection -------------------------------------------------
 

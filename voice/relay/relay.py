@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from voice.ice import ice_configuration, rewrite_candidate_addresses
 from voice.relay.leg import FRAME_SAMPLES, Leg
@@ -123,11 +123,8 @@ class Relay:
             raise ValueError(f"leg {leg_id} already exists")
         pc = RTCPeerConnection(configuration=ice_configuration(self.ice_servers))
         leg = Leg(leg_id, pc, self._leg_failed)
-        capabilities = RTCRtpSender.getCapabilities("audio")
         # Opus only: both legs must speak it for packets to be forwarded as they are.
-        leg.transceiver.setCodecPreferences(
-            [codec for codec in capabilities.codecs if codec.mimeType.lower() == "audio/opus"]
-        )
+        leg.use_opus_only()
 
         @pc.on("connectionstatechange")
         def on_connection_state() -> None:

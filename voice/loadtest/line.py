@@ -190,6 +190,10 @@ class _Inbox:
         self._stash: list[tuple[float, dict[str, Any]]] = []
         self._task: asyncio.Task[None] | None = None
         self.closed = False
+        #: Ids of this call's requests: an error reply to one of them fails the call.
+        self.refs: set[str] = set()
+        #: The call.ended that failed a wait, if any.
+        self.ended: dict[str, Any] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._read())
@@ -214,6 +218,8 @@ class _Inbox:
     def forget(self) -> None:
         """Drop what earlier calls left behind."""
         self._stash.clear()
+        self.refs.clear()
+        self.ended = None
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is None:
@@ -248,23 +254,25 @@ class _Inbox:
                     position = len(self._stash)
                 message = item[1]
                 mtype = message.get("type")
-                if mtype == "error" and (ref is None or message.get("ref") == ref):
+                if mtype == "error" and message.get("ref") in self.refs:
                     self._stash.remove(item)
                     raise CallFailed(
                         f"{self.name}: error {message.get('code')}: {message.get('message')}"
                     )
                 if call_id is not None and message.get("call_id") not in (None, call_id):
                     continue
-                if ref is not None and mtype == kind and message.get("ref") != ref:
-                    continue
-                if mtype == kind:
+                if mtype == kind and (ref is None or message.get("ref") == ref):
                     self._stash.remove(item)
                     return item
-                if mtype == "call.ended" and kind != "call.ended" and call_id is not None:
+                # Before call.progress the call is known by the invite's ref only.
+                ours = call_id is not None or (ref is not None and message.get("ref") == ref)
+                if mtype == "call.ended" and kind != "call.ended" and ours:
+                    self._stash.remove(item)
+                    detail = message.get("detail")
+                    self.ended = message
                     raise CallFailed(
                         f"{self.name}: call ended ({message.get('reason')}"
-                        f"{': ' + message['detail'] if message.get('detail') else ''})"
-                        f" while waiting for {kind}"
+                        f"{': ' + detail if detail else ''}) while waiting for {kind}"
                     )
 
 
@@ -511,6 +519,7 @@ class _Call:
         ref = await line.caller.send(
             "call.invite", to=line.callee_number, sdp=pc.localDescription.sdp
         )
+        caller_inbox.refs.add(ref)
         _, progress = await caller_inbox.wait("call.progress", ref=ref, timeout=SETUP_TIMEOUT)
         self.call_id = call_id = str(progress["call_id"])
         await pc.setRemoteDescription(
@@ -534,7 +543,11 @@ class _Call:
             RTCSessionDescription(sdp=line.sdp_filter(incoming["sdp"]), type="offer")
         )
         await callee_pc.setLocalDescription(await callee_pc.createAnswer())
-        await line.callee.send("call.accept", call_id=call_id, sdp=callee_pc.localDescription.sdp)
+        callee_inbox.refs.add(
+            await line.callee.send(
+                "call.accept", call_id=call_id, sdp=callee_pc.localDescription.sdp
+            )
+        )
 
         self.stage = "waiting for call.accepted"
         accepted_at, _ = await caller_inbox.wait(
@@ -559,7 +572,7 @@ class _Call:
 
         self.stage = "hanging up"
         self.hung_up_at = time.perf_counter()
-        await line.caller.send("call.hangup", call_id=call_id)
+        caller_inbox.refs.add(await line.caller.send("call.hangup", call_id=call_id))
         _, ended = await caller_inbox.wait("call.ended", call_id=call_id, timeout=END_TIMEOUT)
         self.ended = True
         self.result.end_reason = ended.get("reason")
@@ -580,6 +593,10 @@ class _Call:
 
     async def cleanup(self) -> None:
         self._stop_streams()
+        ended = self.line._caller_inbox.ended
+        if ended is not None:
+            self.ended = True
+            self.result.end_reason = ended.get("reason")
         if self.call_id is not None and not self.ended:
             # A failed call must not stay up on the server: hang it up, ignore the reply.
             with contextlib.suppress(Exception):

@@ -109,3 +109,22 @@ async def test_a_call_to_an_offline_number_fails_fast_with_the_reason(
         await line.close()
     assert not result.ok and result.end_reason == "unavailable"
     assert result.error is not None and "unavailable" in result.error, result.to_dict()
+
+
+async def test_calls_are_measured_through_a_transcoding_relay(
+    make_server: ServerFactory, make_line: LineFactory
+) -> None:
+    # The relay re-encodes: packets are not the sender's, so the peer's audio
+    # is recognised by ear (setup time, integrity, PESQ); delay is not measured.
+    server = await make_server(relay_mode="transcode")
+    tone_line, speech_line = [await make_line(server, 60 + 2 * n) for n in range(2)]
+    tone, speech = await asyncio.gather(
+        tone_line.run_call(CallPlan(index=60, hold=HOLD)),
+        speech_line.run_call(CallPlan(index=61, hold=HOLD, audio="speech", pesq=True)),
+    )
+    for result in (tone, speech):
+        assert result.ok, result.to_dict()
+        assert result.setup_ms is not None and result.setup_ms < 1000
+        assert result.directions["a"].delay_ms_mean is None
+    assert speech.pesq is not None and speech.pesq > 3.5, speech.to_dict()
+    print(f"wideband PESQ through the transcoding relay: {speech.pesq}")

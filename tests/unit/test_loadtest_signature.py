@@ -110,3 +110,30 @@ def test_speech_is_deterministic_and_speech_like() -> None:
     share_below_4k = spectrum[freqs < 4000].sum() / spectrum.sum()
     assert share_below_4k > 0.9
     assert spectrum.max() / spectrum.sum() < 0.01
+
+
+def test_tone_probe_hears_its_signature_and_not_ringback_or_silence() -> None:
+    from voice.loadtest.signature import ToneProbe
+
+    mine = signature_for(3, "b")
+    probe = ToneProbe(mine)
+    t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
+    ringback = np.asarray(np.sin(2 * np.pi * 425 * t) * 10000, dtype=np.int16)
+    assert not probe.feed(np.zeros(SAMPLE_RATE // 10, dtype=np.int16))
+    assert not probe.feed(ringback)
+    assert not probe.feed(tone_pair(signature_for(4, "b"), 0.2))
+    assert probe.feed(decode_payloads(list(tone_loop(mine).payloads[:10])))
+
+
+def test_speech_is_located_in_its_loop_after_re_encoding() -> None:
+    from voice.codecs.opus import OpusEncoder
+    from voice.loadtest.line import locate_in_loop
+
+    loop = speech_loop()
+    start = 123 * FRAME_SAMPLES
+    encoder = OpusEncoder(bitrate=64000)
+    chunk = loop.pcm[start : start + SAMPLE_RATE]
+    payloads = [p for i in range(50) for p in encoder.encode(chunk[i * 960 : (i + 1) * 960])]
+    offset = locate_in_loop(decode_payloads(payloads), loop)
+    assert offset is not None and abs(offset - start) < 2 * FRAME_SAMPLES
+    assert locate_in_loop(tone_pair(signature_for(1, "a"), 1.0), loop) is None

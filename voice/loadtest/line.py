@@ -36,6 +36,7 @@ from voice.loadtest.signature import (
     FRAME_SECONDS,
     PacketLoop,
     Signature,
+    ToneProbe,
     detect,
     identify,
     signature_for,
@@ -156,10 +157,16 @@ _tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ticker] = weakref
 class _Endpoint(RtpPeer):
     """A device's media: raw RTP in, counted by the meter of the direction it receives."""
 
-    def __init__(self, pc: RTCPeerConnection, inbound: DirectionMeter) -> None:
+    def __init__(
+        self, pc: RTCPeerConnection, inbound: DirectionMeter, probe: ToneProbe | None = None
+    ) -> None:
         super().__init__(pc)
         self.inbound = inbound
         self.recent: deque[tuple[int, bytes]] = deque(maxlen=ANALYSIS_PACKETS)
+        # Until the peer's audio is recognised by its bytes, or by ear: see _listen.
+        self._probe = probe
+        self._probe_decoder: OpusDecoder | None = None
+        self.probe_heard_at: float | None = None
         self.use_opus_only()
 
     async def on_rtp(self, packet: RtpPacket) -> None:
@@ -167,9 +174,30 @@ class _Endpoint(RtpPeer):
         if not payload or packet.payload_type != self.payload_type:
             return
         meter = self.inbound
-        meter.on_receive(payload, packet.sequence_number, packet.timestamp, time.perf_counter())
+        now = time.perf_counter()
+        meter.on_receive(payload, packet.sequence_number, packet.timestamp, now)
         if payload not in meter.ignore:
             self.recent.append((packet.sequence_number, payload))
+            if self._probe is not None:
+                self._listen(payload, now)
+
+    def _listen(self, payload: bytes, now: float) -> None:
+        """Find the peer's audio by decoding, for relays that re-encode it.
+
+        A forwarding relay delivers the sender's own payloads: the first one
+        the meter recognises ends the probe before anything is decoded. A
+        transcoding relay's packets (its ringback too) are all new bytes, so
+        they are decoded until the signature is heard.
+        """
+        assert self._probe is not None
+        if self.inbound.first_mapped_arrival is not None:
+            self._probe = self._probe_decoder = None
+            return
+        if self._probe_decoder is None:
+            self._probe_decoder = OpusDecoder()
+        if self._probe.feed(self._probe_decoder.decode(payload)):
+            self.probe_heard_at = now
+            self._probe = self._probe_decoder = None
 
 
 def _new_pc() -> RTCPeerConnection:
@@ -377,12 +405,48 @@ def _check_speech(
     matched = sum(payload in loop.index_of for _, payload in packets)
     if packets and matched >= SPEECH_MATCH * len(packets):
         return "ok", "speech"
-    pcm = decode_payloads(_in_sequence(packets))
-    heard = detect(pcm[2 * FRAME_SAMPLES :], SAMPLE_RATE)
+    pcm = decode_payloads(_in_sequence(packets))[2 * FRAME_SAMPLES :]
+    # Re-encoded on the way (a transcoding relay): compare the sound itself.
+    if locate_in_loop(pcm, loop) is not None:
+        return "ok", "speech"
+    heard = detect(pcm, SAMPLE_RATE)
     if heard is None:
         return "silent", None
     owner = identify(heard)
     return ("crossed" if owner is not None and owner[0] != index else "wrong"), str(heard)
+
+
+#: Normalised cross-correlation above which decoded audio is the loop's speech.
+SPEECH_CORRELATION = 0.5
+
+
+def locate_in_loop(pcm: np.ndarray, loop: PacketLoop) -> int | None:
+    """Sample offset in the loop where `pcm` (0.25 s or more) starts; None if not there."""
+    if pcm.size < SAMPLE_RATE // 4:
+        return None
+    probe = np.asarray(pcm[: SAMPLE_RATE // 2], dtype=np.float64)
+    reference = np.asarray(loop.pcm, dtype=np.float64)
+    size = reference.size
+    # Circular cross-correlation against the loop, which repeats.
+    spectrum = np.fft.rfft(reference) * np.conj(np.fft.rfft(probe, n=size))
+    correlation = np.fft.irfft(spectrum, n=size)
+    offset = int(np.argmax(correlation))
+    segment = np.roll(reference, -offset)[: probe.size]
+    denominator = float(np.linalg.norm(segment) * np.linalg.norm(probe))
+    if denominator == 0 or correlation[offset] / denominator < SPEECH_CORRELATION:
+        return None
+    return offset
+
+
+def foreign_speech_pesq(payloads: list[bytes], loop: PacketLoop) -> float | None:
+    """PESQ of speech a relay re-encoded: decoded in arrival order, located in the loop."""
+    degraded = decode_payloads(payloads)
+    offset = locate_in_loop(degraded, loop)
+    if offset is None:
+        return None
+    repeats = degraded.size // loop.pcm.size + 2
+    reference = np.roll(np.tile(loop.pcm, repeats), -offset)[: degraded.size]
+    return wideband_pesq(reference, degraded)
 
 
 def speech_pesq(kept: list[tuple[int, bytes]], loop: PacketLoop) -> float | None:
@@ -510,7 +574,9 @@ class _Call:
         callee_inbox.forget()
 
         self.stage = "creating the offer"
-        self.caller_peer = _Endpoint(_new_pc(), self.meter_b)
+        self.caller_peer = _Endpoint(
+            _new_pc(), self.meter_b, ToneProbe(signature_for(plan.index, "b"))
+        )
         pc = self.caller_peer.pc
         await pc.setLocalDescription(await pc.createOffer())
 
@@ -615,7 +681,9 @@ class _Call:
         result, plan = self.result, self.plan
         if self.hung_up_at is not None and self.accepted_at is not None:
             result.talk_s = round(self.hung_up_at - self.accepted_at, 3)
-        first_b = self.meter_b.first_mapped_arrival or self.meter_b.first_arrival
+        first_b = self.meter_b.first_mapped_arrival
+        if first_b is None and self.caller_peer is not None:
+            first_b = self.caller_peer.probe_heard_at
         if first_b is not None and self.invited_at:
             result.setup_ms = round((first_b - self.invited_at) * 1000.0, 3)
 
@@ -631,9 +699,13 @@ class _Call:
         else:
             a.integrity, a.signature_heard = _check_tone(packets_a, expected_a_sig, plan.index, "a")
         b.integrity, b.signature_heard = _check_tone(packets_b, expected_b_sig, plan.index, "b")
-        if plan.pesq and plan.audio == "speech" and self.meter_a.kept:
-            kept = list(self.meter_a.kept)
-            a.pesq = await asyncio.to_thread(speech_pesq, kept, self.expected_a)
+        if plan.pesq and plan.audio == "speech":
+            if self.meter_a.kept:
+                kept = list(self.meter_a.kept)
+                a.pesq = await asyncio.to_thread(speech_pesq, kept, self.expected_a)
+            elif self.meter_a.kept_foreign:
+                foreign = list(self.meter_a.kept_foreign)
+                a.pesq = await asyncio.to_thread(foreign_speech_pesq, foreign, self.expected_a)
             result.pesq = a.pesq
         result.directions = {"a": a, "b": b}
         ratings = [d.r_factor for d in (a, b)]

@@ -149,6 +149,8 @@ class DirectionMeter:
         self.delays_ms = array("f")
         self.window_payloads: list[tuple[int, bytes]] = []
         self.kept: list[tuple[int, bytes]] = []
+        #: With keep_all, payloads that are not the sender's own, in arrival order.
+        self.kept_foreign: list[bytes] = []
 
     # sender side
 
@@ -172,6 +174,8 @@ class DirectionMeter:
             self.window_payloads.append((sequence_number, payload))
         position = self.index_of.get(payload)
         if position is None:
+            if self.keep_all:
+                self.kept_foreign.append(payload)
             return
         number = self._send_number[position]
         if number < 0:
@@ -194,7 +198,9 @@ class DirectionMeter:
         """
         if self.first_number is not None:
             return max(0, self.sent - self.first_number - self.mapped)
-        return max(0, self.sent - self.received) if self.received else 0
+        # Not the sender's packets (a re-encoding relay, or another stream):
+        # the gaps in the stream as received (RFC 3550 A.3).
+        return self.reception.packets_lost
 
     def result(self) -> DirectionResult:
         lost = self.lost

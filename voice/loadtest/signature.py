@@ -205,3 +205,34 @@ def _snap(frequency: float, base: float, steps: int) -> float:
     if 0 <= step < steps and abs(frequency - grid) <= TOLERANCE_HZ:
         return grid
     return round(frequency, 1)
+
+
+class ToneProbe:
+    """Tells when decoded audio turns into a given signature (100 ms windows).
+
+    For receivers that cannot recognise the sender's packets by their bytes
+    (a relay that re-encodes): the first window where the signature's two
+    tones carry most of the energy marks the arrival of the peer's audio.
+    """
+
+    WINDOW = SAMPLE_RATE // 10
+    SHARE = 0.6
+
+    def __init__(self, signature: Signature) -> None:
+        n = np.arange(self.WINDOW)
+        self._basis = np.exp(
+            -2j * np.pi * np.outer((signature.low_hz, signature.high_hz), n) / SAMPLE_RATE
+        )
+        self._buffer = np.zeros(0, dtype=np.float64)
+
+    def feed(self, pcm: np.ndarray) -> bool:
+        """Add decoded samples; True once the last window is the signature."""
+        buffer = np.concatenate((self._buffer, np.asarray(pcm, dtype=np.float64)))
+        self._buffer = buffer = buffer[-self.WINDOW :]
+        if buffer.size < self.WINDOW:
+            return False
+        total = float(np.mean(buffer**2))
+        if total < SILENCE_RMS**2:
+            return False
+        tones = 2 * np.abs(self._basis @ buffer) ** 2 / self.WINDOW**2
+        return float(tones.sum()) >= self.SHARE * total

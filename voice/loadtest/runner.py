@@ -140,7 +140,7 @@ async def drive(plan: WorkerPlan, emit: Emit) -> None:
         await asyncio.gather(*(line.close() for line in lines), return_exceptions=True)
         if proxy is not None:
             await proxy.close()
-            emit({"type": "impairment", "stats": dict(proxy.stats)})
+            emit({"type": "impairment", "stats": proxy.stats.as_dict()})
 
 
 def _worker_main(plan: WorkerPlan, results: multiprocessing.Queue[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ def test_parse_slos_with_units() -> None:
 
 @pytest.mark.parametrize("spec", ["speed=3", "loss=lots", "mos=4%", "setup_p95="])
 def test_bad_slos_are_named(spec: str) -> None:
-    with pytest.raises(ValueError, match="SLO|unknown"):
+    with pytest.raises(ValueError, match=r"SLO|unknown"):
         parse_slos(spec)
 
 

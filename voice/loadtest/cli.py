@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from voice.loadtest.server import DEFAULT_CODE, DEFAULT_PREFIX
 from voice.loadtest.slo import DEFAULT_SLOS, Slo, parse_slos
@@ -167,47 +166,52 @@ async def _sweep(
 ) -> dict[str, Any]:
     from voice.loadtest.report import build_report, figures
     from voice.loadtest.runner import Registry, run, spawned
+    from voice.loadtest.sweep import Sweep
 
     console.rule(f"sweep: relay {options.relay_mode}")
     steps: list[dict[str, Any]] = []
-    held: dict[str, Any] | None = None
+    sweep = Sweep(args.sweep_start, args.sweep_step, args.sweep_max)
     async with spawned(options) as target:
         registry = Registry(str(target.server), options.number_prefix, options.code)
-        concurrency = args.sweep_start
-        while concurrency <= args.sweep_max:
+        while (concurrency := sweep.next()) is not None:
+            # Calls start at --rate and hold until all of them are up together
+            # for --hold seconds: the step measures held calls, not a setup burst.
+            hold = concurrency / options.rate + args.hold
             step = replace(target, concurrency=concurrency, calls=concurrency, duration=None,
-                           rate=max(1.0, concurrency / 5.0))  # fmt: skip
+                           hold=hold)  # fmt: skip
             outcome = await run(step, registry=registry)
             report = build_report(outcome, slos)
             per_minute = report["server"]["cpu_s_per_call_minute"]
             row = {
                 "concurrency": concurrency,
                 "max_concurrent": report["calls"]["max_concurrent"],
-                **{k: v for k, v in figures(outcome.results).items()},
+                **figures(outcome.results),
                 "server_cpu_pct_mean": report["server"]["cpu_pct"]["mean"],
                 "server_cpu_pct_max": report["server"]["cpu_pct"]["max"],
+                "server_rss_mb_max": report["server"]["rss_mb_max"],
                 "server_cpu_s_per_call_minute": per_minute,
                 "calls_per_core": 60.0 / per_minute if per_minute else None,
                 "generator_cpu_pct_of_machine": report["generator"]["cpu_pct_of_machine"],
+                "slo": report["slo"],
                 "slo_met": report["slo_met"],
             }
             steps.append(row)
             _print_step(row, console)
-            if not report["slo_met"]:
-                break
-            held = row
-            concurrency += args.sweep_step
+            sweep.record(concurrency, report["slo_met"])
+    held = next((row for row in steps if row["concurrency"] == sweep.held), None)
+    console.print(f"relay {options.relay_mode}: held {sweep.held} concurrent calls")
     return {
         "relay_mode": options.relay_mode,
-        "held_concurrency": held["concurrency"] if held else 0,
+        "held_concurrency": sweep.held,
+        "first_missed": sweep.missed,
         "calls_per_core": held["calls_per_core"] if held else None,
+        "server_cpu_pct_mean": held["server_cpu_pct_mean"] if held else None,
         "generator_cpu_pct_of_machine": held["generator_cpu_pct_of_machine"] if held else None,
         "steps": steps,
     }
 
 
 def _print_step(row: dict[str, Any], console: Console) -> None:
-    table = Table(show_header=False, box=None)
     verdict = "[green]held[/green]" if row["slo_met"] else "[red]SLO missed[/red]"
     cells = [
         f"{row['concurrency']} calls",
@@ -220,8 +224,7 @@ def _print_step(row: dict[str, Any], console: Console) -> None:
         f"generator {_n(row['generator_cpu_pct_of_machine'])} %",
         verdict,
     ]
-    table.add_row(*cells)
-    console.print(table)
+    console.print("  ".join(cells), soft_wrap=True)
 
 
 def _n(value: float | None, digits: int = 1) -> str:

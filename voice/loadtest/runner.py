@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from voice.loadtest.impair import Impairment, ImpairmentProxy
-from voice.loadtest.line import CallPlan, Line
-
 from voice.client.signaling import SignalingClient
 from voice.ice import restrict_host_addresses
+from voice.loadtest.impair import Impairment, ImpairmentProxy
+from voice.loadtest.line import CallPlan, Line
 from voice.loadtest.server import DEFAULT_CODE, DEFAULT_PREFIX, ServerSampler, SpawnedServer
 
 Emit = Callable[[dict[str, Any]], None]

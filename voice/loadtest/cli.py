@@ -52,7 +52,9 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--pesq-sample", type=int, default=3, help="speech calls scored with PESQ")
     p.add_argument("--workers", type=int, default=1, help="generator processes")
     p.add_argument(
-        "--impair", default="", help="e.g. loss=5%%,jitter=30ms,delay=50ms on the media path"
+        "--impair",
+        default="",
+        help="e.g. loss=5%%,jitter=30ms,delay=50ms on every device's access link, both ways",
     )
     p.add_argument("--slo", default="", help=f"thresholds, e.g. {DEFAULT_SLOS}")
     p.add_argument("--report", type=Path, help="write the JSON report here")

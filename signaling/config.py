@@ -14,6 +14,8 @@ from typing import Any
 class Config:
     host: str = "127.0.0.1"
     port: int = 8080
+    #: "auto" (uvloop when installed), "uvloop" or "asyncio".
+    event_loop: str = "auto"
     data_dir: Path = Path("data")
     #: SQLAlchemy URL; empty means an SQLite file in data_dir.
     database_url: str = ""

@@ -9,18 +9,12 @@ import pytest
 
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
-from voice.ice import restrict_host_addresses
 from voice.loadtest.impair import Impairment, ImpairmentProxy
 from voice.relay import LegStats, Relay
 
 pytestmark = pytest.mark.timeout(60)
 
 BRIDGED_SECONDS = 8.0
-
-
-@pytest.fixture(autouse=True)
-def loopback_only() -> None:
-    restrict_host_addresses(["127.0.0.1"])
 
 
 @pytest.fixture

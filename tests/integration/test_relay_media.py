@@ -8,17 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.integration.relaying import call_through
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
-from voice.ice import restrict_host_addresses
 from voice.relay import Relay
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(autouse=True)
-def loopback_only() -> None:
-    restrict_host_addresses(["127.0.0.1"])
 
 
 @pytest.fixture
@@ -26,22 +21,6 @@ async def relay() -> AsyncIterator[Relay]:
     relay = Relay(bind_address="127.0.0.1")
     yield relay
     await relay.close()
-
-
-async def wait_connected(*endpoints: MediaEndpoint, limit: float = 10.0) -> None:
-    async with asyncio.timeout(limit):
-        while any(e.connection_state != "connected" for e in endpoints):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-
-async def call_through(relay: Relay, caller: MediaEndpoint, callee: MediaEndpoint) -> None:
-    """Set up both legs as the signaling server does: caller offers, relay offers callee."""
-    answer = await relay.answer("a", await caller.create_offer())
-    await caller.accept_answer(answer)
-    relay.start_ringback("a")
-    offer = await relay.offer("b")
-    await relay.accept_answer("b", await callee.answer(offer))
-    await wait_connected(caller, callee)
 
 
 async def test_bridged_endpoints_hear_each_other(relay: Relay) -> None:

@@ -10,10 +10,10 @@ import pytest
 
 from signaling.keys import RELAY
 from tests.conftest import ALICE, BOB, ServerFactory
+from tests.integration.relaying import call_through
 from tests.integration.test_calls import connect, heard
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
-from voice.ice import restrict_host_addresses
 from voice.relay import LegStats, NoOpusError, Relay, UnknownLegError
 from voice.relay.transcode import TranscodingRelay
 
@@ -22,32 +22,11 @@ pytestmark = pytest.mark.timeout(40)
 RATE = 48000
 
 
-@pytest.fixture(autouse=True)
-def loopback_only() -> None:
-    restrict_host_addresses(["127.0.0.1"])
-
-
 @pytest.fixture
 async def relay() -> AsyncIterator[TranscodingRelay]:
     relay = TranscodingRelay(bind_address="127.0.0.1")
     yield relay
     await relay.close()
-
-
-async def wait_connected(*endpoints: MediaEndpoint, limit: float = 10.0) -> None:
-    async with asyncio.timeout(limit):
-        while any(e.connection_state != "connected" for e in endpoints):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-
-async def call_through(relay: Relay, caller: MediaEndpoint, callee: MediaEndpoint) -> None:
-    """Set up both legs as the signaling server does: caller offers, relay offers callee."""
-    answer = await relay.answer("a", await caller.create_offer())
-    await caller.accept_answer(answer)
-    relay.start_ringback("a")
-    offer = await relay.offer("b")
-    await relay.accept_answer("b", await callee.answer(offer))
-    await wait_connected(caller, callee)
 
 
 def test_is_a_relay_with_the_same_interface() -> None:

@@ -69,6 +69,9 @@ class StreamRewriter:
         self._last_timestamp = 0
         self._last_time = 0.0
         self.packets = 0
+        # Output fields of the last packet `map` accepted.
+        self.out_sequence_number = 0
+        self.out_timestamp = 0
 
     @property
     def source(self) -> Hashable | None:
@@ -91,10 +94,20 @@ class StreamRewriter:
         dropped: its output sequence number would collide with packets
         already sent from the previous source.
         """
+        if not self.map(source, sequence_number, timestamp, now):
+            return None
+        return RewrittenHeader(self.out_sequence_number, self.out_timestamp)
+
+    def map(self, source: Hashable, sequence_number: int, timestamp: int, now: float) -> bool:
+        """Like `rewrite`, without building a header object: False to drop the packet.
+
+        The output fields are left in `out_sequence_number` and `out_timestamp`
+        (the per-packet forwarding path reads them from there).
+        """
         if source != self._source:
             self._switch(source, sequence_number, timestamp, now)
         elif sequence_delta(sequence_number, self._first_input_sequence) < 0:
-            return None
+            return False
 
         out_sequence = (sequence_number + self._sequence_offset) % SEQUENCE_MODULO
         out_timestamp = (timestamp + self._timestamp_offset) % TIMESTAMP_MODULO
@@ -106,7 +119,9 @@ class StreamRewriter:
             self._last_timestamp = out_timestamp
             self._last_time = now
         self.packets += 1
-        return RewrittenHeader(out_sequence, out_timestamp)
+        self.out_sequence_number = out_sequence
+        self.out_timestamp = out_timestamp
+        return True
 
     def _switch(self, source: Hashable, sequence_number: int, timestamp: int, now: float) -> None:
         if self._last_sequence_number is None:

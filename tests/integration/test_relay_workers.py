@@ -1,0 +1,250 @@
+"""Relay worker processes: media through them, allocation by call, a killed worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from voice.audio import tone_fraction
+from voice.client.media import SAMPLE_RATE, MediaEndpoint
+from voice.ice import restrict_host_addresses
+from voice.relay.workers import WORKER_LOST, RelayUnavailable, WorkerRelay
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only() -> None:
+    restrict_host_addresses(["127.0.0.1"])
+
+
+class Failures(list[tuple[str, str]]):
+    def __call__(self, leg_id: str, detail: str) -> None:
+        self.append((leg_id, detail))
+
+
+@pytest.fixture
+def failures() -> Failures:
+    return Failures()
+
+
+@pytest.fixture
+async def make_relay(failures: Failures) -> AsyncIterator[Callable[..., WorkerRelay]]:
+    relays: list[WorkerRelay] = []
+
+    def make(**options: object) -> WorkerRelay:
+        relay = WorkerRelay(bind_address="127.0.0.1", on_leg_failed=failures, **options)  # type: ignore[arg-type]
+        relays.append(relay)
+        return relay
+
+    yield make
+    for relay in relays:
+        await relay.close()
+    # close() stops every worker process: none is left behind.
+    for relay in relays:
+        assert relay.worker_pids == []
+
+
+async def wait_for(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    async with asyncio.timeout(limit):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def call_through(
+    relay: WorkerRelay, call_id: str, caller: MediaEndpoint, callee: MediaEndpoint
+) -> tuple[str, str]:
+    """Both legs as CallService sets them up: relay answers the caller, offers the callee."""
+    a, b = f"{call_id}:caller", f"{call_id}:callee"
+    await caller.accept_answer(await relay.answer(a, await caller.create_offer()))
+    relay.start_ringback(a)
+    offer = await relay.offer(b)
+    await relay.accept_answer(b, await callee.answer(offer))
+    await wait_for(
+        lambda: caller.connection_state == "connected" and callee.connection_state == "connected"
+    )
+    return a, b
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_calls_spread_over_workers_and_parties_hear_each_other(
+    make_relay: Callable[..., WorkerRelay], failures: Failures
+) -> None:
+    relay = make_relay(workers=2)
+    started = time.monotonic()
+    await relay.start()
+    print(f"2 workers ready in {time.monotonic() - started:.2f} s: {relay.worker_pids}")
+    pids = relay.worker_pids
+    assert len(pids) == 2 and os.getpid() not in pids
+
+    caller = MediaEndpoint(source="tone:440")
+    callee = MediaEndpoint(source="tone:880")
+    try:
+        a, b = await call_through(relay, "call1", caller, callee)
+        # Both legs of a call are on one worker; the next call goes to the idle one.
+        assert relay.worker_of(a) == relay.worker_of(b) is not None
+        other = await relay.offer("call2:x")
+        assert "m=audio" in other
+        assert relay.worker_of("call2:x") not in (None, relay.worker_of(a))
+        assert relay.active_legs == 3
+        assert sorted(relay.worker_loads.values()) == [1, 2]
+
+        await caller.wait_for_tone(425, timeout=5)  # ringback, played by the worker
+        relay.bridge(a, b)
+        caller.mark("bridged")
+        callee.mark("bridged")
+        await caller.wait_for_tone(880, timeout=5)
+        await callee.wait_for_tone(440, timeout=5)
+        await asyncio.sleep(2.5)
+        skip = SAMPLE_RATE // 2
+        caller_audio = caller.received()[caller.markers["bridged"] + skip :]
+        callee_audio = callee.received()[callee.markers["bridged"] + skip :]
+        assert tone_fraction(caller_audio, SAMPLE_RATE, 880) >= 0.9
+        assert tone_fraction(callee_audio, SAMPLE_RATE, 440) >= 0.9
+        assert tone_fraction(caller_audio, SAMPLE_RATE, 425) == 0.0
+
+        reported = relay.stats(a)  # the worker's latest report, no round trip
+        assert reported.packets_received > 50
+        current = await relay.fetch_stats(a)
+        assert current.packets_received >= reported.packets_received
+
+        final_a = await relay.close_leg(a)
+        final_b = await relay.close_leg(b)
+        for final in (final_a, final_b):
+            assert final.packets_received > 100 and final.packets_sent > 100
+            assert final.packets_lost == 0
+        assert final_a.packets_sent > final_b.packets_sent  # ringback went out on a
+        assert await relay.close_leg(a) == type(final_a)()
+
+        # The call's worker mapping went with its last leg: call1 may now go anywhere.
+        await relay.close_leg("call2:x")
+        assert relay.active_legs == 0
+        assert relay.worker_loads == {pid: 0 for pid in pids}
+        assert failures == []
+    finally:
+        await caller.close()
+        await callee.close()
+    await relay.close()
+    for pid in pids:
+        await wait_for(lambda pid=pid: not pid_alive(pid), limit=5)  # type: ignore[misc]
+
+
+async def test_errors_keep_their_types_across_the_channel(
+    make_relay: Callable[..., WorkerRelay],
+) -> None:
+    from voice.relay.relay import NoOpusError, UnknownLegError
+
+    relay = make_relay(workers=1)
+    with pytest.raises(NoOpusError):
+        await relay.answer(
+            "c:a", "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        )
+    with pytest.raises(ValueError, match="SDP"):
+        await relay.answer("c:a", "not sdp")
+    assert relay.active_legs == 0
+    with pytest.raises(UnknownLegError):
+        await relay.accept_answer("c:nobody", "v=0\r\n")
+    with pytest.raises(UnknownLegError):
+        relay.start_ringback("c:nobody")
+    await relay.offer("c:b")
+    with pytest.raises(ValueError, match="already exists"):
+        await relay.offer("c:b")
+    with pytest.raises(NoOpusError):
+        await relay.accept_answer("c:b", "v=0\r\nm=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    with pytest.raises(ValueError, match="itself"):
+        relay.bridge("c:b", "c:b")
+    assert await relay.close_leg("c:b") == await relay.close_leg("c:b")
+    assert relay.active_legs == 0
+
+
+async def test_a_killed_worker_fails_its_legs_once_and_calls_go_on_elsewhere(
+    make_relay: Callable[..., WorkerRelay], failures: Failures
+) -> None:
+    relay = make_relay(workers=2)
+    await relay.start()
+    caller = MediaEndpoint(source="tone:440")
+    callee = MediaEndpoint(source="tone:880")
+    survivors = [MediaEndpoint(source="tone:523"), MediaEndpoint(source="tone:659")]
+    try:
+        a, b = await call_through(relay, "doomed", caller, callee)
+        relay.bridge(a, b)
+        await callee.wait_for_tone(440, timeout=5)
+        other = await relay.offer("bystander:x")
+        doomed_pid = relay.worker_of(a)
+        assert doomed_pid is not None and relay.worker_of("bystander:x") != doomed_pid
+        await asyncio.sleep(1.2)  # a stats report or two
+
+        os.kill(doomed_pid, signal.SIGKILL)
+        await wait_for(lambda: len(failures) == 2, limit=5)
+        assert sorted(failures) == sorted([(a, WORKER_LOST), (b, WORKER_LOST)])
+        assert relay.active_legs == 1 and relay.worker_of("bystander:x") is not None
+        relay.bridge(a, b)  # late effects on lost legs are no-ops
+        relay.start_ringback(a)
+        # What CallService does next: closing the lost legs never raises, and
+        # returns what the worker last reported.
+        lost_stats = await relay.close_leg(a)
+        assert lost_stats.packets_received > 0
+        assert (await relay.close_leg(b)).packets_sent > 0
+        assert "m=audio" in other
+
+        # A new call right away works on the remaining worker.
+        x, y = await call_through(relay, "after", *survivors)
+        assert relay.worker_of(x) == relay.worker_of(y) != doomed_pid
+        relay.bridge(x, y)
+        await survivors[0].wait_for_tone(659, timeout=5)
+        await survivors[1].wait_for_tone(523, timeout=5)
+
+        # And a replacement worker comes up in the background.
+        await wait_for(lambda: len(relay.worker_pids) == 2, limit=20)
+        assert doomed_pid not in relay.worker_pids
+        assert not pid_alive(doomed_pid)  # reaped, not a zombie
+        await asyncio.sleep(0.5)
+        assert sorted(failures) == sorted([(a, WORKER_LOST), (b, WORKER_LOST)])  # once each
+    finally:
+        for endpoint in (caller, callee, *survivors):
+            await endpoint.close()
+
+
+async def test_without_a_live_worker_requests_raise_relay_unavailable(
+    make_relay: Callable[..., WorkerRelay], failures: Failures
+) -> None:
+    relay = make_relay(workers=1)
+    await relay.offer("c1:a")
+    (pid,) = relay.worker_pids
+    os.kill(pid, signal.SIGKILL)
+    await wait_for(lambda: failures == [("c1:a", WORKER_LOST)], limit=5)
+    with pytest.raises(RelayUnavailable):
+        await relay.offer("c2:a")
+    with pytest.raises(ValueError):  # what CallService catches
+        await relay.answer("c2:b", "v=0\r\n")
+    with pytest.raises(RelayUnavailable):
+        await relay.accept_answer("c1:a", "v=0\r\n")
+    await wait_for(lambda: len(relay.worker_pids) == 1, limit=20)
+    assert "m=audio" in await relay.offer("c3:a")
+
+
+async def test_a_request_to_a_dying_worker_fails_fast(
+    make_relay: Callable[..., WorkerRelay],
+) -> None:
+    relay = make_relay(workers=1, request_timeout=2.0)
+    await relay.start()
+    (pid,) = relay.worker_pids
+    os.kill(pid, signal.SIGSTOP)  # hung: it never answers
+    started = time.monotonic()
+    with pytest.raises(RelayUnavailable, match="did not answer"):
+        await relay.offer("c:a")
+    assert time.monotonic() - started < 3.0
+    assert relay.active_legs == 0
+    os.kill(pid, signal.SIGKILL)

@@ -64,6 +64,8 @@ __all__ = [
     "encode_message",
     "error_from_wire",
     "error_to_wire",
+    "stats_from_wire",
+    "stats_to_wire",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,11 +242,11 @@ class Correlator:
         return Reply(request_id, message["result"])
 
 
-def _stats_to_wire(stats: LegStats) -> list[Any]:
+def stats_to_wire(stats: LegStats) -> list[Any]:
     return list(asdict(stats).values())
 
 
-def _stats_from_wire(values: object) -> LegStats:
+def stats_from_wire(values: object) -> LegStats:
     if isinstance(values, dict):
         return LegStats(**values)
     if isinstance(values, list):
@@ -404,7 +406,7 @@ class _WorkerServer:
         if op == "close_leg":
             (leg_id,) = args
             self.legs.discard(leg_id)
-            return _stats_to_wire(await relay.close_leg(leg_id))
+            return stats_to_wire(await relay.close_leg(leg_id))
         if op == "start_ringback":
             relay.start_ringback(args[0])
             return None
@@ -415,7 +417,7 @@ class _WorkerServer:
             relay.bridge(args[0], args[1])
             return None
         if op == "stats":
-            return _stats_to_wire(relay.stats(args[0]))
+            return stats_to_wire(relay.stats(args[0]))
         if op == "ping":
             return os.getpid()
         raise ValueError(f"unknown relay worker operation {op!r}")
@@ -423,7 +425,7 @@ class _WorkerServer:
     async def report_stats(self, interval: float) -> None:
         """Every interval: each leg's counters (also the parent's sign that we are alive)."""
         while True:
-            snapshot = {leg_id: _stats_to_wire(self.relay.stats(leg_id)) for leg_id in self.legs}
+            snapshot = {leg_id: stats_to_wire(self.relay.stats(leg_id)) for leg_id in self.legs}
             self.send({"event": "stats", "args": [snapshot, self.relay.active_legs]})
             await asyncio.sleep(interval)
 
@@ -752,7 +754,7 @@ class WorkerRelay:
         state = self._legs.get(leg_id)
         if state is None or not state.worker.alive:
             return self.stats(leg_id)
-        state.stats = _stats_from_wire(await self._request(state.worker, "stats", leg_id))
+        state.stats = stats_from_wire(await self._request(state.worker, "stats", leg_id))
         return state.stats
 
     async def close_leg(self, leg_id: str) -> LegStats:
@@ -766,7 +768,7 @@ class WorkerRelay:
         if not state.worker.alive:
             return state.stats
         try:
-            return _stats_from_wire(await self._request(state.worker, "close_leg", leg_id))
+            return stats_from_wire(await self._request(state.worker, "close_leg", leg_id))
         except RelayUnavailable:
             return state.stats
 
@@ -827,7 +829,7 @@ class WorkerRelay:
             for leg_id, values in event.args[0].items():
                 state = self._legs.get(leg_id)
                 if state is not None and state.worker is worker:
-                    state.stats = _stats_from_wire(values)
+                    state.stats = stats_from_wire(values)
         elif event.name == "leg_failed" and len(event.args) == 2:
             leg_id, detail = str(event.args[0]), str(event.args[1])
             state = self._legs.get(leg_id)

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
+from signaling.app import create_app
+from signaling.config import Config
+from signaling.keys import CALLS, CONFIG, RELAY
+from tests.conftest import ALICE, BOB, Server, server_config
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
 from voice.ice import restrict_host_addresses
@@ -248,3 +256,90 @@ async def test_a_request_to_a_dying_worker_fails_fast(
     assert time.monotonic() - started < 3.0
     assert relay.active_legs == 0
     os.kill(pid, signal.SIGKILL)
+
+
+# -- through the whole server ---------------------------------------------------
+
+
+async def worker_media(app: web.Application) -> AsyncIterator[None]:
+    """The server's media context with a WorkerRelay, as app.py builds its Relay."""
+    config = app[CONFIG]
+
+    def leg_failed(leg_id: str, detail: str) -> None:
+        app[CALLS].leg_failed(leg_id, detail)
+
+    relay = WorkerRelay(
+        bind_address=config.media_bind_address,
+        announce_address=config.media_announce_address,
+        ice_servers=config.ice_servers,
+        media_timeout=config.media_timeout,
+        on_leg_failed=leg_failed,
+        workers=2,
+        relay_mode=config.relay_mode,
+    )
+    await relay.start()
+    app[RELAY] = relay  # type: ignore[misc]
+    yield
+    await relay.close()
+
+
+@pytest.fixture
+async def worker_server(tmp_path: Path) -> AsyncIterator[Server]:
+    if "relay_workers" in {f.name for f in dataclasses.fields(Config)}:
+        app = create_app(server_config(tmp_path, relay_workers=2))
+    else:  # until the configuration names relay workers: swap the media context
+        app = create_app(server_config(tmp_path))
+        contexts: Any = app.cleanup_ctx
+        index = next(i for i, ctx in enumerate(contexts) if ctx.__name__ == "_media")
+        contexts[index] = worker_media
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = Server(app, runner, f"http://127.0.0.1:{runner.addresses[0][1]}")
+    yield server
+    for phone in server.phones:
+        await phone.close()
+    await runner.cleanup()
+
+
+async def test_a_worker_killed_mid_call_ends_that_call_and_the_next_call_works(
+    worker_server: Server,
+) -> None:
+    relay = worker_server.app[RELAY]
+    assert isinstance(relay, WorkerRelay)
+    alice = await worker_server.phone(ALICE)
+    bob = await worker_server.phone(BOB)
+
+    async def connect(caller_tone: int, callee_tone: int) -> tuple[Any, Any]:
+        outgoing = await alice.call(BOB, source=f"tone:{caller_tone}")
+        incoming = await bob.incoming(timeout=10, source=f"tone:{callee_tone}")
+        await outgoing.ringing(timeout=5)
+        await incoming.accept()
+        assert await outgoing.connected(timeout=10)
+        assert await incoming.connected(timeout=10)
+        return outgoing, incoming
+
+    outgoing, incoming = await connect(440, 880)
+    await outgoing.media.wait_for_tone(880, timeout=5)
+    await incoming.media.wait_for_tone(440, timeout=5)
+    loads = relay.worker_loads
+    assert sorted(loads.values()) == [0, 2]  # both legs on one worker
+    doomed = next(pid for pid, legs in loads.items() if legs == 2)
+
+    os.kill(doomed, signal.SIGKILL)
+    assert await outgoing.ended(timeout=5) == "failed"
+    assert await incoming.ended(timeout=5) == "failed"
+    assert WORKER_LOST in outgoing.end_detail
+    assert worker_server.app[CALLS].active_calls == 0
+    assert relay.active_legs == 0
+
+    # The next call is carried by the surviving worker (or its replacement).
+    outgoing, incoming = await connect(523, 659)
+    await outgoing.media.wait_for_tone(659, timeout=5)
+    await incoming.media.wait_for_tone(523, timeout=5)
+    assert doomed not in relay.worker_loads
+    await outgoing.hangup()
+    assert await outgoing.ended(timeout=5) == "completed"
+    history = await alice.signaling.history()
+    assert [record["end_reason"] for record in history[:2]] == ["completed", "failed"]

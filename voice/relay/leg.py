@@ -17,6 +17,12 @@ and handed to, the leg's RTCDtlsTransport directly. The seams into aiortc
 The sender gets a track that never yields a frame, so aiortc's own RTP loop
 stays idle while the m-line is negotiated sendrecv.
 
+Once a bridged leg and its peer are connected, their RTP skips even this:
+voice/relay/fastpath.py intercepts it at the nominated pair's socket and
+forwards it with the SRTP sessions aiortc set up (`Leg.ensure_fast_path`).
+The path above stays the fallback and carries RTCP, ringback and anything
+the fast path does not take.
+
 `RtpPeer` holds these seams, the send path and RTCP; `Leg` adds what the
 relay needs on top (forwarding to the peer leg, failure detection). The load
 generator's endpoints (voice/loadtest/line.py) are RtpPeers too.
@@ -46,6 +52,8 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
+from voice.relay import fastpath
+from voice.relay.fastpath import FastPath
 from voice.rtp.rewriter import StreamRewriter
 from voice.rtp.rtcp import compact_ntp, delay_since_last_sr, ntp_timestamp, round_trip_time
 from voice.rtp.stats import ReceptionStatistics
@@ -268,6 +276,7 @@ class RtpPeer:
         with contextlib.suppress(ConnectionError):
             await self.sender.transport._send_rtp(b"".join(bytes(packet) for packet in packets))
 
+
 class Leg(RtpPeer):
     """A relay leg: forwards what its device sends to the peer leg; reports failures."""
 
@@ -287,8 +296,15 @@ class Leg(RtpPeer):
         # When both descriptions were applied and ICE checks could start.
         self.negotiated_at: float | None = None
         self._on_failure = on_failure
+        # The fast path on this leg's nominated pair, and the packets it took.
+        self.fast_path: FastPath | None = None
+        self.fast_path_packets = 0
 
     async def on_rtp(self, packet: RtpPacket) -> None:
+        fast_path = self.fast_path
+        if fast_path is None or not fast_path.current():
+            # The next packets of this leg take the fast path once it can.
+            self.ensure_fast_path()
         peer = self.peer
         if peer is None or packet.payload_type != self.payload_type or not packet.payload:
             return
@@ -300,13 +316,48 @@ class Leg(RtpPeer):
             packet.payload,
         )
 
+    # -- fast path -----------------------------------------------------------
+
+    def ensure_fast_path(self) -> FastPath | None:
+        """This leg's fast path on its current nominated pair, installed if need be.
+
+        None while the leg is not connected, closed, or the fast path is
+        switched off: packets then take aiortc's path.
+        """
+        fast_path = self.fast_path
+        if fast_path is not None:
+            if fast_path.current():
+                return fast_path
+            self.drop_fast_path()
+        if not fastpath.enabled or self.closed or not self.connected:
+            return None
+        if not self._receives_raw_rtp():
+            return None
+        self.fast_path = FastPath.install(self)
+        return self.fast_path
+
+    def _receives_raw_rtp(self) -> bool:
+        # Only a leg whose packets come through our receiver seam forwards
+        # them as they are; a subclass that decodes (transcode.py) does not.
+        handler = vars(self.transceiver.receiver).get("_handle_rtp_packet")
+        return bool(handler == self._handle_rtp_packet)
+
+    def drop_fast_path(self) -> None:
+        if self.fast_path is not None:
+            self.fast_path.uninstall()
+            self.fast_path = None
+
     # -- failure detection -------------------------------------------------
 
     def on_connection_state(self, state: str) -> None:
+        if state != "connected":
+            self.drop_fast_path()
         if self.closed:
             return
-        if state == "connected" and self.connected_at is None:
-            self.connected_at = self._loop.time()
+        if state == "connected":
+            if self.connected_at is None:
+                self.connected_at = self._loop.time()
+            self.ensure_fast_path()
         elif state == "failed":
             failed_ice = self.pc.iceConnectionState == "failed"
             self._on_failure(self, "ice_failed" if failed_ice else "dtls_failed")

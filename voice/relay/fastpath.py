@@ -1,0 +1,230 @@
+"""The relay's fast path: SRTP forwarding straight from a leg's socket.
+
+aiortc's receive path costs a lot per packet: aioice parses every datagram
+as STUN, queues it, the DTLS transport's task takes it off the queue,
+unprotects it, parses it into an RtpPacket, routes it and awaits the
+receiver; sending serializes a new RtpPacket and awaits two more layers.
+Once a leg's ICE and DTLS are up none of that is needed for RTP, so the
+fast path intercepts datagrams where they arrive:
+
+    StunProtocol.datagram_received (the nominated pair's socket, this leg only)
+      └ RTP with the leg's Opus payload type (RFC 7983 / 5761 demux: byte 0
+        in 128..191 and a payload type that RTCP's 200..206 cannot be)
+          → rx SRTP unprotect (the pylibsrtp Session aiortc made for this leg)
+          → reception statistics of the leg (loss, jitter, media timeout)
+          → header rewrite on bytes onto the other leg's stream
+            (voice/rtp/header.py through that leg's StreamRewriter)
+          → tx SRTP protect with the other leg's Session
+          → sendto on the other leg's nominated pair, to its remote address
+      └ everything else (STUN, DTLS, RTCP, other payload types) goes to
+        aioice's own handler unchanged.
+
+So aiortc keeps doing ICE, consent freshness (RFC 7675), the DTLS handshake
+and SRTP key export, RTCP (sender/receiver reports, RTT), and the slow path
+stays the fallback: while a leg is not connected, not bridged, or its
+nominated pair has changed, packets take aiortc's path and the forwarding
+in `Leg.on_rtp`. Nothing here queues, spawns a task or keeps per-packet state.
+
+Seams into aiortc 1.16 / aioice 0.13 (instance attributes and private
+fields, all read in `FastPath.install`):
+
+- `protocol.datagram_received`: an instance attribute on the nominated
+  pair's StunProtocol shadows the method; asyncio's and uvloop's datagram
+  transports look the method up on every datagram.
+- `RTCDtlsTransport._rx_srtp` / `_tx_srtp` (pylibsrtp Sessions),
+  `_state`, `_rtp_header_extensions_map`, `transport._connection` (the
+  aioice Connection) and its `_nominated[1]` pair.
+
+`enabled` switches the fast path for the whole process (see `set_enabled`):
+the benchmark compares both paths with the same calls.
+"""
+
+from __future__ import annotations
+
+import struct
+import weakref
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+import pylibsrtp
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtp import RtpPacket
+
+from voice.rtp.header import FIXED_HEADER, forward_packet, header_length, payload_end
+
+if TYPE_CHECKING:
+    from voice.relay.leg import Leg
+
+__all__ = ["FastPath", "enabled", "set_enabled"]
+
+#: The fast path is used by legs of this process (the benchmark switches it off).
+enabled = True
+
+#: RTP component (rtcp-mux: RTP and RTCP share it).
+COMPONENT = 1
+
+_SEQUENCE_TIMESTAMP_SSRC = struct.Struct("!HII")
+_CONNECTED = DtlsState.CONNECTED
+
+_installed: weakref.WeakSet[FastPath] = weakref.WeakSet()
+
+
+def set_enabled(value: bool) -> None:
+    """Switch the fast path on or off for every leg of this process.
+
+    Off: every installed interception is removed at once, so packets take
+    aiortc's path exactly as without this module. On: legs install it again
+    with their next packet.
+    """
+    global enabled
+    enabled = value
+    if not value:
+        for fast_path in list(_installed):
+            fast_path.uninstall()
+
+
+class FastPath:
+    """One leg's nominated pair: intercepts its datagrams and sends on it.
+
+    A snapshot of the leg's ICE pair and SRTP sessions, valid while that
+    pair stays nominated and DTLS stays connected (`current`). The leg's own
+    RTP is forwarded from here to its peer leg's FastPath.
+    """
+
+    def __init__(self, leg: Leg, dtls: Any, connection: Any, pair: Any, extension: bytes) -> None:
+        self.leg = leg
+        self.dtls = dtls
+        self.connection = connection
+        self.pair = pair
+        self.protocol = pair.protocol
+        self.transport = pair.protocol.transport
+        self.remote_addr: tuple[str, int] = pair.remote_addr
+        self.rx: pylibsrtp.Session = dtls._rx_srtp
+        self.tx: pylibsrtp.Session = dtls._tx_srtp
+        self.payload_type = leg.payload_type
+        self.ssrc = leg.ssrc
+        self.extension = extension
+        self.srtp_errors = 0
+        self._nominated: dict[int, Any] = connection._nominated
+        self._source: Hashable = None
+        self._source_ssrc = -1
+        self._original: Callable[[bytes, tuple[Any, ...]], None] = self.protocol.datagram_received
+        self._hook: Callable[[bytes, tuple[Any, ...]], None] | None = None
+
+    @classmethod
+    def install(cls, leg: Leg) -> FastPath | None:
+        """Intercept the leg's nominated pair, or None if it has none yet."""
+        dtls = leg.sender.transport
+        if dtls is None or dtls._state is not _CONNECTED:
+            return None
+        if dtls._rx_srtp is None or dtls._tx_srtp is None:
+            return None
+        connection = getattr(dtls.transport, "_connection", None)
+        nominated = getattr(connection, "_nominated", None)
+        pair = nominated.get(COMPONENT) if nominated is not None else None
+        if pair is None or getattr(pair.protocol, "transport", None) is None:
+            return None
+        if "datagram_received" in vars(pair.protocol):
+            return None  # intercepted already (by another FastPath of this pair)
+        fast_path = cls(leg, dtls, connection, pair, _extension_block(leg, dtls))
+        hook = fast_path.datagram_received
+        fast_path._hook = hook
+        # setattr: an instance attribute shadows StunProtocol.datagram_received.
+        setattr(pair.protocol, "datagram_received", hook)  # noqa: B010
+        _installed.add(fast_path)
+        return fast_path
+
+    def uninstall(self) -> None:
+        protocol_attributes = vars(self.protocol)
+        if self._hook is not None and protocol_attributes.get("datagram_received") is self._hook:
+            del protocol_attributes["datagram_received"]
+        self._hook = None
+        _installed.discard(self)
+
+    @property
+    def installed(self) -> bool:
+        return self._hook is not None
+
+    def current(self) -> bool:
+        """Still the leg's nominated pair, DTLS connected and the interception in place."""
+        return (
+            self._hook is not None
+            and self._nominated.get(COMPONENT) is self.pair
+            and self.dtls._state is _CONNECTED
+        )
+
+    # -- per packet ---------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        # RTP of this leg's Opus payload type: byte 1 is then 96..127 or
+        # 224..255, never an RTCP packet type (200..206), STUN (0..3 in byte
+        # 0) or DTLS (20..63 in byte 0).
+        if (
+            enabled
+            and len(data) > FIXED_HEADER
+            and data[0] & 0xC0 == 0x80
+            and data[1] & 0x7F == self.payload_type
+        ):
+            leg = self.leg
+            peer = leg.peer
+            if peer is not None and not leg.closed and self.current():
+                out = peer.fast_path
+                if out is None or not out.current():
+                    out = peer.ensure_fast_path()
+                if out is not None:
+                    self.forward(data, out)
+                    return
+        self._original(data, addr)
+
+    def forward(self, data: bytes, out: FastPath) -> None:
+        """Unprotect, count, rewrite, protect and send one of this leg's packets."""
+        try:
+            plain = self.rx.unprotect(data)
+        except pylibsrtp.Error:
+            self.srtp_errors += 1
+            return
+        header = header_length(plain)
+        if header < 0:
+            return
+        end = payload_end(plain, header)
+        leg = self.leg
+        now = leg._loop.time()
+        sequence_number, timestamp, ssrc = _SEQUENCE_TIMESTAMP_SSRC.unpack_from(plain, 2)
+        leg.decoder_bypassed_packets += 1
+        leg.fast_path_packets += 1
+        leg._remote_ssrc = ssrc
+        leg.reception.receive(sequence_number, timestamp, now, end - header)
+        if ssrc != self._source_ssrc:
+            # The same source key as Leg.on_rtp: switching paths is no source switch.
+            self._source = (leg.leg_id, ssrc)
+            self._source_ssrc = ssrc
+        peer = out.leg
+        packet = forward_packet(
+            plain,
+            header,
+            end,
+            peer.rewriter,
+            self._source,
+            now,
+            ssrc=out.ssrc,
+            payload_type=out.payload_type,
+            extension=out.extension,
+        )
+        if packet is None:
+            return
+        try:
+            protected = out.tx.protect(bytes(packet))
+        except pylibsrtp.Error:
+            out.srtp_errors += 1
+            return
+        out.transport.sendto(protected, out.remote_addr)
+        peer.packets_sent += 1
+        peer.bytes_sent += end - header
+        peer._last_send_time = now
+
+
+def _extension_block(leg: Leg, dtls: Any) -> bytes:
+    """The header extension block aiortc's path puts on this leg's packets (the MID)."""
+    probe = RtpPacket(payload_type=leg.payload_type, ssrc=leg.ssrc)
+    probe.extensions.mid = leg.mid
+    return probe.serialize(dtls._rtp_header_extensions_map)[FIXED_HEADER:]

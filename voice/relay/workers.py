@@ -318,7 +318,8 @@ async def _serve(sock: socket.socket, settings: WorkerSettings) -> None:
         connect_timeout=settings.connect_timeout,
     )
     worker = _WorkerServer(relay, send)
-    send({"event": "ready", "args": [os.getpid()]})
+    loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+    send({"event": "ready", "args": [os.getpid(), loop_name]})
     reporter = asyncio.create_task(worker.report_stats(settings.stats_interval))
     decoder = FrameDecoder()
     try:
@@ -445,6 +446,7 @@ class _Worker:
     waiters: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     legs: set[str] = field(default_factory=set)
     alive: bool = True
+    loop: str = ""  # the worker's event loop: "uvloop" or "asyncio"
     reader_task: asyncio.Task[None] | None = None
 
     @property
@@ -548,6 +550,11 @@ class WorkerRelay:
         """Legs per ready worker, by process id."""
         return {worker.pid: len(worker.legs) for worker in self._workers if worker.usable}
 
+    @property
+    def worker_loops(self) -> dict[int, str]:
+        """Event loop of each ready worker ("uvloop" or "asyncio"), by process id."""
+        return {worker.pid: worker.loop for worker in self._workers if worker.usable}
+
     def worker_of(self, leg_id: str) -> int | None:
         """Process id of the worker holding the leg, None for no such leg."""
         state = self._legs.get(leg_id)
@@ -561,7 +568,10 @@ class WorkerRelay:
             raise RelayUnavailable("the relay is closed")
         if self._start_task is None:
             self._start_task = asyncio.create_task(self._start())
-        await asyncio.shield(self._start_task)
+        if not self._start_task.done():
+            # Those waiting for the first start see its outcome; later callers
+            # find out from the workers then ready (replacements start meanwhile).
+            await asyncio.shield(self._start_task)
 
     async def _start(self) -> None:
         for index in range(self.workers):
@@ -840,7 +850,8 @@ class WorkerRelay:
             self._report_failure(leg_id, state, detail)
         elif event.name == "ready" and not worker.ready.done():
             worker.ready.set_result(worker.pid)
-            logger.info("relay worker %d (#%d) ready", worker.pid, worker.index)
+            worker.loop = str(event.args[1]) if len(event.args) > 1 else ""
+            logger.info("relay worker %d (#%d) ready on %s", worker.pid, worker.index, worker.loop)
 
     def _report_failure(self, leg_id: str, state: _LegState, detail: str) -> None:
         if state.failed or self._closing:

@@ -607,6 +607,9 @@ class WorkerRelay:
         )
         try:
             process.start()
+        except BaseException:
+            writer.close()
+            raise
         finally:
             child_end.close()  # the child's copy is its own now: its exit reads as EOF here
         loop = asyncio.get_running_loop()

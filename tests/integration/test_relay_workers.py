@@ -326,6 +326,7 @@ async def test_a_worker_killed_mid_call_ends_that_call_and_the_next_call_works(
     outgoing, incoming = await connect(440, 880)
     await outgoing.media.wait_for_tone(880, timeout=5)
     await incoming.media.wait_for_tone(440, timeout=5)
+    await asyncio.sleep(1.0)  # mid-call
     loads = relay.worker_loads
     assert sorted(loads.values()) == [0, 2]  # both legs on one worker
     doomed = next(pid for pid, legs in loads.items() if legs == 2)
@@ -342,8 +343,12 @@ async def test_a_worker_killed_mid_call_ends_that_call_and_the_next_call_works(
     await outgoing.media.wait_for_tone(659, timeout=5)
     await incoming.media.wait_for_tone(523, timeout=5)
     assert doomed not in relay.worker_loads
+    outgoing.media.mark("talk")
+    await asyncio.sleep(1.5)
     await outgoing.hangup()
     assert await outgoing.ended(timeout=5) == "completed"
+    talk = outgoing.media.received()[outgoing.media.markers["talk"] :]
+    assert tone_fraction(talk, SAMPLE_RATE, 659) >= 0.9
     history = await alice.signaling.history()
     assert [record["end_reason"] for record in history[:2]] == ["completed", "failed"]
 
@@ -360,3 +365,19 @@ async def test_a_hung_worker_is_killed_and_replaced(
     await wait_for(lambda: len(relay.worker_pids) == 1, limit=20)
     assert relay.worker_pids != [pid]
     assert "m=audio" in await relay.offer("c2:a")
+
+
+async def test_transcoding_workers_carry_a_call(make_relay: Callable[..., WorkerRelay]) -> None:
+    relay = make_relay(workers=1, relay_mode="transcode")
+    caller = MediaEndpoint(source="tone:440")
+    callee = MediaEndpoint(source="tone:880")
+    try:
+        a, b = await call_through(relay, "t", caller, callee)
+        relay.bridge(a, b)
+        await caller.wait_for_tone(880, timeout=5)
+        await callee.wait_for_tone(440, timeout=5)
+    finally:
+        await caller.close()
+        await callee.close()
+    with pytest.raises(ValueError, match="relay_mode"):
+        WorkerRelay(bind_address="127.0.0.1", relay_mode="mixing")

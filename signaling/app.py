@@ -21,6 +21,8 @@ from signaling.store.database import Database
 from signaling.ws import close_device, websocket
 from voice.ice import restrict_host_addresses
 from voice.relay.relay import Relay
+from voice.relay.transcode import TranscodingRelay
+from voice.relay.workers import WorkerRelay
 
 logger = logging.getLogger("anruf")
 
@@ -72,20 +74,30 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
     def leg_failed(leg_id: str, detail: str) -> None:
         app[CALLS].leg_failed(leg_id, detail)
 
-    relay_class: type[Relay] = Relay
-    if config.relay_mode == "transcode":
-        from voice.relay.transcode import TranscodingRelay
-
-        relay_class = TranscodingRelay
-    elif config.relay_mode != "forward":
+    if config.relay_mode not in ("forward", "transcode"):
         raise ValueError(f"relay_mode must be forward or transcode, not {config.relay_mode!r}")
-    relay = relay_class(
-        bind_address=config.media_bind_address,
-        announce_address=config.media_announce_address,
-        ice_servers=config.ice_servers,
-        media_timeout=config.media_timeout,
-        on_leg_failed=leg_failed,
-    )
+    relay: Relay | WorkerRelay
+    if config.relay_workers:
+        # Legs live in worker processes that own their sockets, one per core by default.
+        relay = WorkerRelay(
+            bind_address=config.media_bind_address,
+            announce_address=config.media_announce_address,
+            ice_servers=config.ice_servers,
+            media_timeout=config.media_timeout,
+            on_leg_failed=leg_failed,
+            workers=config.relay_workers if config.relay_workers > 0 else None,
+            relay_mode=config.relay_mode,
+        )
+        await relay.start()  # fail at startup, not on the first call
+    else:
+        relay_class = TranscodingRelay if config.relay_mode == "transcode" else Relay
+        relay = relay_class(
+            bind_address=config.media_bind_address,
+            announce_address=config.media_announce_address,
+            ice_servers=config.ice_servers,
+            media_timeout=config.media_timeout,
+            on_leg_failed=leg_failed,
+        )
     app[RELAY] = relay
     yield
     await relay.close()

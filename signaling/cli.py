@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--ring-timeout", type=float)
     serve.add_argument("--relay-mode", choices=["forward", "transcode"])
     serve.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"])
+    serve.add_argument(
+        "--relay-workers", type=int, help="relay processes: -1 one per core (default), 0 in-process"
+    )
 
     def client_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--profile-dir", type=Path, default=DEFAULT_PROFILE_DIR)
@@ -115,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
             "ring_timeout",
             "relay_mode",
             "event_loop",
+            "relay_workers",
         )
     }
     try:

@@ -45,6 +45,8 @@ class Config:
     #: "forward" (Opus packets forwarded, never decoded) or "transcode" (aiortc's
     #: MediaRelay decodes and re-encodes every frame: a baseline for load tests only).
     relay_mode: str = "forward"
+    #: Relay worker processes: -1 = one per core, N = N workers, 0 = in this process.
+    relay_workers: int = -1
 
     # WebSocket limits
     ws_max_message_bytes: int = 64 * 1024

@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from signaling.store.cdrs import CallRecordStore
     from signaling.store.database import Database
     from voice.relay.relay import Relay
+    from voice.relay.workers import WorkerRelay
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 DATABASE: web.AppKey[Database] = web.AppKey("database")
 IDENTITY: web.AppKey[IdentityService] = web.AppKey("identity")
 CDRS: web.AppKey[CallRecordStore] = web.AppKey("cdrs")
-RELAY: web.AppKey[Relay] = web.AppKey("relay")
+RELAY: web.AppKey[Relay | WorkerRelay] = web.AppKey("relay")
 CALLS: web.AppKey[CallService] = web.AppKey("calls")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")

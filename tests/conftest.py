@@ -40,6 +40,7 @@ def server_config(tmp_path: Path, **changes: object) -> Config:
         media_bind_address="127.0.0.1",
         reconnect_grace=1.0,
         media_timeout=10.0,
+        relay_workers=0,  # in-process: fast to start; worker tests ask for workers
     ).replace(**changes)
 
 

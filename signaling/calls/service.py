@@ -37,6 +37,7 @@ from signaling.identity.service import InvalidNumberError
 from signaling.metrics import Metrics
 from signaling.presence import Presence
 from voice.relay.relay import LegStats, NoOpusError
+from voice.relay.workers import RelayUnavailable
 
 logger = logging.getLogger("anruf.calls")
 
@@ -157,6 +158,10 @@ class CallService:
         except NoOpusError:
             await self._feed(ctx, Fail(self._clock(), "no_opus_in_offer"))
             return
+        except RelayUnavailable as exc:
+            logger.warning("call %s: no media relay: %s", call.call_id, exc)
+            await self._feed(ctx, Fail(self._clock(), "relay_unavailable"))
+            return
         except ValueError as exc:
             logger.info("call %s: unusable offer: %s", call.call_id, exc)
             await self._feed(ctx, Fail(self._clock(), "bad_sdp"))
@@ -214,6 +219,10 @@ class CallService:
                 return
             try:
                 await self._relay.accept_answer(ctx.leg(device_id), message.sdp)
+            except RelayUnavailable as exc:
+                logger.warning("call %s: no media relay: %s", call.call_id, exc)
+                await self._feed(ctx, Fail(self._clock(), "relay_unavailable"))
+                return
             except ValueError as exc:
                 logger.info("call %s: unusable answer from %s: %s", call.call_id, device_id, exc)
                 await self._error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)

@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.util
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from signaling.app import create_app
-from signaling.config import Config
-from signaling.keys import CALLS, CONFIG, RELAY
-from tests.conftest import ALICE, BOB, Server, server_config
+from signaling.keys import CALLS, RELAY
+from tests.conftest import ALICE, BOB, Server, ServerFactory
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
-from voice.ice import restrict_host_addresses
 from voice.relay.workers import WORKER_LOST, RelayUnavailable, WorkerRelay
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True)
-def loopback_only() -> None:
-    restrict_host_addresses(["127.0.0.1"])
 
 
 class Failures(list[tuple[str, str]]):
@@ -264,46 +253,9 @@ async def test_a_request_to_a_hung_worker_times_out(
 # -- through the whole server ---------------------------------------------------
 
 
-async def worker_media(app: web.Application) -> AsyncIterator[None]:
-    """The server's media context with a WorkerRelay, as app.py builds its Relay."""
-    config = app[CONFIG]
-
-    def leg_failed(leg_id: str, detail: str) -> None:
-        app[CALLS].leg_failed(leg_id, detail)
-
-    relay = WorkerRelay(
-        bind_address=config.media_bind_address,
-        announce_address=config.media_announce_address,
-        ice_servers=config.ice_servers,
-        media_timeout=config.media_timeout,
-        on_leg_failed=leg_failed,
-        workers=2,
-        relay_mode=config.relay_mode,
-    )
-    await relay.start()
-    app[RELAY] = relay  # type: ignore[misc]
-    yield
-    await relay.close()
-
-
 @pytest.fixture
-async def worker_server(tmp_path: Path) -> AsyncIterator[Server]:
-    if "relay_workers" in {f.name for f in dataclasses.fields(Config)}:
-        app = create_app(server_config(tmp_path, relay_workers=2))
-    else:  # until the configuration names relay workers: swap the media context
-        app = create_app(server_config(tmp_path))
-        contexts: Any = app.cleanup_ctx
-        index = next(i for i, ctx in enumerate(contexts) if ctx.__name__ == "_media")
-        contexts[index] = worker_media
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = Server(app, runner, f"http://127.0.0.1:{runner.addresses[0][1]}")
-    yield server
-    for phone in server.phones:
-        await phone.close()
-    await runner.cleanup()
+async def worker_server(make_server: ServerFactory) -> Server:
+    return await make_server(relay_workers=2)
 
 
 async def test_a_worker_killed_mid_call_ends_that_call_and_the_next_call_works(

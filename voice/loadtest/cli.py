@@ -172,7 +172,7 @@ async def _sweep(
 
     console.rule(f"sweep: relay {options.relay_mode}")
     steps: list[dict[str, Any]] = []
-    sweep = Sweep(args.sweep_start, args.sweep_step, args.sweep_max)
+    sweep = Sweep(args.sweep_start, args.sweep_step, args.sweep_max, refinements=3)
     async with spawned(options) as target:
         registry = Registry(str(target.server), options.number_prefix, options.code)
         while (concurrency := sweep.next()) is not None:

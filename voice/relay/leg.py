@@ -293,6 +293,7 @@ class Leg(RtpPeer):
         self.watchdog_task: asyncio.Task[None] | None = None
         self.failed = False
         self.connected_at: float | None = None
+        self._ice_failed = False
         # When both descriptions were applied and ICE checks could start.
         self.negotiated_at: float | None = None
         self._on_failure = on_failure
@@ -357,10 +358,35 @@ class Leg(RtpPeer):
         if state == "connected":
             if self.connected_at is None:
                 self.connected_at = self._loop.time()
+                self._watch_ice()
             self.ensure_fast_path()
         elif state == "failed":
-            failed_ice = self.pc.iceConnectionState == "failed"
-            self._on_failure(self, "ice_failed" if failed_ice else "dtls_failed")
+            if self.pc.iceConnectionState != "failed":
+                self._on_failure(self, "dtls_failed")
+            else:
+                self._on_failure(self, self._ice_loss())
+        elif state == "closed" and self.connected_at is not None:
+            # Not closed by us: the device closed its DTLS session, or ICE gave up
+            # (aiortc then shuts the connection down without a "failed" state).
+            ice_failed = self._ice_failed or self._ice_transport().state == "failed"
+            self._on_failure(self, self._ice_loss() if ice_failed else "closed_by_device")
+
+    def _ice_transport(self) -> Any:
+        return self.transceiver.receiver.transport.transport
+
+    def _watch_ice(self) -> None:
+        ice = self._ice_transport()
+
+        def on_ice_state() -> None:
+            if ice.state == "failed":
+                self._ice_failed = True
+
+        ice.on("statechange", on_ice_state)
+
+    def _ice_loss(self) -> str:
+        # Once connected, ICE only fails when the device stopped answering our
+        # consent checks (RFC 7675): it left, or its network did.
+        return "consent_expired" if self.connected_at is not None else "ice_failed"
 
     async def watch_media(self, media_timeout: float, connect_timeout: float) -> None:
         """Report a leg that does not connect in time, or goes silent once connected.

@@ -19,7 +19,7 @@ from signaling.presence import Presence
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.ws import close_device, websocket
-from voice.ice import restrict_host_addresses
+from voice.ice import restrict_host_addresses, set_media_ports
 from voice.relay.relay import Relay
 from voice.relay.transcode import TranscodingRelay
 from voice.relay.workers import WorkerRelay
@@ -70,6 +70,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 async def _media(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     restrict_host_addresses([config.media_bind_address])
+    set_media_ports(config.media_port_min, config.media_port_max)
 
     def leg_failed(leg_id: str, detail: str) -> None:
         app[CALLS].leg_failed(leg_id, detail)
@@ -87,6 +88,7 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
             on_leg_failed=leg_failed,
             workers=config.relay_workers if config.relay_workers > 0 else None,
             relay_mode=config.relay_mode,
+            media_ports=(config.media_port_min, config.media_port_max),
         )
         await relay.start()  # fail at startup, not on the first call
     else:

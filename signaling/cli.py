@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--database-url")
     serve.add_argument("--media-bind-address")
     serve.add_argument("--media-announce-address")
+    serve.add_argument("--media-port-min", type=int)
+    serve.add_argument("--media-port-max", type=int)
     serve.add_argument("--test-number-prefix")
     serve.add_argument("--test-code")
     serve.add_argument("--ring-timeout", type=float)
@@ -113,6 +115,8 @@ def _serve(args: argparse.Namespace) -> int:
             "database_url",
             "media_bind_address",
             "media_announce_address",
+            "media_port_min",
+            "media_port_max",
             "test_number_prefix",
             "test_code",
             "ring_timeout",

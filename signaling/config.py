@@ -40,6 +40,9 @@ class Config:
     # Media relay: which address ICE binds and announces (never the wildcard).
     media_bind_address: str = "127.0.0.1"
     media_announce_address: str = ""
+    #: UDP ports the relay's media may use (firewalls open them); 0, 0 = any.
+    media_port_min: int = 0
+    media_port_max: int = 0
     #: STUN/TURN URLs for the relay; empty on loopback. Never a public default.
     ice_servers: tuple[str, ...] = ()
     #: "forward" (Opus packets forwarded, never decoded) or "transcode" (aiortc's

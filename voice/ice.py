@@ -8,11 +8,17 @@ the one place where we choose them.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
+import random
 from collections.abc import Callable, Sequence
 
 import aioice.ice
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCConfiguration, RTCIceServer
+
+logger = logging.getLogger(__name__)
 
 _original_get_host_addresses: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
 
@@ -87,3 +93,85 @@ def rewrite_candidate_addresses(sdp: str, bind_address: str, announce_address: s
             family = "IP6" if ":" in announce_address else "IP4"
             lines[index] = f"c=IN {family} {announce_address}"
     return "\r\n".join(lines)
+
+
+# Media port range --------------------------------------------------------
+
+_original_get_component_candidates = aioice.ice.Connection.get_component_candidates
+_port_range: tuple[int, int] | None = None
+
+
+def set_media_ports(low: int, high: int) -> None:
+    """Bind host candidates only on UDP ports low..high (process-wide; 0, 0 = any).
+
+    Firewalls in front of a relay open a fixed range. aioice always binds port 0,
+    so with a range set, host candidates are gathered here instead (plus
+    server-reflexive ones from them); TURN allocations are still aioice's own.
+    """
+    global _port_range
+    if (low, high) == (0, 0):
+        _port_range = None
+    elif not 1024 <= low <= high <= 65535:
+        raise ValueError(f"media port range {low}-{high}: need 1024 <= low <= high <= 65535")
+    else:
+        _port_range = (low, high)
+    aioice.ice.Connection.get_component_candidates = _get_component_candidates  # type: ignore[method-assign]
+
+
+async def _bind_in_range(
+    connection: aioice.ice.Connection, address: str, port_range: tuple[int, int]
+) -> aioice.ice.StunProtocol | None:
+    loop = asyncio.get_running_loop()
+    low, high = port_range
+    span = high - low + 1
+    start = random.randrange(span)  # spread legs over the range, then probe upwards
+    for offset in range(span):
+        port = low + (start + offset) % span
+        try:
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice.ice.StunProtocol(connection), local_addr=(address, port)
+            )
+        except OSError:
+            continue  # taken (by another leg or worker): try the next port
+        return protocol
+    logger.warning("no free UDP port on %s in %d-%d", address, low, high)
+    return None
+
+
+async def _get_component_candidates(
+    self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+) -> list[Candidate]:
+    port_range = _port_range
+    if port_range is None:
+        return await _original_get_component_candidates(self, component, addresses, timeout)
+    candidates: list[Candidate] = []
+    protocols = []
+    for address in addresses:
+        protocol = await _bind_in_range(self, address, port_range)
+        if protocol is None:
+            continue
+        host, port = protocol.transport.get_extra_info("sockname")[:2]
+        protocol.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", host),
+            component=component,
+            transport="udp",
+            priority=candidate_priority(component, "host"),
+            host=host,
+            port=port,
+            type="host",
+        )
+        protocols.append(protocol)
+        candidates.append(protocol.local_candidate)
+    self._protocols += protocols
+    if self.stun_server:
+        reflexive = [
+            aioice.ice.server_reflexive_candidate(p, self.stun_server)
+            for p in protocols
+            if ipaddress.ip_address(p.local_candidate.host).version == 4
+        ]
+        for result in await asyncio.gather(*reflexive, return_exceptions=True):
+            if not isinstance(result, BaseException):
+                candidates.append(result[0])
+    # TURN (if any) the way aioice does it; it binds no host sockets for an empty list.
+    candidates += await _original_get_component_candidates(self, component, [], timeout)
+    return candidates

@@ -269,6 +269,7 @@ class WorkerSettings:
     relay_mode: str
     stats_interval: float = STATS_INTERVAL
     use_uvloop: bool = True
+    media_ports: tuple[int, int] = (0, 0)
 
 
 def _worker_main(conn: Connection, settings: WorkerSettings) -> None:
@@ -290,10 +291,11 @@ def _worker_main(conn: Connection, settings: WorkerSettings) -> None:
 
 
 async def _serve(sock: socket.socket, settings: WorkerSettings) -> None:
-    from voice.ice import restrict_host_addresses
+    from voice.ice import restrict_host_addresses, set_media_ports
 
     # aioice's host address choice is process-wide, so each worker makes it for itself.
     restrict_host_addresses([settings.bind_address])
+    set_media_ports(*settings.media_ports)
     relay_class: type[Relay] = Relay
     if settings.relay_mode == "transcode":
         from voice.relay.transcode import TranscodingRelay
@@ -496,6 +498,7 @@ class WorkerRelay:
         stop_timeout: float = STOP_TIMEOUT,
         hang_timeout: float = HANG_TIMEOUT,
         use_uvloop: bool = True,
+        media_ports: tuple[int, int] = (0, 0),
     ) -> None:
         if relay_mode not in ("forward", "transcode"):
             raise ValueError(f"relay_mode must be forward or transcode, not {relay_mode!r}")
@@ -523,6 +526,7 @@ class WorkerRelay:
             relay_mode=relay_mode,
             stats_interval=min(STATS_INTERVAL, hang_timeout / 4),
             use_uvloop=use_uvloop,
+            media_ports=media_ports,
         )
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []

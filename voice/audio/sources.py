@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import math
 from pathlib import Path
 
@@ -14,13 +15,13 @@ SAMPLE_RATE = 48000
 TONE_AMPLITUDE = 0.316
 
 
-class AudioSource:
+class AudioSource(abc.ABC):
     """Endless int16 mono 48 kHz audio; `read(n)` returns the next n samples."""
 
     sample_rate = SAMPLE_RATE
 
-    def read(self, samples: int) -> np.ndarray:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read(self, samples: int) -> np.ndarray: ...
 
 
 class SilenceSource(AudioSource):

@@ -12,15 +12,9 @@ from tests.integration.test_relay_failures import Failures
 from tests.integration.test_relay_media import call_through
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
-from voice.ice import restrict_host_addresses
 from voice.relay import Relay, fastpath
 
 pytestmark = pytest.mark.timeout(40)
-
-
-@pytest.fixture(autouse=True)
-def loopback_only() -> None:
-    restrict_host_addresses(["127.0.0.1"])
 
 
 @pytest.fixture

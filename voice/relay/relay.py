@@ -118,11 +118,15 @@ class Relay:
             raise ValueError(f"leg {leg_id}: cannot use answer SDP: {exc}") from exc
         leg.negotiated_at = asyncio.get_running_loop().time()
 
+    def _new_leg(self, leg_id: str, pc: RTCPeerConnection) -> Leg:
+        """The leg object for a new peer connection (a subclass may decode instead)."""
+        return Leg(leg_id, pc, self._leg_failed)
+
     def _create_leg(self, leg_id: str) -> Leg:
         if leg_id in self._legs:
             raise ValueError(f"leg {leg_id} already exists")
         pc = RTCPeerConnection(configuration=ice_configuration(self.ice_servers))
-        leg = Leg(leg_id, pc, self._leg_failed)
+        leg = self._new_leg(leg_id, pc)
         # Opus only: both legs must speak it for packets to be forwarded as they are.
         leg.use_opus_only()
 

@@ -44,7 +44,6 @@ from av import AudioFrame
 from av.frame import Frame
 
 from voice.audio.sources import ToneSource
-from voice.ice import ice_configuration
 from voice.relay.leg import CLOCK_RATE, FRAME_SAMPLES, Leg
 from voice.relay.relay import LegStats, Relay
 from voice.relay.ringback import RINGBACK_FREQUENCY, RINGBACK_OFF, RINGBACK_ON
@@ -228,25 +227,13 @@ class TranscodingRelay(Relay):
 
     # -- legs --------------------------------------------------------------
 
-    def _create_leg(self, leg_id: str) -> Leg:
-        # Relay._create_leg with the leg class swapped (Relay has no hook for it).
-        if leg_id in self._legs:
-            raise ValueError(f"leg {leg_id} already exists")
-        pc = RTCPeerConnection(configuration=ice_configuration(self.ice_servers))
+    def _new_leg(self, leg_id: str, pc: RTCPeerConnection) -> Leg:
         leg = TranscodingLeg(leg_id, pc, self._leg_failed)
-        leg.use_opus_only()
-
-        @pc.on("connectionstatechange")
-        def on_connection_state() -> None:
-            leg.on_connection_state(pc.connectionState)
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             self._track_arrived(leg)
 
-        watch = leg.watch_media(self.media_timeout, self.connect_timeout)
-        leg.watchdog_task = asyncio.create_task(watch)
-        self._legs[leg_id] = leg
         return leg
 
     def _transcoding_leg(self, leg_id: str) -> TranscodingLeg:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,13 +14,6 @@ from voice.relay import LegStats, Relay
 pytestmark = pytest.mark.timeout(60)
 
 BRIDGED_SECONDS = 8.0
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[Relay]:
-    relay = Relay(bind_address="127.0.0.1")
-    yield relay
-    await relay.close()
 
 
 def loss_fraction(stats: LegStats) -> float:

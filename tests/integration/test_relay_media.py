@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,13 +13,6 @@ from voice.client.media import SAMPLE_RATE, MediaEndpoint
 from voice.relay import Relay
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[Relay]:
-    relay = Relay(bind_address="127.0.0.1")
-    yield relay
-    await relay.close()
 
 
 async def test_bridged_endpoints_hear_each_other(relay: Relay) -> None:

@@ -61,6 +61,8 @@ from voice.rtp.stats import ReceptionStatistics
 logger = logging.getLogger(__name__)
 
 CLOCK_RATE = 48000
+#: Datagrams aioice may hold for aiortc's receive loop, per leg (about 1 s of audio).
+RECEIVE_QUEUE_LIMIT = 64
 FRAME_SAMPLES = 960
 # RFC 3550 §6.2: mean report interval; audio-only legs are cheap to report on.
 RTCP_INTERVAL = 1.0
@@ -294,6 +296,7 @@ class Leg(RtpPeer):
         self.failed = False
         self.connected_at: float | None = None
         self._ice_failed = False
+        self.packets_dropped = 0
         # When both descriptions were applied and ICE checks could start.
         self.negotiated_at: float | None = None
         self._on_failure = on_failure
@@ -359,6 +362,7 @@ class Leg(RtpPeer):
             if self.connected_at is None:
                 self.connected_at = self._loop.time()
                 self._watch_ice()
+                self._bound_receive_queue()
             self.ensure_fast_path()
         elif state == "failed":
             if self.pc.iceConnectionState != "failed":
@@ -382,6 +386,22 @@ class Leg(RtpPeer):
                 self._ice_failed = True
 
         ice.on("statechange", on_ice_state)
+
+    def _bound_receive_queue(self) -> None:
+        """aioice queues every datagram for aiortc's receive loop without limit (DTLS,
+        RTCP, and RTP that does not take the fast path). Under overload the relay drops
+        and counts instead of growing memory and delaying everything behind it."""
+        connection = self._ice_transport()._connection
+        queue = connection._queue
+        deliver = connection.data_received
+
+        def data_received(data: bytes, component: int) -> None:
+            if queue.qsize() >= RECEIVE_QUEUE_LIMIT:
+                self.packets_dropped += 1
+                return
+            deliver(data, component)
+
+        connection.data_received = data_received
 
     def _ice_loss(self) -> str:
         # Once connected, ICE only fails when the device stopped answering our

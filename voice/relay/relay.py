@@ -56,6 +56,8 @@ class LegStats:
     bytes_sent: int = 0
     jitter_ms: float = 0.0
     rtt_ms: float | None = None
+    #: Datagrams from the device dropped because the receive queue was full (overload).
+    packets_dropped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,4 +263,5 @@ def _stats(leg: Leg) -> LegStats:
         bytes_sent=leg.bytes_sent,
         jitter_ms=round(reception.jitter_ms, 3),
         rtt_ms=None if leg.rtt is None else round(leg.rtt * 1000.0, 3),
+        packets_dropped=leg.packets_dropped,
     )

@@ -199,6 +199,7 @@ class TranscodingLeg(Leg):
             bytes_sent=int(getattr(self.sender, "_RTCRtpSender__octet_count", 0)),
             jitter_ms=round(reception.jitter_ms, 3),
             rtt_ms=None if rtt is None else round(rtt * 1000.0, 3),
+            packets_dropped=self.packets_dropped,
         )
 
 

@@ -1,9 +1,10 @@
-"""Overload: the relay's receive queue is bounded; excess datagrams are dropped and
-counted, and the leg keeps working."""
+"""Relay resources: a bounded receive queue (overload drops and counts datagrams,
+the leg keeps working) and no idle decoder threads."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from tests.integration.relaying import call_through
 from voice.client.media import MediaEndpoint
@@ -30,6 +31,20 @@ async def test_a_burst_beyond_the_queue_is_dropped_and_counted(relay: Relay) -> 
         assert connection._queue.qsize() < RECEIVE_QUEUE_LIMIT
         assert await callee.wait_for_tone(440, timeout=5)
         assert relay.stats("a").as_dict()["packets_dropped"] >= 300 - RECEIVE_QUEUE_LIMIT
+    finally:
+        await caller.close()
+        await callee.close()
+
+
+async def test_forwarding_legs_keep_no_decoder_threads(relay: Relay) -> None:
+    caller = MediaEndpoint(source="tone:440")
+    callee = MediaEndpoint(source="tone:880")
+    try:
+        await call_through(relay, caller, callee)
+        relay.bridge("a", "b")
+        await callee.wait_for_tone(440, timeout=5)
+        decoders = [t for t in threading.enumerate() if t.name == "audio-decoder"]
+        assert len(decoders) == 2  # the two app endpoints decode; the relay's legs do not
     finally:
         await caller.close()
         await callee.close()

@@ -154,12 +154,21 @@ class RtpPeer:
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         if self.closed:
             return
+        if not self.decoder_bypassed_packets:
+            self._stop_idle_decoder()
         self.decoder_bypassed_packets += 1
         self._remote_ssrc = packet.ssrc
         self.reception.receive(
             packet.sequence_number, packet.timestamp, self._loop.time(), len(packet.payload)
         )
         await self.on_rtp(packet)
+
+    def _stop_idle_decoder(self) -> None:
+        """aiortc starts a decoder thread per receiver; packets taken at this seam
+        never reach it, so end it (one thread and ~20 KB less per leg)."""
+        stop = getattr(self.transceiver.receiver, "_RTCRtpReceiver__stop_decoder", None)
+        if stop is not None:
+            stop()
 
     async def on_rtp(self, packet: RtpPacket) -> None:
         """Called for every RTP packet received (after the leg's own statistics)."""

@@ -12,39 +12,33 @@ from voice.relay import Relay
 from voice.relay.leg import RECEIVE_QUEUE_LIMIT
 
 
-async def test_a_burst_beyond_the_queue_is_dropped_and_counted(relay: Relay) -> None:
-    caller = MediaEndpoint(source="tone:440")
-    callee = MediaEndpoint(source="tone:880")
-    try:
-        await call_through(relay, caller, callee)
-        leg = relay._legs["a"]
-        connection = leg._ice_transport()._connection
-        # A burst arrives faster than the relay drains it: 300 datagrams at once.
-        for _ in range(300):
-            connection.data_received(b"\x80\x6f" + bytes(30), 1)
-        assert connection._queue.qsize() <= RECEIVE_QUEUE_LIMIT
-        assert relay.stats("a").packets_dropped >= 300 - RECEIVE_QUEUE_LIMIT
-        # The leg drains the queue and carries audio again.
-        relay.bridge("a", "b")
-        callee.mark("bridged")
-        await asyncio.sleep(1.0)
-        assert connection._queue.qsize() < RECEIVE_QUEUE_LIMIT
-        assert await callee.wait_for_tone(440, timeout=5)
-        assert relay.stats("a").as_dict()["packets_dropped"] >= 300 - RECEIVE_QUEUE_LIMIT
-    finally:
-        await caller.close()
-        await callee.close()
+async def test_a_burst_beyond_the_queue_is_dropped_and_counted(
+    relay: Relay, endpoints: tuple[MediaEndpoint, MediaEndpoint]
+) -> None:
+    caller, callee = endpoints
+    await call_through(relay, caller, callee)
+    leg = relay._legs["a"]
+    connection = leg._ice_transport()._connection
+    # A burst arrives faster than the relay drains it: 300 datagrams at once.
+    for _ in range(300):
+        connection.data_received(b"\x80\x6f" + bytes(30), 1)
+    assert connection._queue.qsize() <= RECEIVE_QUEUE_LIMIT
+    assert relay.stats("a").packets_dropped >= 300 - RECEIVE_QUEUE_LIMIT
+    # The leg drains the queue and carries audio again.
+    relay.bridge("a", "b")
+    callee.mark("bridged")
+    await asyncio.sleep(1.0)
+    assert connection._queue.qsize() < RECEIVE_QUEUE_LIMIT
+    assert await callee.wait_for_tone(440, timeout=5)
+    assert relay.stats("a").as_dict()["packets_dropped"] >= 300 - RECEIVE_QUEUE_LIMIT
 
 
-async def test_forwarding_legs_keep_no_decoder_threads(relay: Relay) -> None:
-    caller = MediaEndpoint(source="tone:440")
-    callee = MediaEndpoint(source="tone:880")
-    try:
-        await call_through(relay, caller, callee)
-        relay.bridge("a", "b")
-        await callee.wait_for_tone(440, timeout=5)
-        decoders = [t for t in threading.enumerate() if t.name == "audio-decoder"]
-        assert len(decoders) == 2  # the two app endpoints decode; the relay's legs do not
-    finally:
-        await caller.close()
-        await callee.close()
+async def test_forwarding_legs_keep_no_decoder_threads(
+    relay: Relay, endpoints: tuple[MediaEndpoint, MediaEndpoint]
+) -> None:
+    caller, callee = endpoints
+    await call_through(relay, caller, callee)
+    relay.bridge("a", "b")
+    await callee.wait_for_tone(440, timeout=5)
+    decoders = [t for t in threading.enumerate() if t.name == "audio-decoder"]
+    assert len(decoders) == 2  # the two app endpoints decode; the relay's legs do not

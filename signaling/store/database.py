@@ -61,6 +61,7 @@ class Database:
         try:
             async with db.transaction() as conn:
                 await conn.run_sync(metadata.create_all)
+                await conn.run_sync(_add_missing_columns)
         except BaseException:
             await engine.dispose()
             raise
@@ -93,6 +94,30 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """Upgrade tables made by an earlier version: add the columns it lacked.
+
+    New columns are nullable or carry a server default, so rows written
+    before the upgrade stay valid.
+    """
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=conn.dialect)
+            default = ""
+            if column.server_default is not None:
+                text = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                default = " DEFAULT " + str(text).split(" DEFAULT ", 1)[1].split(" NOT NULL")[0]
+            null = "" if column.nullable or not default else " NOT NULL"
+            conn.exec_driver_sql(
+                f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}{null}'
+            )
+            log.info("database upgraded: %s.%s added", table.name, column.name)
 
 
 def _make_parent_dir(path: str) -> None:

@@ -67,9 +67,152 @@ calls = sa.Table(
     sa.Column("end_reason", sa.String(64), nullable=False),
     sa.Column("end_detail", sa.String(512), nullable=False, server_default=""),
     sa.Column("media", sa.JSON, nullable=False),
+    #: Rating (signaling.carrier.rating): the caller's operator and bundle when the
+    #: call was placed, what kind of call it was ("app" or "phone"), whether it
+    #: counts against the bundle's minutes, and the seconds billed.
+    sa.Column("operator_id", sa.String(32), nullable=True),
+    sa.Column("bundle_id", sa.String(32), nullable=True),
+    sa.Column("kind", sa.String(8), nullable=False, server_default="app"),
+    sa.Column("billable", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("rated_seconds", sa.Integer, nullable=False, server_default="0"),
     # History is read per number, newest first, from either side of the call.
     sa.Index("ix_calls_caller_invited_at", "caller", "invited_at"),
     sa.Index("ix_calls_callee_invited_at", "callee", "invited_at"),
 )
 
-__all__ = ["calls", "code_sends", "devices", "metadata", "verifications"]
+
+# -- The carrier partnership (signaling/carrier) ------------------------------
+
+#: An operator: a tenant of the operator API with its webhook and SMS endpoints.
+operators = sa.Table(
+    "operators",
+    metadata,
+    sa.Column("operator_id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    #: Where events are POSTed (empty: events are kept for replay only).
+    sa.Column("webhook_url", sa.String(512), nullable=False, server_default=""),
+    #: Where verification SMS are POSTed (as signed sms.send requests).
+    sa.Column("sms_url", sa.String(512), nullable=False, server_default=""),
+    #: HMAC-SHA256 secrets for webhook signatures; the previous one stays valid
+    #: (both signatures are sent) until the operator retires it.
+    sa.Column("signing_secret", sa.String(128), nullable=False),
+    sa.Column("previous_signing_secret", sa.String(128), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+#: API keys of operators, stored as SHA-256 only. At most two active per operator.
+operator_keys = sa.Table(
+    "operator_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("operator_id", sa.String(32), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Index("ix_operator_keys_operator", "operator_id"),
+)
+
+#: What an operator sells: see signaling.carrier.rating.Bundle.
+bundles = sa.Table(
+    "bundles",
+    metadata,
+    sa.Column("bundle_id", sa.String(32), primary_key=True),
+    sa.Column("operator_id", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("app_calls_included", sa.Boolean, nullable=False),
+    sa.Column("phone_minutes", sa.Integer, nullable=False),
+    #: Null: monthly from the subscriber's activation; else a period in seconds.
+    sa.Column("period_seconds", sa.Integer, nullable=True),
+    sa.Column("increment_first", sa.Integer, nullable=False),
+    sa.Column("increment_next", sa.Integer, nullable=False),
+    #: Minutes of all calls per period beyond which calls stop; null: no cap.
+    sa.Column("fair_use_minutes", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("retired_at", sa.Float, nullable=True),
+    sa.Index("ix_bundles_operator", "operator_id"),
+)
+
+#: A number provisioned by an operator on a bundle (one operator per number).
+subscribers = sa.Table(
+    "subscribers",
+    metadata,
+    sa.Column("number", sa.String(20), primary_key=True),
+    sa.Column("operator_id", sa.String(32), nullable=False),
+    sa.Column("bundle_id", sa.String(32), nullable=False),
+    #: "active" or "suspended".
+    sa.Column("status", sa.String(16), nullable=False),
+    #: Start of the first period (periods run from here).
+    sa.Column("activated_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_subscribers_operator", "operator_id"),
+)
+
+#: Usage thresholds already announced, so each is raised once per period.
+usage_thresholds = sa.Table(
+    "usage_thresholds",
+    metadata,
+    sa.Column("number", sa.String(20), primary_key=True),
+    sa.Column("period_start", sa.Float, primary_key=True),
+    sa.Column("percent", sa.Integer, primary_key=True),
+    sa.Column("raised_at", sa.Float, nullable=False),
+)
+
+#: Operator API POSTs by Idempotency-Key: a retry gets the stored response.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("operator_id", sa.String(32), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    #: SHA-256 of method, path and body: a retry with other content is refused.
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("response", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+#: The outbox: every event to an operator, written in the transaction of the
+#: change it reports, delivered at least once (signaling.carrier.delivery).
+events = sa.Table(
+    "events",
+    metadata,
+    #: Global order of insertion; the replay cursor.
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("operator_id", sa.String(32), nullable=False),
+    sa.Column("type", sa.String(40), nullable=False),
+    #: Events with the same key are delivered in `sequence` order (a call id,
+    #: or a number for events that belong to no call).
+    sa.Column("ordering_key", sa.String(64), nullable=False),
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    #: The exact JSON body that is signed and sent (the same bytes on every retry).
+    sa.Column("body", sa.Text, nullable=False),
+    #: "pending", "delivered" or "dead" (gave up after the retry window).
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    #: A delivery worker's lease (several workers or nodes never send one event at once).
+    sa.Column("locked_until", sa.Float, nullable=True),
+    sa.Column("delivered_at", sa.Float, nullable=True),
+    sa.Column("last_error", sa.String(512), nullable=False, server_default=""),
+    sa.UniqueConstraint("ordering_key", "sequence", "operator_id", name="uq_events_key_sequence"),
+    sa.Index("ix_events_operator_seq", "operator_id", "seq"),
+    sa.Index("ix_events_due", "status", "next_attempt_at"),
+)
+
+__all__ = [
+    "bundles",
+    "calls",
+    "code_sends",
+    "devices",
+    "events",
+    "idempotency_keys",
+    "metadata",
+    "operator_keys",
+    "operators",
+    "subscribers",
+    "usage_thresholds",
+    "verifications",
+]

@@ -1,0 +1,1 @@
+"""The carrier partnership: operators, bundles, rating, and signed events to operators."""

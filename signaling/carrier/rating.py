@@ -1,0 +1,169 @@
+"""Rating and call policy for operator bundles (sans-I/O: times are arguments).
+
+A bundle (what the operator sells) says whether calls between app users are
+included, how many minutes to phone numbers a period carries, how long a
+period is (monthly from the subscriber's activation, or a fixed number of
+seconds), the billing increment ("60/60": the first 60 s, then every 60 s
+started; "60/1": per second after the first minute) and a fair-use cap on the
+minutes of all calls in a period.
+
+    rated_seconds(61, Increment(60, 60)) == 120
+    max_talk_seconds(300, Increment(60, 60)) == 300
+    period_bounds(activated_at, now, None) -> the monthly period holding now
+"""
+
+from __future__ import annotations
+
+import calendar
+import enum
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+__all__ = [
+    "THRESHOLDS",
+    "Bundle",
+    "CallKind",
+    "Decision",
+    "Increment",
+    "Usage",
+    "authorize",
+    "crossed_thresholds",
+    "max_talk_seconds",
+    "period_bounds",
+    "rated_seconds",
+]
+
+#: Usage shares (percent of the bundle's phone minutes) that raise usage.threshold.
+THRESHOLDS: tuple[int, ...] = (80, 100)
+
+#: The caller is warned this long before the bundle's minutes run out.
+WARNING_SECONDS = 60
+
+
+class CallKind(enum.StrEnum):
+    APP = "app"  # the callee uses Anruf
+    PHONE = "phone"  # an ordinary phone number (carried by the operator's network)
+
+
+@dataclass(frozen=True)
+class Increment:
+    """Billing increment: ``first`` seconds for any started call, then per ``next`` seconds."""
+
+    first: int
+    next: int
+
+    def __post_init__(self) -> None:
+        if self.first < 1 or self.next < 1:
+            raise ValueError("billing increments are whole seconds of at least 1")
+
+    def __str__(self) -> str:
+        return f"{self.first}/{self.next}"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    bundle_id: str
+    app_calls_included: bool
+    phone_minutes: int
+    increment: Increment
+    #: None: monthly from activation; otherwise the period's length in seconds.
+    period_seconds: int | None = None
+    #: Minutes of all calls (app and phone) per period; None: no cap.
+    fair_use_minutes: int | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a subscriber used in the current period, in rated seconds."""
+
+    billable_seconds: int = 0  # counted against phone_minutes
+    total_seconds: int = 0  # every call's talk time, for the fair-use cap
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    #: Why not ("subscriber_suspended", "quota_exhausted", "fair_use_exceeded").
+    reason: str = ""
+    #: Whether the call counts against the bundle's minutes.
+    billable: bool = False
+    #: The longest the call may talk (None: no limit).
+    max_seconds: int | None = None
+
+
+def rated_seconds(duration: float, increment: Increment) -> int:
+    """Seconds billed for ``duration`` seconds of talk; 0 for an unanswered call."""
+    if duration <= 0:
+        return 0
+    beyond = max(0.0, duration - increment.first)
+    return increment.first + math.ceil(beyond / increment.next - 1e-9) * increment.next
+
+
+def max_talk_seconds(allowance: int, increment: Increment) -> int:
+    """The longest talk whose rated seconds fit in ``allowance`` (0 if not even the first)."""
+    if allowance < increment.first:
+        return 0
+    return increment.first + (allowance - increment.first) // increment.next * increment.next
+
+
+def _add_months(start: datetime, months: int) -> datetime:
+    month_index = start.month - 1 + months
+    year = start.year + month_index // 12
+    month = month_index % 12 + 1
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return start.replace(year=year, month=month, day=day)
+
+
+def period_bounds(activated_at: float, now: float, period_seconds: int | None) -> tuple[float, float]:
+    """The [start, end) of the period holding ``now`` (periods run from activation)."""
+    if now < activated_at:
+        now = activated_at
+    if period_seconds is not None:
+        if period_seconds < 1:
+            raise ValueError("period_seconds must be at least 1")
+        index = int((now - activated_at) // period_seconds)
+        start = activated_at + index * period_seconds
+        return start, start + period_seconds
+    anchor = datetime.fromtimestamp(activated_at, UTC)
+    current = datetime.fromtimestamp(now, UTC)
+    months = (current.year - anchor.year) * 12 + current.month - anchor.month
+    # Clamped days (31 Jan -> 28 Feb) are counted from the anchor, not chained.
+    start = _add_months(anchor, months)
+    if start.timestamp() > now:
+        months -= 1
+        start = _add_months(anchor, months)
+    end = _add_months(anchor, months + 1)
+    return start.timestamp(), end.timestamp()
+
+
+def authorize(
+    bundle: Bundle, usage: Usage, kind: CallKind, *, suspended: bool = False
+) -> Decision:
+    """May a subscriber on ``bundle`` place a call of ``kind`` now, and for how long?"""
+    if suspended:
+        return Decision(False, "subscriber_suspended")
+    billable = kind is CallKind.PHONE or not bundle.app_calls_included
+    limits: list[int] = []
+    if billable:
+        left = bundle.phone_minutes * 60 - usage.billable_seconds
+        talk = max_talk_seconds(left, bundle.increment)
+        if talk <= 0:
+            return Decision(False, "quota_exhausted", billable)
+        limits.append(talk)
+    if bundle.fair_use_minutes is not None:
+        left = bundle.fair_use_minutes * 60 - usage.total_seconds
+        talk = max_talk_seconds(left, bundle.increment) if billable else max(0, left)
+        if talk <= 0:
+            return Decision(False, "fair_use_exceeded", billable)
+        limits.append(talk)
+    return Decision(True, "", billable, min(limits) if limits else None)
+
+
+def crossed_thresholds(bundle: Bundle, before: int, after: int) -> list[int]:
+    """Thresholds (percent of phone minutes) that billable usage crossed going
+    from ``before`` to ``after`` rated seconds."""
+    total = bundle.phone_minutes * 60
+    if total <= 0:
+        return []
+    return [p for p in THRESHOLDS if before * 100 < p * total <= after * 100]

@@ -11,9 +11,20 @@ from aiohttp import WSCloseCode, web
 from signaling.api import rest
 from signaling.api.problems import problem_middleware
 from signaling.calls.service import CallService
+from signaling.carrier.policy import CarrierPolicy
 from signaling.config import Config
 from signaling.identity.service import Device, IdentityService, make_sender
-from signaling.keys import CALLS, CDRS, CONFIG, DATABASE, IDENTITY, METRICS, PRESENCE, RELAY
+from signaling.keys import (
+    CALLS,
+    CDRS,
+    CONFIG,
+    DATABASE,
+    IDENTITY,
+    METRICS,
+    POLICY,
+    PRESENCE,
+    RELAY,
+)
 from signaling.metrics import Metrics, metrics_handler
 from signaling.presence import Presence
 from signaling.store.cdrs import CallRecordStore
@@ -58,6 +69,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     app[DATABASE] = database
     app[IDENTITY] = IdentityService(database, config, make_sender(config.sms_sender))
     app[CDRS] = CallRecordStore(database)
+    app[POLICY] = CarrierPolicy(database)
 
     def revoked(device: Device) -> None:
         asyncio.get_running_loop().create_task(close_device(app, device))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from signaling.carrier.policy import CarrierPolicy
     from signaling.calls.service import CallService
     from signaling.config import Config
     from signaling.identity.service import IdentityService
@@ -25,3 +26,4 @@ RELAY: web.AppKey[Relay | WorkerRelay] = web.AppKey("relay")
 CALLS: web.AppKey[CallService] = web.AppKey("calls")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
+POLICY: web.AppKey[CarrierPolicy] = web.AppKey("policy")

@@ -115,7 +115,9 @@ def _add_months(start: datetime, months: int) -> datetime:
     return start.replace(year=year, month=month, day=day)
 
 
-def period_bounds(activated_at: float, now: float, period_seconds: int | None) -> tuple[float, float]:
+def period_bounds(
+    activated_at: float, now: float, period_seconds: int | None
+) -> tuple[float, float]:
     """The [start, end) of the period holding ``now`` (periods run from activation)."""
     if now < activated_at:
         now = activated_at
@@ -123,8 +125,8 @@ def period_bounds(activated_at: float, now: float, period_seconds: int | None) -
         if period_seconds < 1:
             raise ValueError("period_seconds must be at least 1")
         index = int((now - activated_at) // period_seconds)
-        start = activated_at + index * period_seconds
-        return start, start + period_seconds
+        begin = activated_at + index * period_seconds
+        return begin, begin + period_seconds
     anchor = datetime.fromtimestamp(activated_at, UTC)
     current = datetime.fromtimestamp(now, UTC)
     months = (current.year - anchor.year) * 12 + current.month - anchor.month
@@ -137,9 +139,7 @@ def period_bounds(activated_at: float, now: float, period_seconds: int | None) -
     return start.timestamp(), end.timestamp()
 
 
-def authorize(
-    bundle: Bundle, usage: Usage, kind: CallKind, *, suspended: bool = False
-) -> Decision:
+def authorize(bundle: Bundle, usage: Usage, kind: CallKind, *, suspended: bool = False) -> Decision:
     """May a subscriber on ``bundle`` place a call of ``kind`` now, and for how long?"""
     if suspended:
         return Decision(False, "subscriber_suspended")

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from signaling.carrier.policy import CarrierPolicy
     from signaling.calls.service import CallService
+    from signaling.carrier.policy import CarrierPolicy
     from signaling.config import Config
     from signaling.identity.service import IdentityService
     from signaling.metrics import Metrics

@@ -127,6 +127,7 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         ring_timeout=config.ring_timeout,
         reconnect_grace=config.reconnect_grace,
+        policy=app[POLICY],
     )
     yield
     await app[CALLS].shutdown()

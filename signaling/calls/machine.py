@@ -37,6 +37,10 @@ class EndReason(enum.StrEnum):
     ANSWERED_ELSEWHERE = "answered_elsewhere"
     DECLINED_ELSEWHERE = "declined_elsewhere"
     FAILED = "failed"
+    #: The caller's operator does not allow this call (suspended, no bundle for it).
+    NOT_ALLOWED = "not_allowed"
+    #: The bundle's minutes (or its fair-use cap) ran out, before or during the call.
+    QUOTA_EXHAUSTED = "quota_exhausted"
 
 
 class CallStateError(Exception):
@@ -105,6 +109,20 @@ class Fail(Input):
     """Media or signaling failure: the call cannot go on."""
 
     detail: str
+
+
+@dataclass(frozen=True)
+class NotAllowed(Input):
+    """The caller's operator policy refuses the call."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class QuotaExhausted(Input):
+    """The caller's bundle has no minutes left for this call."""
+
+    detail: str = ""
 
 
 # Effects ------------------------------------------------------------------
@@ -230,6 +248,14 @@ def _fail(call: Call, e: Fail) -> list[Effect]:
     return call._end(e.now, EndReason.FAILED, e.detail)
 
 
+def _not_allowed(call: Call, e: NotAllowed) -> list[Effect]:
+    return call._end(e.now, EndReason.NOT_ALLOWED, e.detail)
+
+
+def _quota_exhausted(call: Call, e: QuotaExhausted) -> list[Effect]:
+    return call._end(e.now, EndReason.QUOTA_EXHAUSTED, e.detail)
+
+
 def _accept(call: Call, e: Accept) -> list[Effect]:
     if e.device not in call.ringing_devices:
         raise CallStateError(call.state, e)
@@ -292,6 +318,10 @@ _TRANSITIONS: dict[tuple[CallState, type[Input]], Handler] = {
     (CallState.INVITING, Busy): _busy,
     (CallState.INVITING, Unavailable): _unavailable,
     (CallState.INVITING, Fail): _fail,
+    (CallState.INVITING, NotAllowed): _not_allowed,
+    (CallState.INVITING, QuotaExhausted): _quota_exhausted,
+    (CallState.RINGING, QuotaExhausted): _quota_exhausted,
+    (CallState.CONNECTED, QuotaExhausted): _quota_exhausted,
     (CallState.INVITING, Hangup): _hangup_before_answer,
     (CallState.INVITING, DeviceLost): _device_lost_before_answer,
     (CallState.RINGING, Accept): _accept,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: End reasons counted as a missed call for the callee.
@@ -25,6 +25,16 @@ class CallRecord:
     end_detail: str = ""
     #: Per leg ("caller", "callee"): packets, loss, jitter, RTT as the relay saw them.
     media: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Rating (signaling.carrier): the caller's operator and bundle, "app" or
+    #: "phone", whether it counts against the bundle's minutes, seconds billed.
+    operator_id: str | None = None
+    bundle_id: str | None = None
+    kind: str = "app"
+    billable: bool = False
+    rated_seconds: int = 0
+
+    def rated(self, **rating: Any) -> CallRecord:
+        return replace(self, **rating)
 
     @property
     def duration(self) -> float:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,13 +26,17 @@ from signaling.calls.machine import (
     Fail,
     Hangup,
     Input,
+    NotAllowed,
     Notify,
+    QuotaExhausted,
     Reject,
     Ring,
     RingTimeout,
     Unavailable,
 )
 from signaling.calls.records import CallRecord
+from signaling.carrier.policy import Admission, CarrierPolicy
+from signaling.carrier.rating import WARNING_SECONDS, CallKind
 from signaling.identity.service import InvalidNumberError
 from signaling.metrics import Metrics
 from signaling.presence import Presence
@@ -49,12 +53,15 @@ class MediaRelay(Protocol):
     async def offer(self, leg_id: str) -> str: ...
     async def accept_answer(self, leg_id: str, answer_sdp: str) -> None: ...
     def start_ringback(self, leg_id: str) -> None: ...
+    def play_notice(self, leg_id: str) -> None: ...
     def bridge(self, a: str, b: str) -> None: ...
     async def close_leg(self, leg_id: str) -> LegStats: ...
 
 
 class RecordSink(Protocol):
-    async def save(self, record: CallRecord) -> None: ...
+    async def save(
+        self, record: CallRecord, also: Callable[[Any], Awaitable[None]] | None = None
+    ) -> None: ...
 
 
 class Directory(Protocol):
@@ -74,6 +81,15 @@ class _CallContext:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     legs: dict[str, str] = field(default_factory=dict)  # device id -> leg id
     ring_timer: asyncio.TimerHandle | None = None
+    #: The operator policy's decision (None without a policy).
+    admission: Admission | None = None
+    #: The minute-left warning and the cut when the bundle runs out.
+    quota_timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    def cancel_timers(self) -> None:
+        for timer in (self.ring_timer, *self.quota_timers):
+            if timer is not None:
+                timer.cancel()
 
     def leg(self, device_id: str) -> str:
         return self.legs.setdefault(device_id, f"{self.call.call_id}:{device_id}")
@@ -90,8 +106,10 @@ class CallService:
         metrics: Metrics,
         ring_timeout: float,
         reconnect_grace: float,
+        policy: CarrierPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._policy = policy
         self._presence = presence
         self._relay = relay
         self._directory = directory
@@ -149,7 +167,24 @@ class CallService:
 
     async def _place(self, ctx: _CallContext, offer_sdp: str) -> None:
         call = ctx.call
-        if not await self._directory.is_registered(call.callee):
+        registered = await self._directory.is_registered(call.callee)
+        if self._policy is not None:
+            kind = CallKind.APP if registered else CallKind.PHONE
+            admission = await self._policy.admit(call.call_id, call.caller, call.callee, kind)
+            ctx.admission = admission
+            await self._policy.call_event(admission, "call.started")
+            decision = admission.decision
+            if not decision.allowed:
+                logger.info("call %s refused by policy: %s", call.call_id, decision.reason)
+                if decision.reason in ("quota_exhausted", "fair_use_exceeded"):
+                    await self._feed(ctx, QuotaExhausted(self._clock(), decision.reason))
+                elif decision.reason == "not_an_app_user":
+                    await self._feed(ctx, Unavailable(self._clock(), decision.reason))
+                else:
+                    await self._feed(ctx, NotAllowed(self._clock(), decision.reason))
+                return
+        if not registered:
+            # Phone numbers are reached through the operator's trunk, not built yet.
             await self._feed(ctx, Unavailable(self._clock(), "not_an_app_user"))
             return
 
@@ -203,6 +238,7 @@ class CallService:
                 call.caller_device, protocol.encode("call.ringing", call_id=call.call_id)
             )
             self._metrics.setup_seconds.observe(time.monotonic() - ctx.started)
+            await self._event(ctx, "call.ringing", devices=len(alerted))
             loop = asyncio.get_running_loop()
             ctx.ring_timer = loop.call_later(
                 self._ring_timeout, lambda: self._spawn(self._timeout(call.call_id))
@@ -359,6 +395,8 @@ class CallService:
             )
             await self._send(call.caller_device, message)
             await self._send(effect.device, message)
+            await self._event(ctx, "call.answered")
+            self._start_quota_timers(ctx)
         elif isinstance(effect, Ended):
             await self._finish(ctx, effect)
 
@@ -376,8 +414,7 @@ class CallService:
 
     async def _finish(self, ctx: _CallContext, ended: Ended) -> None:
         call = ctx.call
-        if ctx.ring_timer is not None:
-            ctx.ring_timer.cancel()
+        ctx.cancel_timers()
         media: dict[str, dict[str, Any]] = {}
         caller_stats = await self._release(ctx, call.caller_device)
         if caller_stats is not None:
@@ -411,10 +448,17 @@ class CallService:
             end_detail=ended.detail,
             media=media,
         )
+        also = None
+        if self._policy is not None:
+            record = self._policy.rate(ctx.admission, record)
+            also = self._policy.recorder(ctx.admission, record)
         try:
-            await self._records.save(record)
+            await self._records.save(record, also)
         except Exception:
             logger.exception("call %s: the call record could not be written", call.call_id)
+        else:
+            if self._policy is not None and also is not None:
+                self._policy.committed()
         logger.info(
             "call %s ended: %s %s (%.1f s)",
             call.call_id,
@@ -422,6 +466,54 @@ class CallService:
             ended.detail,
             record.duration,
         )
+
+    # Operator policy -------------------------------------------------------
+
+    async def _event(self, ctx: _CallContext, type: str, **data: Any) -> None:
+        if self._policy is None or ctx.admission is None:
+            return
+        try:
+            await self._policy.call_event(ctx.admission, type, **data)
+        except Exception:
+            logger.exception("call %s: event %s could not be written", ctx.call.call_id, type)
+
+    def _start_quota_timers(self, ctx: _CallContext) -> None:
+        """Warn the caller a minute before the bundle runs out, and end the call then."""
+        limit = None if ctx.admission is None else ctx.admission.decision.max_seconds
+        if limit is None:
+            return
+        call_id = ctx.call.call_id
+        loop = asyncio.get_running_loop()
+        warn_in = max(0.0, limit - WARNING_SECONDS)
+        ctx.quota_timers = [
+            loop.call_later(warn_in, lambda: self._spawn(self._quota_warning(call_id))),
+            loop.call_later(limit, lambda: self._spawn(self._quota_exhausted(call_id))),
+        ]
+
+    async def _quota_warning(self, call_id: str) -> None:
+        ctx = self._calls.get(call_id)
+        if ctx is None:
+            return
+        async with ctx.lock:
+            call = ctx.call
+            if call.state is not CallState.CONNECTED or call.answered_at is None:
+                return
+            limit = ctx.admission.decision.max_seconds if ctx.admission else None
+            if limit is None:
+                return
+            left = max(0, round(call.answered_at + limit - self._clock()))
+            self._relay.play_notice(ctx.leg(call.caller_device))
+            await self._send(
+                call.caller_device,
+                protocol.encode("call.quota_warning", call_id=call_id, seconds_left=left),
+            )
+            await self._event(ctx, "call.quota_warning", seconds_left=left)
+
+    async def _quota_exhausted(self, call_id: str) -> None:
+        ctx = self._calls.get(call_id)
+        if ctx is not None:
+            async with ctx.lock:
+                await self._feed(ctx, QuotaExhausted(self._clock(), "bundle_minutes_used"))
 
     # Helpers ---------------------------------------------------------------
 

@@ -9,19 +9,36 @@ call record.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from signaling.carrier.rating import Bundle, Increment, Usage, period_bounds
+from signaling.calls.records import CallRecord
+from signaling.carrier import events
+from signaling.carrier.rating import (
+    Bundle,
+    CallKind,
+    Decision,
+    Increment,
+    Usage,
+    authorize,
+    crossed_thresholds,
+    period_bounds,
+    rated_seconds,
+)
 from signaling.store.database import Database
-from signaling.store.schema import bundles, calls, subscribers
+from signaling.store.schema import bundles, calls, subscribers, usage_thresholds
+from voice.loadtest.measure import mos_from_r, r_factor
 
-__all__ = ["CarrierPolicy", "Subscription", "UsageReport"]
+__all__ = ["Admission", "CarrierPolicy", "Subscription", "UsageReport"]
+
+log = logging.getLogger("anruf.carrier")
 
 
 @dataclass(frozen=True)
@@ -80,10 +97,190 @@ def bundle_from_row(row: Any) -> Bundle:
     )
 
 
+@dataclass
+class Admission:
+    """The policy's decision for one call, and what the call tells the operators."""
+
+    call_id: str
+    caller: str
+    callee: str
+    kind: CallKind
+    decision: Decision
+    caller_subscription: Subscription | None = None
+    callee_subscription: Subscription | None = None
+    #: Per operator, the sequence of the call's last event.
+    sequences: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def operators(self) -> dict[str, list[str]]:
+        """Operator id -> its subscribers among the call's parties."""
+        found: dict[str, list[str]] = {}
+        for sub in (self.caller_subscription, self.callee_subscription):
+            if sub is not None:
+                found.setdefault(sub.operator_id, []).append(sub.number)
+        return found
+
+    @property
+    def billed_bundle(self) -> Bundle | None:
+        sub = self.caller_subscription
+        return sub.bundle if sub is not None else None
+
+
 class CarrierPolicy:
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_events(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after events were committed (the delivery worker wakes up)."""
+        self._listeners.append(listener)
+
+    def _committed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # -- at call setup ---------------------------------------------------------
+
+    async def admit(self, call_id: str, caller: str, callee: str, kind: CallKind) -> Admission:
+        """May ``caller`` place this call now, and for how long?
+
+        A number no operator provisioned calls app users as before, but no
+        phone numbers: nobody would carry or bill them, so for it such a
+        number is simply not reachable ("not_an_app_user").
+        """
+        caller_sub = await self.subscription(caller)
+        callee_sub = await self.subscription(callee) if kind is CallKind.APP else None
+        if caller_sub is None:
+            decision = (
+                Decision(True)
+                if kind is CallKind.APP
+                else Decision(False, "not_an_app_user")
+            )
+        else:
+            report = await self.usage(caller_sub)
+            decision = authorize(
+                caller_sub.bundle, report.usage, kind, suspended=caller_sub.suspended
+            )
+        return Admission(call_id, caller, callee, kind, decision, caller_sub, callee_sub)
+
+    # -- events ----------------------------------------------------------------
+
+    async def call_event(self, admission: Admission, type: str, **data: Any) -> None:
+        """Tell every operator with a subscriber on this call (committed, then sent)."""
+        operators = admission.operators
+        if not operators:
+            return
+        now = self._clock()
+        async with self._db.transaction() as conn:
+            await self._append_call_events(conn, admission, type, now, data)
+        self._committed()
+
+    async def _append_call_events(
+        self,
+        conn: AsyncConnection,
+        admission: Admission,
+        type: str,
+        now: float,
+        data: dict[str, Any],
+    ) -> None:
+        for operator_id, numbers in admission.operators.items():
+            sequence = admission.sequences.get(operator_id, 0) + 1
+            admission.sequences[operator_id] = sequence
+            await events.append(
+                conn,
+                operator_id=operator_id,
+                type=type,
+                ordering_key=admission.call_id,
+                sequence=sequence,
+                now=now,
+                data={
+                    "call_id": admission.call_id,
+                    "caller": admission.caller,
+                    "callee": admission.callee,
+                    "kind": admission.kind.value,
+                    "subscribers": numbers,
+                    "at": round(now, 3),
+                    **data,
+                },
+            )
+
+    # -- at the end --------------------------------------------------------------
+
+    def rate(self, admission: Admission | None, record: CallRecord) -> CallRecord:
+        """The record with its rating: operator, bundle, kind, billable, rated seconds."""
+        if admission is None:
+            return record
+        sub = admission.caller_subscription
+        billable = admission.decision.billable
+        if sub is None:
+            seconds = math.ceil(record.duration)
+        elif billable:
+            seconds = rated_seconds(record.duration, sub.bundle.increment)
+        else:
+            seconds = math.ceil(record.duration)
+        return record.rated(
+            operator_id=None if sub is None else sub.operator_id,
+            bundle_id=None if sub is None else sub.bundle.bundle_id,
+            kind=admission.kind.value,
+            billable=billable and sub is not None,
+            rated_seconds=seconds,
+        )
+
+    def recorder(
+        self, admission: Admission | None, record: CallRecord
+    ) -> Callable[[AsyncConnection], Any] | None:
+        """What to write with the call record, in its transaction: call.ended to
+        the operators, and usage.threshold when the call crossed one."""
+        if admission is None or not admission.operators:
+            return None
+
+        async def write(conn: AsyncConnection) -> None:
+            now = self._clock()
+            await self._append_call_events(conn, admission, "call.ended", now, cdr_data(record))
+            sub = admission.caller_subscription
+            if sub is not None and record.billable and record.rated_seconds > 0:
+                await self._thresholds(conn, sub, record, now)
+
+        return write
+
+    async def _thresholds(
+        self, conn: AsyncConnection, sub: Subscription, record: CallRecord, now: float
+    ) -> None:
+        report = await self.usage(sub, now=record.ended_at, conn=conn)
+        after = report.usage.billable_seconds
+        before = after - record.rated_seconds
+        for percent in crossed_thresholds(sub.bundle, before, after):
+            exists = await conn.scalar(
+                sa.select(sa.func.count()).where(
+                    usage_thresholds.c.number == sub.number,
+                    usage_thresholds.c.period_start == report.period_start,
+                    usage_thresholds.c.percent == percent,
+                )
+            )
+            if exists:
+                continue
+            await conn.execute(
+                usage_thresholds.insert().values(
+                    number=sub.number,
+                    period_start=report.period_start,
+                    percent=percent,
+                    raised_at=now,
+                )
+            )
+            await events.append(
+                conn,
+                operator_id=sub.operator_id,
+                type="usage.threshold",
+                ordering_key=sub.number,
+                now=now,
+                data={"number": sub.number, "percent": percent, "usage": report.as_dict()},
+            )
+            log.info("usage of %s crossed %d %%", sub.number, percent)
+
+    def committed(self) -> None:
+        """The call record and its events are committed: wake the delivery."""
+        self._committed()
 
     async def subscription(
         self, number: str, conn: AsyncConnection | None = None
@@ -149,3 +346,42 @@ class CarrierPolicy:
             fair_use_minutes=bundle.fair_use_minutes,
             calls=int(count),
         )
+
+
+def leg_quality(stats: dict[str, Any]) -> dict[str, Any]:
+    """A leg's figures for the operator: loss, jitter, RTT and an E-model MOS."""
+    received = int(stats.get("packets_received", 0))
+    lost = max(0, int(stats.get("packets_lost", 0)))
+    expected = received + lost
+    loss = lost / expected if expected else 0.0
+    jitter = float(stats.get("jitter_ms", 0.0) or 0.0)
+    rtt = stats.get("rtt_ms")
+    one_way = float(rtt) / 2 if rtt is not None else 0.0
+    mos = mos_from_r(r_factor(one_way, loss, jitter)) if received else None
+    return {
+        "packets_received": received,
+        "packets_sent": int(stats.get("packets_sent", 0)),
+        "packets_lost": lost,
+        "loss_percent": round(100 * loss, 2),
+        "jitter_ms": round(jitter, 2),
+        "rtt_ms": rtt,
+        "mos": None if mos is None else round(mos, 2),
+    }
+
+
+def cdr_data(record: CallRecord) -> dict[str, Any]:
+    """The call detail record as the operator receives it in call.ended."""
+    return {
+        "invited_at": record.invited_at,
+        "ringing_at": record.ringing_at,
+        "answered_at": record.answered_at,
+        "ended_at": record.ended_at,
+        "duration": round(record.duration, 3),
+        "end_reason": record.end_reason,
+        "end_detail": record.end_detail,
+        "bundle_id": record.bundle_id,
+        "billable": record.billable,
+        "rated_seconds": record.rated_seconds,
+        "rated_minutes": round(record.rated_seconds / 60, 2),
+        "legs": {name: leg_quality(stats) for name, stats in record.media.items()},
+    }

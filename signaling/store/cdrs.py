@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,8 +20,16 @@ class CallRecordStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def save(self, record: CallRecord) -> None:
-        """Store ``record``; saving the same call_id again keeps the first copy."""
+    async def save(
+        self,
+        record: CallRecord,
+        also: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> None:
+        """Store ``record``; saving the same call_id again keeps the first copy.
+
+        ``also(conn)`` runs in the same transaction after the insert (the
+        operator's events are committed with the record or not at all).
+        """
         values = {
             "call_id": record.call_id,
             "caller": record.caller,
@@ -34,6 +43,11 @@ class CallRecordStore:
             "end_reason": record.end_reason,
             "end_detail": record.end_detail[:512],
             "media": record.media,
+            "operator_id": record.operator_id,
+            "bundle_id": record.bundle_id,
+            "kind": record.kind,
+            "billable": record.billable,
+            "rated_seconds": record.rated_seconds,
         }
         dialect = self._db.engine.dialect.name
         stmt: Any
@@ -45,13 +59,16 @@ class CallRecordStore:
             stmt = None
         async with self._db.transaction() as conn:
             if stmt is not None:
-                await conn.execute(stmt)
-                return
-            exists = await conn.scalar(
-                sa.select(calls.c.call_id).where(calls.c.call_id == record.call_id)
-            )
-            if exists is None:
-                await conn.execute(calls.insert().values(values))
+                inserted = (await conn.execute(stmt)).rowcount == 1
+            else:
+                exists = await conn.scalar(
+                    sa.select(calls.c.call_id).where(calls.c.call_id == record.call_id)
+                )
+                inserted = exists is None
+                if inserted:
+                    await conn.execute(calls.insert().values(values))
+            if inserted and also is not None:
+                await also(conn)
 
     async def get(self, call_id: str) -> CallRecord | None:
         async with self._db.read() as conn:
@@ -101,6 +118,11 @@ def _record(row: Any) -> CallRecord:
         end_reason=row["end_reason"],
         end_detail=row["end_detail"],
         media=dict(row["media"] or {}),
+        operator_id=row["operator_id"],
+        bundle_id=row["bundle_id"],
+        kind=row["kind"],
+        billable=bool(row["billable"]),
+        rated_seconds=row["rated_seconds"],
     )
 
 

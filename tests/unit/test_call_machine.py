@@ -16,7 +16,9 @@ from signaling.calls.machine import (
     EndReason,
     Fail,
     Hangup,
+    NotAllowed,
     Notify,
+    QuotaExhausted,
     Reject,
     Ring,
     RingTimeout,
@@ -197,6 +199,8 @@ def test_every_end_reason_is_reachable() -> None:
         (ringing(), [RingTimeout(1)]),
         (ringing(), [Reject(1, "bob-phone")]),
         (ringing(), [Accept(1, "bob-phone"), Hangup(2, "alice-phone")]),
+        (new_call(), [NotAllowed(1, "subscriber_suspended")]),
+        (ringing(), [Accept(1, "bob-phone"), QuotaExhausted(2, "bundle_minutes_used")]),
     ]
     for call, events in scenarios:
         for event in events:
@@ -204,3 +208,24 @@ def test_every_end_reason_is_reachable() -> None:
                 if isinstance(effect, Notify):
                     reached.add(effect.reason)
     assert reached == set(EndReason)
+
+
+def test_the_bundle_running_out_ends_a_connected_call_for_both() -> None:
+    call = ringing()
+    call.handle(Accept(105.0, "bob-phone"))
+    effects = call.handle(QuotaExhausted(165.0, "bundle_minutes_used"))
+    assert Notify("alice-phone", EndReason.QUOTA_EXHAUSTED, "bundle_minutes_used") in effects
+    assert Notify("bob-phone", EndReason.QUOTA_EXHAUSTED, "bundle_minutes_used") in effects
+    assert effects[-1] == Ended(EndReason.QUOTA_EXHAUSTED, "bundle_minutes_used")
+    assert call.ended_at == 165.0
+
+
+def test_a_refused_call_never_rings() -> None:
+    call = new_call()
+    effects = call.handle(NotAllowed(101.0, "subscriber_suspended"))
+    assert effects == [
+        Notify("alice-phone", EndReason.NOT_ALLOWED, "subscriber_suspended"),
+        Ended(EndReason.NOT_ALLOWED, "subscriber_suspended"),
+    ]
+    with pytest.raises(CallStateError):
+        call.handle(Ring(102.0, ("bob-phone",)))

@@ -77,6 +77,7 @@ class FakeLeg:
         self.bytes_sent = 0
         self._last_send_time = 0.0
         self.fast_path: FastPath | None = None
+        self.notice_task: object | None = None
 
     def ensure_fast_path(self) -> FastPath | None:
         # As Leg.ensure_fast_path does.
@@ -121,6 +122,20 @@ def test_rtp_is_forwarded_to_the_peer_pair_and_counted(legs: tuple[FakeLeg, Fake
     assert a.fast_path_packets == 1 and a.reception.packets_received == 1
     assert a._remote_ssrc == 0xD00D
     assert b.packets_sent == 1 and b.bytes_sent == 5
+
+
+def test_no_audio_is_forwarded_over_a_notice_and_the_stream_continues_after(
+    legs: tuple[FakeLeg, FakeLeg],
+) -> None:
+    a, b = legs
+    b.notice_task = object()  # the relay plays b its notice tone
+    a.protocol.datagram_received(device_packet(a, 7), ("127.0.0.1", 4000))
+    assert b.protocol.transport.sent == [] and a.protocol.original == []
+    assert a.reception.packets_received == 1  # still counted as received
+    b.notice_task = None
+    a.protocol.datagram_received(device_packet(a, 8), ("127.0.0.1", 4000))
+    ((data, _addr),) = b.protocol.transport.sent
+    assert received_by_device(b, data).payload == b"opus!"
 
 
 def test_stun_dtls_rtcp_and_other_payload_types_take_aioice_path(

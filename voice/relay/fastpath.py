@@ -199,6 +199,8 @@ class FastPath:
             self._source = (leg.leg_id, ssrc)
             self._source_ssrc = ssrc
         peer = out.leg
+        if peer.notice_task is not None:
+            return  # the relay speaks to that leg for a moment
         packet = forward_packet(
             plain,
             header,

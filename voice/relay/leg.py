@@ -301,6 +301,8 @@ class Leg(RtpPeer):
         self.leg_id = leg_id
         self.peer: Leg | None = None
         self.ringback_task: asyncio.Task[None] | None = None
+        #: While the relay plays a notice to this leg, forwarded audio to it is dropped.
+        self.notice_task: asyncio.Task[None] | None = None
         self.watchdog_task: asyncio.Task[None] | None = None
         self.failed = False
         self.connected_at: float | None = None
@@ -320,6 +322,8 @@ class Leg(RtpPeer):
             self.ensure_fast_path()
         peer = self.peer
         if peer is None or packet.payload_type != self.payload_type or not packet.payload:
+            return
+        if peer.notice_task is not None:
             return
         await peer.send(
             (self.leg_id, packet.ssrc),

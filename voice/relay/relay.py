@@ -18,7 +18,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from voice.ice import ice_configuration, rewrite_candidate_addresses
 from voice.relay.leg import FRAME_SAMPLES, Leg
-from voice.relay.ringback import FRAME_DURATION, ringback_cycle
+from voice.relay.ringback import FRAME_DURATION, notice_payloads, ringback_cycle
 from voice.relay.sdp import NoOpusError, opus_payload_types
 
 __all__ = ["LegStats", "NoOpusError", "Relay", "UnknownLegError"]
@@ -208,6 +208,34 @@ class Relay:
                 delay = 0.0
             await asyncio.sleep(max(0.0, delay))
 
+    def play_notice(self, leg_id: str) -> None:
+        """Play the short notice tone to this leg over the call (its peer's audio pauses)."""
+        leg = self._legs.get(leg_id)
+        if leg is None or leg.closed or leg.notice_task is not None:
+            return
+        self._ringback_sources += 1
+        source = ("notice", self._ringback_sources)
+        leg.notice_task = asyncio.create_task(self._play_notice(leg, source))
+
+    async def _play_notice(self, leg: Leg, source: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        try:
+            for index, payload in enumerate(notice_payloads()):
+                if leg.closed:
+                    return
+                await leg.send(
+                    source,
+                    index,
+                    index * FRAME_SAMPLES,
+                    int(index == 0),
+                    payload,
+                )
+                deadline += FRAME_DURATION
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
+        finally:
+            leg.notice_task = None
+
     def bridge(self, a: str, b: str) -> None:
         """Forward Opus packets between legs a and b both ways; ends ringback on both."""
         if a == b:
@@ -237,11 +265,12 @@ class Relay:
         if leg.peer is not None:
             leg.peer.peer = None
             leg.peer = None
-        for task in (leg.ringback_task, leg.watchdog_task):
+        tasks = (leg.ringback_task, leg.watchdog_task, leg.notice_task)
+        for task in tasks:
             if task is not None:
                 task.cancel()
         final = _stats(leg)
-        for task in (leg.ringback_task, leg.watchdog_task):
+        for task in tasks:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

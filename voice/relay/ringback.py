@@ -1,4 +1,5 @@
-"""The ringback tone the relay plays to a caller while the callee rings."""
+"""Tones the relay plays itself: ringback while the callee rings, and a short notice
+(e.g. one minute of the bundle left) over a call in progress."""
 
 from __future__ import annotations
 
@@ -34,4 +35,25 @@ def ringback_cycle() -> tuple[bytes, ...]:
         else:
             samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         payloads.extend(encoder.encode(samples))
+    return tuple(payloads)
+
+
+# The notice: two 200 ms beeps of 1400 Hz (the ITU-T E.180 "warning" family), 100 ms apart.
+NOTICE_FREQUENCY = 1400.0
+NOTICE_CADENCE = (0.2, 0.1, 0.2)
+
+
+@functools.cache
+def notice_payloads() -> tuple[bytes, ...]:
+    """Opus payloads (20 ms each) of the notice tone, encoded once per process."""
+    encoder = OpusEncoder()
+    tone = ToneSource(NOTICE_FREQUENCY)
+    payloads: list[bytes] = []
+    for index, seconds in enumerate(NOTICE_CADENCE):
+        for _ in range(round(seconds / FRAME_DURATION)):
+            if index % 2 == 0:
+                samples = tone.read(FRAME_SAMPLES)
+            else:
+                samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            payloads.extend(encoder.encode(samples))
     return tuple(payloads)

@@ -284,6 +284,9 @@ class TranscodingRelay(Relay):
         if isinstance(leg, TranscodingLeg) and isinstance(leg.output.source, RingbackTrack):
             leg.output.switch(None)
 
+    def play_notice(self, leg_id: str) -> None:
+        """Not played: this relay is a load-test baseline, where notices do not occur."""
+
     def bridge(self, a: str, b: str) -> None:
         """Relay decoded audio between legs a and b both ways; ends ringback on both."""
         if a == b:

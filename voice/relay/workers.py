@@ -416,6 +416,9 @@ class _WorkerServer:
         if op == "stop_ringback":
             relay.stop_ringback(args[0])
             return None
+        if op == "play_notice":
+            relay.play_notice(args[0])
+            return None
         if op == "bridge":
             relay.bridge(args[0], args[1])
             return None
@@ -745,6 +748,12 @@ class WorkerRelay:
         state = self._legs.get(leg_id)
         if state is not None:
             state.worker.send(Correlator.notify("stop_ringback", leg_id))
+
+    def play_notice(self, leg_id: str) -> None:
+        """Play the short notice tone to this leg over the call."""
+        state = self._legs.get(leg_id)
+        if state is not None:
+            state.worker.send(Correlator.notify("play_notice", leg_id))
 
     def bridge(self, a: str, b: str) -> None:
         """Forward Opus packets between legs a and b both ways; ends ringback on both."""

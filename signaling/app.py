@@ -11,6 +11,7 @@ from aiohttp import WSCloseCode, web
 from signaling.api import rest
 from signaling.api.problems import problem_middleware
 from signaling.calls.service import CallService
+from signaling.carrier.delivery import EventDelivery
 from signaling.carrier.policy import CarrierPolicy
 from signaling.config import Config
 from signaling.identity.service import Device, IdentityService, make_sender
@@ -19,6 +20,7 @@ from signaling.keys import (
     CDRS,
     CONFIG,
     DATABASE,
+    DELIVERY,
     IDENTITY,
     METRICS,
     POLICY,
@@ -57,6 +59,7 @@ def create_app(config: Config) -> web.Application:
     app[PRESENCE] = Presence()
     app.add_routes(ROUTES)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_delivery)
     app.cleanup_ctx.append(_media)
     app.cleanup_ctx.append(_calls)
     app.on_shutdown.append(_close_websockets)
@@ -67,9 +70,16 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     database = await Database.open(config.resolved_database_url)
     app[DATABASE] = database
-    app[IDENTITY] = IdentityService(database, config, make_sender(config.sms_sender))
+    sender = make_sender(
+        config.sms_sender,
+        database,
+        default_operator=config.sms_default_operator,
+        notify=lambda: notify_delivery(app),
+    )
+    app[IDENTITY] = IdentityService(database, config, sender)
     app[CDRS] = CallRecordStore(database)
     app[POLICY] = CarrierPolicy(database)
+    app[IDENTITY].add_registration_hook(app[POLICY])
 
     def revoked(device: Device) -> None:
         asyncio.get_running_loop().create_task(close_device(app, device))
@@ -77,6 +87,22 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     app[IDENTITY].on_revoked(revoked)
     yield
     await database.close()
+
+
+async def _delivery(app: web.Application) -> AsyncIterator[None]:
+    """The outbox worker: signed events to operators (signaling/carrier/delivery.py)."""
+    delivery = EventDelivery(app[DATABASE], app[CONFIG], app[METRICS])
+    app[DELIVERY] = delivery
+    await delivery.start()
+    yield
+    await delivery.stop()
+
+
+def notify_delivery(app: web.Application) -> None:
+    """Wake the outbox worker: call after committing events."""
+    delivery = app.get(DELIVERY)
+    if delivery is not None:
+        delivery.notify()
 
 
 async def _media(app: web.Application) -> AsyncIterator[None]:

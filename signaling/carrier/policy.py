@@ -140,6 +140,35 @@ class CarrierPolicy:
         for listener in self._listeners:
             listener()
 
+    # -- registrations (signaling.identity.service.RegistrationHook) -------------
+
+    async def device_added(self, conn: AsyncConnection, device: Any, other_devices: int) -> None:
+        """subscriber.verified: a number verified on a new device. A new device
+        while others were active, or right after the last was signed out, is what
+        a SIM swap looks like, so the operator sees the device count."""
+        sub = await self.subscription(device.number, conn)
+        if sub is None:
+            return
+        await events.append(
+            conn,
+            operator_id=sub.operator_id,
+            type="subscriber.verified",
+            ordering_key=device.number,
+            now=self._clock(),
+            data={
+                "number": device.number,
+                "device_id": device.device_id,
+                "device_name": device.name,
+                "verified_at": device.created_at,
+                "other_active_devices": other_devices,
+                "status": sub.status,
+            },
+        )
+
+    def committed(self) -> None:
+        """Events were committed (a call record, a registration): wake the delivery."""
+        self._committed()
+
     # -- at call setup ---------------------------------------------------------
 
     async def admit(self, call_id: str, caller: str, callee: str, kind: CallKind) -> Admission:
@@ -153,9 +182,7 @@ class CarrierPolicy:
         callee_sub = await self.subscription(callee) if kind is CallKind.APP else None
         if caller_sub is None:
             decision = (
-                Decision(True)
-                if kind is CallKind.APP
-                else Decision(False, "not_an_app_user")
+                Decision(True) if kind is CallKind.APP else Decision(False, "not_an_app_user")
             )
         else:
             report = await self.usage(caller_sub)
@@ -277,10 +304,6 @@ class CarrierPolicy:
                 data={"number": sub.number, "percent": percent, "usage": report.as_dict()},
             )
             log.info("usage of %s crossed %d %%", sub.number, percent)
-
-    def committed(self) -> None:
-        """The call record and its events are committed: wake the delivery."""
-        self._committed()
 
     async def subscription(
         self, number: str, conn: AsyncConnection | None = None

@@ -24,7 +24,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -130,6 +130,14 @@ class DeviceNotFound(IdentityError):
     title = "No such device"
 
 
+class RegistrationHook(Protocol):
+    async def device_added(self, conn: Any, device: Device, other_devices: int) -> None:
+        """In the registration's transaction; ``other_devices`` were active before."""
+
+    def committed(self) -> None:
+        """After the registration was committed."""
+
+
 class IdentityService:
     def __init__(
         self,
@@ -143,6 +151,12 @@ class IdentityService:
         self._sender = sender
         self._clock = clock
         self._listeners: list[Callable[[Device], None]] = []
+        self._registration_hooks: list[RegistrationHook] = []
+
+    def add_registration_hook(self, hook: RegistrationHook) -> None:
+        """``hook`` writes in each registration's transaction (the operator's
+        subscriber.verified event) and hears when it was committed."""
+        self._registration_hooks.append(hook)
 
     # -- numbers -----------------------------------------------------------
 
@@ -237,7 +251,9 @@ class IdentityService:
             if not codes.codes_equal(code, self._config.test_code):
                 raise WrongCode("the code is not correct")
             async with self._db.transaction() as conn:
-                return await self._add_device(conn, number, name)
+                registered = await self._add_device(conn, number, name)
+            self._registration_committed()
+            return registered
         now = self._clock()
         error: IdentityError | None = None
         result: tuple[Device, str] | None = None
@@ -282,7 +298,12 @@ class IdentityService:
         if error is not None:
             raise error
         assert result is not None
+        self._registration_committed()
         return result
+
+    def _registration_committed(self) -> None:
+        for hook in self._registration_hooks:
+            hook.committed()
 
     async def _add_device(self, conn: Any, number: str, name: str) -> tuple[Device, str]:
         token = codes.generate_token()
@@ -292,6 +313,11 @@ class IdentityService:
             name=name,
             created_at=self._clock(),
             last_seen_at=None,
+        )
+        previous = await conn.scalar(
+            sa.select(sa.func.count()).where(
+                devices.c.number == number, devices.c.revoked_at.is_(None)
+            )
         )
         await conn.execute(
             devices.insert().values(
@@ -304,6 +330,8 @@ class IdentityService:
                 revoked_at=None,
             )
         )
+        for hook in self._registration_hooks:
+            await hook.device_added(conn, device, int(previous or 0))
         log.info("device %s registered for %s", device.device_id, number)
         return device, token
 

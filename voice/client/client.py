@@ -43,6 +43,8 @@ class Call:
             name: asyncio.Event() for name in ("progress", "ringing", "connected", "ended")
         }
         self.incoming_sdp = ""
+        #: Seconds left announced by the server (the caller's bundle runs out).
+        self.quota_warnings: list[int] = []
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -60,6 +62,10 @@ class Call:
             if media is not None:
                 media.mark("connected")
             self._set("connected")
+        elif kind == "call.quota_warning":
+            self.quota_warnings.append(int(message.get("seconds_left", 0)))
+            if media is not None:
+                media.mark("quota_warning")
         elif kind == "call.ended":
             self.state = "ended"
             self.end_reason = message.get("reason")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from signaling.keys import CDRS, POLICY
-from tests.conftest import ALICE, BOB, CAROL, Server
+from signaling.store.database import Database
+from signaling.store.schema import metadata
+from tests.conftest import ALICE, BOB, CAROL, Server, ServerFactory, require_postgres
 from tests.integration.provisioning import (
     add_bundle,
     add_operator,
@@ -24,9 +27,31 @@ RATE = 48000
 LANDLINE = "+4930555000100"
 
 
+async def _drop_tables(url: str) -> None:
+    db = await Database.open(url)
+    async with db.transaction() as conn:
+        await conn.run_sync(metadata.drop_all)
+    await db.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_store_server(
+    request: pytest.FixtureRequest, make_server: ServerFactory
+) -> AsyncIterator[Server]:
+    """The server on its SQLite default, and on the machine's PostgreSQL (emptied)."""
+    if request.param == "sqlite":
+        yield await make_server()
+        return
+    url = require_postgres()
+    await _drop_tables(url)
+    yield await make_server(database_url=url)
+    await _drop_tables(url)
+
+
 async def test_a_completed_call_is_rated_and_every_step_reaches_the_operator(
-    server: Server,
+    any_store_server: Server,
 ) -> None:
+    server = any_store_server
     operator = await add_operator(server)
     bundle = await add_bundle(server, operator, app_calls_included=False, increment=(60, 1))
     await add_subscriber(server, ALICE, operator, bundle)

@@ -29,7 +29,12 @@ class Config:
     #: Numbers starting with this E.164 prefix verify with test_code and get no SMS.
     test_number_prefix: str = ""
     test_code: str = ""
+    #: "console" (the code goes to the log) or "carrier" (an sms.send event to the
+    #: operator of the number, POSTed to its sms_url; signaling/identity/senders.py).
     sms_sender: str = "console"
+    #: With sms_sender "carrier": the operator_id that sends codes to numbers no
+    #: operator provisioned; empty refuses them (503 code_delivery_failed).
+    sms_default_operator: str = ""
 
     # Calls
     ring_timeout: float = 45.0
@@ -56,6 +61,19 @@ class Config:
     ws_messages_per_second: float = 20.0
     ws_message_burst: int = 40
     ws_heartbeat: float = 20.0
+
+    # Operator webhooks: delivery of the event outbox (signaling/carrier/delivery.py)
+    #: Ordering keys delivered at the same time (one key is always sequential).
+    webhook_concurrency: int = 16
+    #: Seconds an operator has to answer one POST (a claimed event's lease is twice this).
+    webhook_timeout: float = 10.0
+    #: Retry delay after the first failure; doubles per attempt, with jitter.
+    webhook_backoff_base: float = 1.0
+    webhook_backoff_max: float = 600.0
+    #: Events still undelivered this many seconds after they were created are dead.
+    webhook_max_age: float = 86400.0
+    #: How often the outbox is checked when nothing notified the worker.
+    webhook_poll_interval: float = 0.5
 
     @property
     def resolved_database_url(self) -> str:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from signaling.calls.service import CallService
+    from signaling.carrier.delivery import EventDelivery
     from signaling.carrier.policy import CarrierPolicy
     from signaling.config import Config
     from signaling.identity.service import IdentityService
@@ -27,3 +28,4 @@ CALLS: web.AppKey[CallService] = web.AppKey("calls")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 POLICY: web.AppKey[CarrierPolicy] = web.AppKey("policy")
+DELIVERY: web.AppKey[EventDelivery] = web.AppKey("delivery")

@@ -36,6 +36,24 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "anruf_webhook_deliveries",
+            "Event delivery attempts to operators, by outcome "
+            "(delivered, failed, dead, replay_only)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_dead_letters = Counter(
+            "anruf_webhook_dead_letters",
+            "Events given up on after webhook_max_age without a 2xx",
+            registry=self.registry,
+        )
+        self.webhook_latency = Histogram(
+            "anruf_webhook_latency_seconds",
+            "Event created to delivered (2xx from the operator)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 600.0, 3600.0, 86400.0),
+            registry=self.registry,
+        )
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

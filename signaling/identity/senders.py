@@ -1,9 +1,24 @@
-"""Delivery of verification codes (SMS in production, a log line in development)."""
+"""Delivery of verification codes (SMS in production, a log line in development).
+
+``Config.sms_sender`` chooses: "console" writes the code to the log; "carrier"
+asks the number's operator to send the SMS, as a signed ``sms.send`` event
+POSTed to its ``sms_url`` by the event delivery (signaling/carrier/delivery.py).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import sqlalchemy as sa
+
+from signaling.carrier import events
+from signaling.store.schema import operators, subscribers
+
+if TYPE_CHECKING:
+    from signaling.store.database import Database
 
 sms_log = logging.getLogger("anruf.sms")
 
@@ -41,17 +56,92 @@ class RecordingSender:
         raise KeyError(number)
 
 
-_SENDERS: dict[str, type[ConsoleSender]] = {"console": ConsoleSender}
+class NoCarrier(LookupError):
+    """No operator can send an SMS to the number."""
 
 
-def make_sender(name: str) -> CodeSender:
-    """The sender configured as ``Config.sms_sender``; ValueError if unknown."""
-    try:
-        factory = _SENDERS[name]
-    except KeyError:
-        known = ", ".join(sorted(_SENDERS))
-        raise ValueError(f"unknown SMS sender {name!r} (known: {known})") from None
-    return factory()
+class CarrierSender:
+    """Has the number's operator send the code: an ``sms.send`` event to its ``sms_url``.
+
+    The operator is the one that provisioned the number (``subscribers``), else
+    ``default_operator``; with neither, or when that operator has no
+    ``sms_url``, ``send`` raises NoCarrier (IdentityService answers 503). The
+    event is committed in its own transaction, keyed ``sms:<number>`` so an SMS
+    gateway outage holds up no other events of the number, and ``notify`` (the
+    delivery worker's) is called after the commit so it goes out at once.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        default_operator: str = "",
+        notify: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = database
+        self._default_operator = default_operator
+        self._notify = notify
+        self._clock = clock
+
+    async def send(self, number: str, code: str) -> None:
+        async with self._db.transaction() as conn:
+            operator_id = await conn.scalar(
+                sa.select(subscribers.c.operator_id).where(subscribers.c.number == number)
+            )
+            operator_id = operator_id or self._default_operator
+            if not operator_id:
+                raise NoCarrier(f"no operator provisioned {number} and there is no default")
+            sms_url = await conn.scalar(
+                sa.select(operators.c.sms_url).where(operators.c.operator_id == operator_id)
+            )
+            if not sms_url:
+                raise NoCarrier(f"operator {operator_id!r} has no sms_url to send to {number}")
+            event_id = await events.append(
+                conn,
+                operator_id=operator_id,
+                type="sms.send",
+                data={"to": number, "text": f"Your Anruf code is {code}", "code": code},
+                ordering_key=f"sms:{number}",
+                now=self._clock(),
+            )
+        sms_log.info(
+            "verification code for %s handed to operator %s (%s)", number, operator_id, event_id
+        )
+        if self._notify is not None:
+            self._notify()
 
 
-__all__ = ["CodeSender", "ConsoleSender", "RecordingSender", "make_sender"]
+_SENDERS = ("carrier", "console")
+
+
+def make_sender(
+    name: str,
+    database: Database | None = None,
+    *,
+    default_operator: str = "",
+    notify: Callable[[], None] | None = None,
+) -> CodeSender:
+    """The sender configured as ``Config.sms_sender``; ValueError if unknown.
+
+    "carrier" needs the ``database`` (and takes ``Config.sms_default_operator``
+    and the delivery worker's ``notify``).
+    """
+    if name == "console":
+        return ConsoleSender()
+    if name == "carrier":
+        if database is None:
+            raise ValueError("the carrier SMS sender needs the database")
+        return CarrierSender(database, default_operator=default_operator, notify=notify)
+    known = ", ".join(_SENDERS)
+    raise ValueError(f"unknown SMS sender {name!r} (known: {known})")
+
+
+__all__ = [
+    "CarrierSender",
+    "CodeSender",
+    "ConsoleSender",
+    "NoCarrier",
+    "RecordingSender",
+    "make_sender",
+]

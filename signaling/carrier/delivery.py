@@ -1,0 +1,515 @@
+"""Delivery of the event outbox to operators: signed POSTs, at least once, in order per key.
+
+EventDelivery is one asyncio worker per node. Every node sharing a database
+runs one; they coordinate only through the ``events`` rows:
+
+- **Claim.** An event is *due* when it is ``pending``, its ``next_attempt_at``
+  has come, its lease (``locked_until``) is free or lapsed, and no earlier event
+  of its key (same operator and ``ordering_key``, lower ``sequence``) is still
+  ``pending``. A worker takes a due event with a conditional UPDATE that sets
+  the lease and re-checks all of that; only the worker whose UPDATE changed the
+  row sends it, so two workers never send one event at the same time.
+- **Order.** Only the head of a key is ever due, so one key is delivered
+  strictly in sequence; after a success the worker claims the key's next event
+  in the same transaction that records the success and sends it at once. Up to
+  ``webhook_concurrency`` keys are delivered at the same time.
+- **Attempt.** The stored body bytes are POSTed unchanged (the signature, over a
+  fresh timestamp, is the only thing that differs between attempts) to the
+  operator's ``sms_url`` for ``sms.send`` and its ``webhook_url`` for everything
+  else. Any 2xx is ``delivered``. Anything else (another status, a redirect, a
+  timeout after ``webhook_timeout``, a connection error) counts an attempt and
+  schedules the next one after an exponential backoff with jitter
+  (``webhook_backoff_base`` doubling up to ``webhook_backoff_max``); the key waits.
+  An event still failing ``webhook_max_age`` seconds after it was created is
+  ``dead``: logged, counted, and no longer blocking its key.
+- **No endpoint.** An event whose operator has no URL for it (or no longer
+  exists) becomes ``replay_only``: it is not sent and not retried, and stays in
+  the outbox for the operator's event list (replay).
+- **Crash.** A worker that dies mid-delivery leaves the row ``pending`` under
+  its lease (twice ``webhook_timeout``); when the lease lapses another worker, or
+  the restarted node, sends it again with the same id and body.
+
+Outcomes are written in group commits: one transaction records every attempt
+that finished while the previous one was being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from signaling.carrier import signing
+from signaling.config import Config
+from signaling.metrics import Metrics
+from signaling.store.database import Database
+from signaling.store.schema import events, operators
+
+__all__ = [
+    "DEAD",
+    "DELIVERED",
+    "PENDING",
+    "REPLAY_ONLY",
+    "USER_AGENT",
+    "EventDelivery",
+    "backoff",
+]
+
+log = logging.getLogger("anruf.webhooks")
+
+PENDING = "pending"
+DELIVERED = "delivered"
+DEAD = "dead"
+#: The operator has no URL for the event: kept for the event list, never sent.
+REPLAY_ONLY = "replay_only"
+_FAILED = "failed"
+#: The lease lapsed before a failure was written and another worker has the event.
+_SUPERSEDED = "superseded"
+
+USER_AGENT = "Anruf-Webhooks/1"
+#: Bytes of a failed response's body kept in last_error.
+_ERROR_PEEK = 200
+#: Bytes of a response body read (and discarded) so its connection can be reused.
+_DRAIN_LIMIT = 64 * 1024
+_MAX_ERROR = 512
+
+
+def backoff(attempts: int, base: float, cap: float, jitter: float) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (1 = the first).
+
+    ``base * 2 ** (attempts - 1)``, capped at ``cap``, then scaled by a factor
+    between 0.5 and 1 drawn from ``jitter`` (0 <= jitter < 1), so retries of
+    many events after one outage spread out instead of arriving together.
+    """
+    nominal = min(cap, base * 2.0 ** min(max(attempts, 1) - 1, 60))
+    return nominal * (0.5 + jitter / 2)
+
+
+def _due(now: float) -> sa.ColumnElement[bool]:
+    """The events that may be claimed at ``now``: see the module docstring."""
+    earlier = events.alias("earlier")
+    blocked = (
+        sa.select(earlier.c.seq)
+        .where(
+            earlier.c.operator_id == events.c.operator_id,
+            earlier.c.ordering_key == events.c.ordering_key,
+            earlier.c.sequence < events.c.sequence,
+            earlier.c.status == PENDING,
+        )
+        .exists()
+    )
+    return sa.and_(
+        events.c.status == PENDING,
+        events.c.next_attempt_at <= now,
+        sa.or_(events.c.locked_until.is_(None), events.c.locked_until < now),
+        ~blocked,
+    )
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """An event this worker holds the lease on, with where and how to send it."""
+
+    seq: int
+    event_id: str
+    operator_id: str
+    type: str
+    ordering_key: str
+    created_at: float
+    body: bytes
+    attempts: int
+    #: The locked_until this worker wrote: its proof of holding the lease.
+    lease: float
+    #: Empty: the operator has no endpoint for this event (see no_url).
+    url: str
+    secrets: tuple[str, ...]
+    no_url: str
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    event: _Claimed
+    result: str  # DELIVERED, REPLAY_ONLY or _FAILED
+    at: float
+    error: str = ""
+
+
+@dataclass
+class _Record:
+    outcome: _Outcome
+    #: Claim the key's next event in the same transaction.
+    follow: bool
+    future: asyncio.Future[_Claimed | None]
+
+
+class EventDelivery:
+    """Sends the outbox to operators. ``start()``, ``notify()`` after commits, ``stop()``."""
+
+    def __init__(
+        self,
+        database: Database,
+        config: Config,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = database
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._concurrency = max(1, config.webhook_concurrency)
+        self._lease_seconds = 2 * config.webhook_timeout
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._runner: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        #: One task per key being delivered.
+        self._chains: set[asyncio.Task[None]] = set()
+        #: Leases this worker holds (seq -> locked_until), released on stop.
+        self._leases: dict[int, float] = {}
+        self._batch: list[_Record] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._random = random.Random()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("EventDelivery already started")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._concurrency),
+            timeout=aiohttp.ClientTimeout(total=self._config.webhook_timeout),
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._runner = asyncio.create_task(self._run(), name="event-delivery")
+
+    def notify(self) -> None:
+        """Look for due events now (call after committing new events)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming, let POSTs in flight finish (up to webhook_timeout), release leases."""
+        if self._runner is None or self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        await self._runner
+        if self._chains:
+            _, unfinished = await asyncio.wait(self._chains, timeout=self._config.webhook_timeout)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        await self._release_leases()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- the dispatcher ------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            free = self._concurrency - len(self._chains)
+            if free > 0:
+                try:
+                    claimed = await self._claim(free)
+                except Exception:
+                    log.exception("claiming events failed; trying again")
+                    claimed = []
+                for event in claimed:
+                    if self._stopping:
+                        break  # its lease is released by stop()
+                    task = asyncio.create_task(self._chain(event), name=f"deliver-{event.seq}")
+                    self._chains.add(task)
+                    task.add_done_callback(self._chain_done)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._config.webhook_poll_interval)
+
+    def _chain_done(self, task: asyncio.Task[None]) -> None:
+        self._chains.discard(task)
+        self._wake.set()  # a slot is free, and the key's next event may be due
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivering events failed", exc_info=task.exception())
+
+    async def _chain(self, event: _Claimed | None) -> None:
+        """Deliver one key: this event, then its successors while they are due."""
+        while event is not None:
+            outcome = await self._attempt(event)
+            event = await self._record(outcome, follow=not self._stopping)
+
+    # -- claiming ------------------------------------------------------------
+
+    async def _claim(self, limit: int) -> list[_Claimed]:
+        now = self._clock()
+        async with self._db.read() as conn:
+            candidates = (
+                await conn.execute(
+                    sa.select(events.c.seq).where(_due(now)).order_by(events.c.seq).limit(limit)
+                )
+            ).scalars()
+            seqs = list(candidates)
+        if not seqs:
+            return []
+        async with self._db.transaction() as conn:
+            claimed = await self._lease(conn, seqs, now)
+        for event in claimed:
+            self._leases[event.seq] = event.lease
+        return claimed
+
+    async def _lease(
+        self, conn: AsyncConnection, seqs: Sequence[int], now: float
+    ) -> list[_Claimed]:
+        """Take the lease on those of ``seqs`` that are still due; returns them."""
+        lease = now + self._lease_seconds
+        won: list[int] = []
+        for seq in seqs:
+            result = await conn.execute(
+                events.update().where(events.c.seq == seq, _due(now)).values(locked_until=lease)
+            )
+            if result.rowcount == 1:
+                won.append(seq)
+        if not won:
+            return []
+        rows = await conn.execute(
+            sa.select(
+                events,
+                operators.c.operator_id.label("operator_known"),
+                operators.c.webhook_url,
+                operators.c.sms_url,
+                operators.c.signing_secret,
+                operators.c.previous_signing_secret,
+            )
+            .select_from(
+                events.outerjoin(operators, operators.c.operator_id == events.c.operator_id)
+            )
+            .where(events.c.seq.in_(won))
+            .order_by(events.c.seq)
+        )
+        return [_claimed(row._mapping, lease) for row in rows]
+
+    # -- one attempt ---------------------------------------------------------
+
+    async def _attempt(self, event: _Claimed) -> _Outcome:
+        if not event.url:
+            return _Outcome(event, REPLAY_ONLY, self._clock(), event.no_url)
+        assert self._session is not None
+        error = ""
+        try:
+            headers = {
+                "Content-Type": "application/json",
+                signing.SIGNATURE_HEADER: signing.sign(event.body, event.secrets, self._clock()),
+                "Anruf-Event-Id": event.event_id,
+                "Anruf-Event-Type": event.type,
+            }
+            async with self._session.post(
+                event.url, data=event.body, headers=headers, allow_redirects=False
+            ) as response:
+                peek = await _drain(response)
+                if 200 <= response.status < 300:
+                    return _Outcome(event, DELIVERED, self._clock())
+                text = peek.decode("utf-8", "replace")
+                error = f"HTTP {response.status}: {text}".strip()
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            error = f"no answer within {self._config.webhook_timeout:g} s"
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        return _Outcome(event, _FAILED, self._clock(), error[:_MAX_ERROR])
+
+    # -- recording (group commit) ----------------------------------------------
+
+    async def _record(self, outcome: _Outcome, follow: bool) -> _Claimed | None:
+        """Write ``outcome``; with ``follow``, also claim the key's next due event."""
+        future: asyncio.Future[_Claimed | None] = asyncio.get_running_loop().create_future()
+        self._batch.append(_Record(outcome, follow, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="event-delivery-flush")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch, []
+            try:
+                async with self._db.transaction() as conn:
+                    applied = [await self._apply(conn, record) for record in batch]
+            except Exception as exc:
+                log.exception("recording %d delivery outcome(s) failed", len(batch))
+                for record in batch:
+                    if not record.future.done():
+                        record.future.set_exception(exc)
+                continue
+            for record, (result, next_event) in zip(batch, applied, strict=True):
+                self._leases.pop(record.outcome.event.seq, None)
+                self._count(record.outcome, result)
+                if next_event is not None:
+                    self._leases[next_event.seq] = next_event.lease
+                if not record.future.done():
+                    record.future.set_result(next_event)
+
+    async def _apply(self, conn: AsyncConnection, record: _Record) -> tuple[str, _Claimed | None]:
+        """Write one outcome; returns the event's new status and the key's next event."""
+        outcome = record.outcome
+        result = outcome.result
+        event = outcome.event
+        row = events.c.seq == event.seq
+        pending = events.c.status == PENDING
+        ours = events.c.locked_until == event.lease
+        if outcome.result == DELIVERED:
+            # Delivered is the truth whoever holds the lease now.
+            await conn.execute(
+                events.update()
+                .where(row, pending)
+                .values(
+                    status=DELIVERED,
+                    delivered_at=outcome.at,
+                    attempts=events.c.attempts + 1,
+                    locked_until=None,
+                    last_error="",
+                )
+            )
+        elif outcome.result == REPLAY_ONLY:
+            updated = await conn.execute(
+                events.update()
+                .where(row, pending, ours)
+                .values(status=REPLAY_ONLY, locked_until=None, last_error=outcome.error)
+            )
+            if updated.rowcount != 1:
+                result = _SUPERSEDED
+        else:
+            deadline = event.created_at + self._config.webhook_max_age
+            values: dict[str, Any] = {
+                "attempts": events.c.attempts + 1,
+                "locked_until": None,
+                "last_error": outcome.error,
+            }
+            if outcome.at >= deadline:
+                result = values["status"] = DEAD
+            else:
+                delay = backoff(
+                    event.attempts + 1,
+                    self._config.webhook_backoff_base,
+                    self._config.webhook_backoff_max,
+                    self._random.random(),
+                )
+                values["next_attempt_at"] = min(outcome.at + delay, deadline)
+            updated = await conn.execute(events.update().where(row, pending, ours).values(**values))
+            if updated.rowcount != 1:
+                result = _SUPERSEDED
+        if not record.follow:
+            return result, None
+        now = self._clock()
+        head = await conn.scalar(
+            sa.select(events.c.seq)
+            .where(
+                events.c.operator_id == event.operator_id,
+                events.c.ordering_key == event.ordering_key,
+                pending,
+            )
+            .order_by(events.c.sequence)
+            .limit(1)
+        )
+        if head is None:
+            return result, None
+        claimed = await self._lease(conn, [head], now)
+        return result, claimed[0] if claimed else None
+
+    def _count(self, outcome: _Outcome, result: str) -> None:
+        """Log and count an outcome once its transaction committed."""
+        event = outcome.event
+        if result == _SUPERSEDED:
+            return
+        if result == DEAD:
+            log.warning(
+                "event %s (%s for %s) is dead after %d attempts: %s",
+                event.event_id,
+                event.type,
+                event.operator_id,
+                event.attempts + 1,
+                outcome.error,
+            )
+        elif result == _FAILED:
+            log.info(
+                "event %s (%s for %s) attempt %d failed: %s",
+                event.event_id,
+                event.type,
+                event.operator_id,
+                event.attempts + 1,
+                outcome.error,
+            )
+        elif result == REPLAY_ONLY:
+            log.info("event %s kept for replay only: %s", event.event_id, outcome.error)
+        if self._metrics is None:
+            return
+        self._metrics.webhook_deliveries.labels(result).inc()
+        if result == DEAD:
+            self._metrics.webhook_dead_letters.inc()
+        elif result == DELIVERED:
+            self._metrics.webhook_latency.observe(max(0.0, outcome.at - event.created_at))
+
+    async def _release_leases(self) -> None:
+        """Hand the events this worker still holds back to any worker, at once."""
+        if not self._leases:
+            return
+        leases, self._leases = self._leases, {}
+        try:
+            async with self._db.transaction() as conn:
+                for seq, lease in leases.items():
+                    await conn.execute(
+                        events.update()
+                        .where(
+                            events.c.seq == seq,
+                            events.c.status == PENDING,
+                            events.c.locked_until == lease,
+                        )
+                        .values(locked_until=None)
+                    )
+        except Exception:
+            log.exception("releasing %d lease(s) failed; they lapse on their own", len(leases))
+
+
+def _claimed(m: Any, lease: float) -> _Claimed:
+    kind = "sms_url" if m["type"] == "sms.send" else "webhook_url"
+    if m["operator_known"] is None:
+        url, no_url = "", f"no operator {m['operator_id']!r}"
+    else:
+        url = m[kind] or ""
+        no_url = "" if url else f"the operator has no {kind}"
+    secrets = tuple(s for s in (m["signing_secret"], m["previous_signing_secret"]) if s)
+    return _Claimed(
+        seq=m["seq"],
+        event_id=m["event_id"],
+        operator_id=m["operator_id"],
+        type=m["type"],
+        ordering_key=m["ordering_key"],
+        created_at=m["created_at"],
+        body=m["body"].encode(),
+        attempts=m["attempts"],
+        lease=lease,
+        url=url,
+        secrets=secrets,
+        no_url=no_url,
+    )
+
+
+async def _drain(response: aiohttp.ClientResponse) -> bytes:
+    """Read the response body (bounded, so the connection can be reused); its start."""
+    start = b""
+    read = 0
+    async for chunk in response.content.iter_chunked(16 * 1024):
+        if len(start) < _ERROR_PEEK:
+            start += chunk[: _ERROR_PEEK - len(start)]
+        read += len(chunk)
+        if read >= _DRAIN_LIMIT:
+            break
+    return start

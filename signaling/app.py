@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from signaling.api import rest
+from signaling.api import openapi, operator, rest
 from signaling.api.problems import problem_middleware
 from signaling.calls.service import CallService
 from signaling.carrier.delivery import EventDelivery
+from signaling.carrier.operators import OperatorStore
 from signaling.carrier.policy import CarrierPolicy
 from signaling.config import Config
 from signaling.identity.service import Device, IdentityService, make_sender
@@ -23,6 +24,7 @@ from signaling.keys import (
     DELIVERY,
     IDENTITY,
     METRICS,
+    OPERATORS,
     POLICY,
     PRESENCE,
     RELAY,
@@ -49,6 +51,8 @@ ROUTES = [
     web.get("/v1/ws", websocket),
     web.get("/healthz", rest.healthz),
     web.get("/metrics", metrics_handler),
+    web.get("/openapi.json", openapi.openapi_json),
+    *operator.ROUTES,
 ]
 
 
@@ -79,6 +83,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     app[IDENTITY] = IdentityService(database, config, sender)
     app[CDRS] = CallRecordStore(database)
     app[POLICY] = CarrierPolicy(database)
+    app[OPERATORS] = OperatorStore(database, default_region=config.default_region)
     app[IDENTITY].add_registration_hook(app[POLICY])
 
     def revoked(device: Device) -> None:

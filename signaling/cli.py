@@ -1,10 +1,11 @@
-"""The `anruf` command: serve, login, call, answer."""
+"""The `anruf` command: serve, login, call, answer, operator."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import ipaddress
 import json
@@ -70,6 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     answer.add_argument("--calls", type=int, default=1)
     media_options(answer)
 
+    operator = commands.add_parser("operator", help="carrier operators (an admin's actions)")
+    operator_commands = operator.add_subparsers(dest="operator_command", required=True)
+
+    def database_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="TOML settings file (as for serve)")
+        p.add_argument("--data-dir", type=Path)
+        p.add_argument("--database-url")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    operator_create = operator_commands.add_parser(
+        "create", help="add an operator; prints its first API key and signing secret, once"
+    )
+    operator_create.add_argument("--name", required=True)
+    operator_create.add_argument("--webhook-url", default="", help="where events are POSTed")
+    operator_create.add_argument("--sms-url", default="", help="where verification SMS go")
+    database_options(operator_create)
+    database_options(operator_commands.add_parser("list", help="list the operators"))
+
     from voice.loadtest.cli import add_parser as add_loadtest
 
     add_loadtest(commands)
@@ -83,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("aioice").setLevel(logging.WARNING)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "operator":
+        return _operator(args)
     if args.command == "loadtest":
         from voice.loadtest.cli import main as loadtest
 
@@ -133,6 +154,55 @@ def _serve(args: argparse.Namespace) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     loop = _event_loop(config.event_loop)
     web.run_app(create_app(config), host=config.host, port=config.port, print=None, loop=loop)
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from signaling.config import ConfigError, load_config
+
+    overrides = {"data_dir": args.data_dir, "database_url": args.database_url}
+    try:
+        config = load_config(args.config, overrides=overrides)
+        return asyncio.run(_operator_command(args, config))
+    except (ConfigError, ValueError) as exc:
+        print(f"anruf: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _operator_command(args: argparse.Namespace, config: Any) -> int:
+    from datetime import UTC, datetime
+
+    from signaling.carrier.operators import OperatorStore, check_url
+    from signaling.store.database import Database
+
+    if args.operator_command == "create":
+        for url in (args.webhook_url, args.sms_url):
+            check_url(url)  # before anything is written
+    database = await Database.open(config.resolved_database_url)
+    try:
+        store = OperatorStore(database, default_region=config.default_region)
+        if args.operator_command == "create":
+            new = await store.create_operator(args.name, args.webhook_url, args.sms_url)
+            op = new.operator
+            if args.json:
+                shown = {"operator_id": op.operator_id, "name": op.name, "key_id": new.key_id}
+                shown |= {"api_key": new.api_key, "signing_secret": new.signing_secret}
+                print(json.dumps(shown))
+            else:
+                print(f"Operator {op.operator_id} ({op.name}) created.")
+                print(f"API key:        {new.api_key}")
+                print(f"Signing secret: {new.signing_secret}")
+                print("Both are shown only now; give them to the operator over a safe channel.")
+            return 0
+        found = await store.list_operators()
+    finally:
+        await database.close()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(op) for op in found]))
+        return 0
+    for op in found:
+        created = datetime.fromtimestamp(op.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"{op.operator_id}  {created}  {op.name}  webhook: {op.webhook_url or '-'}")
     return 0
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from signaling.calls.service import CallService
     from signaling.carrier.delivery import EventDelivery
+    from signaling.carrier.operators import OperatorStore
     from signaling.carrier.policy import CarrierPolicy
     from signaling.config import Config
     from signaling.identity.service import IdentityService
@@ -28,4 +29,5 @@ CALLS: web.AppKey[CallService] = web.AppKey("calls")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 POLICY: web.AppKey[CarrierPolicy] = web.AppKey("policy")
+OPERATORS: web.AppKey[OperatorStore] = web.AppKey("operators")
 DELIVERY: web.AppKey[EventDelivery] = web.AppKey("delivery")

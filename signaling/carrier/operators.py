@@ -869,7 +869,8 @@ class OperatorStore:
     async def redeliver(
         self, operator_id: str, event_id: str, conn: AsyncConnection | None = None
     ) -> StoredEvent:
-        """Send a delivered or dead event again, as if it were new."""
+        """Send an event again, as if it were new: any that is not pending
+        (delivered, dead, or kept for replay only when there was no URL)."""
         async with self._writing(conn) as c:
             event = await self.get_event(operator_id, event_id, c)
             if event.status == "pending":

@@ -68,9 +68,10 @@ async def test_a_new_operator_signs_in_with_its_key_which_is_stored_only_as_a_ha
     assert [op.name for op in await store.list_operators()] == ["Netz Eins"]
 
 
-async def test_at_most_two_active_keys_and_never_none(store: OperatorStore) -> None:
+async def test_at_most_two_active_keys_and_never_none(store: OperatorStore, clock: Clock) -> None:
     new = await store.create_operator("Netz Eins")
     op = new.operator.operator_id
+    clock.now += 1
     second = await store.create_key(op)
     with pytest.raises(KeyLimitReached):
         await store.create_key(op)

@@ -610,5 +610,14 @@ async def test_provisioning_on_postgresql(
         second = await op.post("/keys")
         assert_problem(await op.post("/keys"), 409, "key_limit_reached")
         assert second.status == 201
+
+        # The same request twice at once makes one bundle; the loser answers as a replay.
+        at_once = {"Idempotency-Key": "pg-" + secrets.token_hex(8)}
+        both = await asyncio.gather(
+            *(op.post("/bundles", {**TALK_100, "name": "Twice"}, headers=at_once) for _ in "ab")
+        )
+        assert [a.status for a in both] == [201, 201] and both[0].body == both[1].body
+        bundles = (await op.get("/bundles")).body["bundles"]
+        assert [b["name"] for b in bundles].count("Twice") == 1
     finally:
         assert (await op.delete(f"/subscribers/{number}")).status == 204

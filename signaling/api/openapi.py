@@ -191,7 +191,7 @@ def _operator_operation(endpoint: Endpoint, refs: Refs) -> dict[str, Any]:
             "application/json": {"schema": refs[(endpoint.response, "serialization")]}
         }
     if endpoint.changes:
-        problems += (400, 422)
+        problems += (400, 409, 422)
         parameters.append(
             {
                 "name": "Idempotency-Key",

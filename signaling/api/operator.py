@@ -331,7 +331,7 @@ class Reply:
         )
 
     def stored(self) -> StoredResponse:
-        kept = self.replay_body or self.body
+        kept = self.body if self.replay_body is None else self.replay_body
         return StoredResponse(self.status, "" if kept is None else kept.model_dump_json())
 
 
@@ -358,7 +358,8 @@ class Endpoint:
     response: type[BaseModel] | None = None
     status: int = 200
     query: tuple[Query, ...] = ()
-    #: Problem statuses beyond 400 (bad input), 401 (no key) and 422 (idempotency).
+    #: Problem statuses beyond 401 (no key), 400 (bad input), and for changes
+    #: 409 (a concurrent change) and 422 (idempotency).
     problems: tuple[int, ...] = ()
 
     @property

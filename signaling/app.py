@@ -85,6 +85,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     app[POLICY] = CarrierPolicy(database)
     app[OPERATORS] = OperatorStore(database, default_region=config.default_region)
     app[IDENTITY].add_registration_hook(app[POLICY])
+    app[POLICY].on_events(lambda: notify_delivery(app))
 
     def revoked(device: Device) -> None:
         asyncio.get_running_loop().create_task(close_device(app, device))

@@ -40,7 +40,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +94,9 @@ def backoff(attempts: int, base: float, cap: float, jitter: float) -> float:
     return nominal * (0.5 + jitter / 2)
 
 
-def _due(now: float) -> sa.ColumnElement[bool]:
-    """The events that may be claimed at ``now``: see the module docstring."""
+def _due_condition() -> sa.ColumnElement[bool]:
+    """The events that may be claimed at ``:now``: see the module docstring."""
+    now = sa.bindparam("now", type_=sa.Float)
     earlier = events.alias("earlier")
     blocked = (
         sa.select(earlier.c.seq)
@@ -113,6 +114,33 @@ def _due(now: float) -> sa.ColumnElement[bool]:
         sa.or_(events.c.locked_until.is_(None), events.c.locked_until < now),
         ~blocked,
     )
+
+
+#: Built once (executed with {"now": ...}): building it is costlier than running it.
+_DUE = _due_condition()
+_KEY = sa.tuple_(events.c.operator_id, events.c.ordering_key)
+_CANDIDATES = (
+    sa.select(events.c.seq).where(_DUE).order_by(events.c.seq).limit(sa.bindparam("limit"))
+)
+_WITH_OPERATOR = sa.select(
+    events,
+    operators.c.operator_id.label("operator_known"),
+    operators.c.webhook_url,
+    operators.c.sms_url,
+    operators.c.signing_secret,
+    operators.c.previous_signing_secret,
+).select_from(events.outerjoin(operators, operators.c.operator_id == events.c.operator_id))
+_MARK_DELIVERED = (
+    events.update()
+    .where(events.c.seq == sa.bindparam("b_seq"), events.c.status == PENDING)
+    .values(
+        status=DELIVERED,
+        delivered_at=sa.bindparam("b_at"),
+        attempts=events.c.attempts + 1,
+        locked_until=None,
+        last_error="",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -250,50 +278,44 @@ class EventDelivery:
     # -- claiming ------------------------------------------------------------
 
     async def _claim(self, limit: int) -> list[_Claimed]:
+        """Claim up to ``limit`` due events (heads of their keys), oldest first."""
         now = self._clock()
         async with self._db.read() as conn:
-            candidates = (
-                await conn.execute(
-                    sa.select(events.c.seq).where(_due(now)).order_by(events.c.seq).limit(limit)
-                )
-            ).scalars()
-            seqs = list(candidates)
+            result = await conn.execute(_CANDIDATES, {"now": now, "limit": limit})
+            seqs = list(result.scalars())
         if not seqs:
             return []
         async with self._db.transaction() as conn:
-            claimed = await self._lease(conn, seqs, now)
+            claimed = await self._take(conn, events.c.seq.in_(seqs), now)
         for event in claimed:
             self._leases[event.seq] = event.lease
         return claimed
 
-    async def _lease(
-        self, conn: AsyncConnection, seqs: Sequence[int], now: float
+    async def _take(
+        self, conn: AsyncConnection, which: sa.ColumnElement[bool], now: float
     ) -> list[_Claimed]:
-        """Take the lease on those of ``seqs`` that are still due; returns them."""
+        """Lease the due events among ``which``; returns those this worker won.
+
+        A conditional UPDATE re-checks that each is still due, so of several
+        workers racing for an event exactly one changes its row.
+        """
         lease = now + self._lease_seconds
-        won: list[int] = []
-        for seq in seqs:
-            result = await conn.execute(
-                events.update().where(events.c.seq == seq, _due(now)).values(locked_until=lease)
-            )
-            if result.rowcount == 1:
-                won.append(seq)
+        claim = events.update().where(which, _DUE).values(locked_until=lease)
+        params = {"now": now}
+        if conn.dialect.update_returning:
+            result = await conn.execute(claim.returning(events.c.seq), params)
+            won = list(result.scalars())
+        else:  # SQLite before 3.35: one conditional UPDATE per event
+            candidates = await conn.execute(sa.select(events.c.seq).where(which, _DUE), params)
+            won = []
+            for seq in list(candidates.scalars()):
+                updated = await conn.execute(claim.where(events.c.seq == seq), params)
+                if updated.rowcount == 1:
+                    won.append(seq)
         if not won:
             return []
         rows = await conn.execute(
-            sa.select(
-                events,
-                operators.c.operator_id.label("operator_known"),
-                operators.c.webhook_url,
-                operators.c.sms_url,
-                operators.c.signing_secret,
-                operators.c.previous_signing_secret,
-            )
-            .select_from(
-                events.outerjoin(operators, operators.c.operator_id == events.c.operator_id)
-            )
-            .where(events.c.seq.in_(won))
-            .order_by(events.c.seq)
+            _WITH_OPERATOR.where(events.c.seq.in_(won)).order_by(events.c.seq)
         )
         return [_claimed(row._mapping, lease) for row in rows]
 
@@ -342,57 +364,60 @@ class EventDelivery:
             batch, self._batch = self._batch, []
             try:
                 async with self._db.transaction() as conn:
-                    applied = [await self._apply(conn, record) for record in batch]
+                    results, following = await self._apply(conn, batch)
             except Exception as exc:
                 log.exception("recording %d delivery outcome(s) failed", len(batch))
                 for record in batch:
                     if not record.future.done():
                         record.future.set_exception(exc)
                 continue
-            for record, (result, next_event) in zip(batch, applied, strict=True):
-                self._leases.pop(record.outcome.event.seq, None)
+            for record, result in zip(batch, results, strict=True):
+                event = record.outcome.event
+                self._leases.pop(event.seq, None)
                 self._count(record.outcome, result)
+                next_event = following.get((event.operator_id, event.ordering_key))
                 if next_event is not None:
                     self._leases[next_event.seq] = next_event.lease
                 if not record.future.done():
                     record.future.set_result(next_event)
 
-    async def _apply(self, conn: AsyncConnection, record: _Record) -> tuple[str, _Claimed | None]:
-        """Write one outcome; returns the event's new status and the key's next event."""
-        outcome = record.outcome
-        result = outcome.result
-        event = outcome.event
-        row = events.c.seq == event.seq
-        pending = events.c.status == PENDING
-        ours = events.c.locked_until == event.lease
-        if outcome.result == DELIVERED:
+    async def _apply(
+        self, conn: AsyncConnection, batch: list[_Record]
+    ) -> tuple[list[str], dict[tuple[str, str], _Claimed]]:
+        """Write the outcomes; returns each event's new status, and the next event
+        claimed for each key whose record asked to follow on."""
+        delivered = [
+            {"b_seq": r.outcome.event.seq, "b_at": r.outcome.at}
+            for r in batch
+            if r.outcome.result == DELIVERED
+        ]
+        if delivered:
             # Delivered is the truth whoever holds the lease now.
-            await conn.execute(
-                events.update()
-                .where(row, pending)
-                .values(
-                    status=DELIVERED,
-                    delivered_at=outcome.at,
-                    attempts=events.c.attempts + 1,
-                    locked_until=None,
-                    last_error="",
-                )
-            )
-        elif outcome.result == REPLAY_ONLY:
-            updated = await conn.execute(
-                events.update()
-                .where(row, pending, ours)
-                .values(status=REPLAY_ONLY, locked_until=None, last_error=outcome.error)
-            )
-            if updated.rowcount != 1:
-                result = _SUPERSEDED
+            await conn.execute(_MARK_DELIVERED, delivered)
+        results = [
+            DELIVERED
+            if r.outcome.result == DELIVERED
+            else await self._write_failure(conn, r.outcome)
+            for r in batch
+        ]
+        keys = [
+            (r.outcome.event.operator_id, r.outcome.event.ordering_key) for r in batch if r.follow
+        ]
+        if not keys:
+            return results, {}
+        claimed = await self._take(conn, _KEY.in_(keys), self._clock())
+        return results, {(e.operator_id, e.ordering_key): e for e in claimed}
+
+    async def _write_failure(self, conn: AsyncConnection, outcome: _Outcome) -> str:
+        """Record an attempt that did not deliver; returns the event's new status."""
+        event = outcome.event
+        result = outcome.result
+        values: dict[str, Any] = {"locked_until": None, "last_error": outcome.error}
+        if result == REPLAY_ONLY:
+            values["status"] = REPLAY_ONLY
         else:
+            values["attempts"] = events.c.attempts + 1
             deadline = event.created_at + self._config.webhook_max_age
-            values: dict[str, Any] = {
-                "attempts": events.c.attempts + 1,
-                "locked_until": None,
-                "last_error": outcome.error,
-            }
             if outcome.at >= deadline:
                 result = values["status"] = DEAD
             else:
@@ -403,26 +428,16 @@ class EventDelivery:
                     self._random.random(),
                 )
                 values["next_attempt_at"] = min(outcome.at + delay, deadline)
-            updated = await conn.execute(events.update().where(row, pending, ours).values(**values))
-            if updated.rowcount != 1:
-                result = _SUPERSEDED
-        if not record.follow:
-            return result, None
-        now = self._clock()
-        head = await conn.scalar(
-            sa.select(events.c.seq)
+        updated = await conn.execute(
+            events.update()
             .where(
-                events.c.operator_id == event.operator_id,
-                events.c.ordering_key == event.ordering_key,
-                pending,
+                events.c.seq == event.seq,
+                events.c.status == PENDING,
+                events.c.locked_until == event.lease,
             )
-            .order_by(events.c.sequence)
-            .limit(1)
+            .values(**values)
         )
-        if head is None:
-            return result, None
-        claimed = await self._lease(conn, [head], now)
-        return result, claimed[0] if claimed else None
+        return result if updated.rowcount == 1 else _SUPERSEDED
 
     def _count(self, outcome: _Outcome, result: str) -> None:
         """Log and count an outcome once its transaction committed."""

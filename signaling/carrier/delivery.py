@@ -9,10 +9,12 @@ runs one; they coordinate only through the ``events`` rows:
   ``pending``. A worker takes a due event with a conditional UPDATE that sets
   the lease and re-checks all of that; only the worker whose UPDATE changed the
   row sends it, so two workers never send one event at the same time.
-- **Order.** Only the head of a key is ever due, so one key is delivered
-  strictly in sequence; after a success the worker claims the key's next event
-  in the same transaction that records the success and sends it at once. Up to
-  ``webhook_concurrency`` keys are delivered at the same time.
+- **Order.** Only the head of a key is ever due, so no other worker can start
+  on a key while one holds its head. With the head, a worker leases the events
+  behind it (a *run*, up to RUN in all) and sends them one after another, each
+  only after its predecessor was answered 2xx. Up to ``webhook_concurrency``
+  keys are delivered at the same time, each by one task (a slot); when its run
+  is done the slot continues with the key's next run, or another key's.
 - **Attempt.** The stored body bytes are POSTed unchanged (the signature, over a
   fresh timestamp, is the only thing that differs between attempts) to the
   operator's ``sms_url`` for ``sms.send`` and its ``webhook_url`` for everything
@@ -25,12 +27,17 @@ runs one; they coordinate only through the ``events`` rows:
 - **No endpoint.** An event whose operator has no URL for it (or no longer
   exists) becomes ``replay_only``: it is not sent and not retried, and stays in
   the outbox for the operator's event list (replay).
-- **Crash.** A worker that dies mid-delivery leaves the row ``pending`` under
+- **Crash.** A worker that dies mid-delivery leaves its rows ``pending`` under
   its lease (twice ``webhook_timeout``); when the lease lapses another worker, or
-  the restarted node, sends it again with the same id and body.
+  the restarted node, sends them again with the same ids and bodies. No attempt
+  starts unless at least 1.5 x ``webhook_timeout`` of its lease is left, so a
+  lease never lapses under a request in flight.
 
-Outcomes are written in group commits: one transaction records every attempt
-that finished while the previous one was being written.
+Everything a worker writes goes through one group commit: a transaction records
+every outcome that arrived while the previous one was being written, hands back
+unsent leases, and claims the runs its slots asked for. A slot does not wait for
+its outcomes before sending the next event of its run (it waits at the end of
+the run), so after a crash an event answered just before it may be sent again.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -81,6 +88,8 @@ _ERROR_PEEK = 200
 #: Bytes of a response body read (and discarded) so its connection can be reused.
 _DRAIN_LIMIT = 64 * 1024
 _MAX_ERROR = 512
+#: Events of one key leased (and sent back to back) per claim.
+RUN = 16
 
 
 def backoff(attempts: int, base: float, cap: float, jitter: float) -> float:
@@ -119,8 +128,12 @@ def _due_condition() -> sa.ColumnElement[bool]:
 #: Built once (executed with {"now": ...}): building it is costlier than running it.
 _DUE = _due_condition()
 _KEY = sa.tuple_(events.c.operator_id, events.c.ordering_key)
+#: Earliest due first (the order of ix_events_due, so the scan stops at the limit).
 _CANDIDATES = (
-    sa.select(events.c.seq).where(_DUE).order_by(events.c.seq).limit(sa.bindparam("limit"))
+    sa.select(events.c.seq)
+    .where(_DUE)
+    .order_by(events.c.next_attempt_at, events.c.seq)
+    .limit(sa.bindparam("limit"))
 )
 _WITH_OPERATOR = sa.select(
     events,
@@ -130,16 +143,14 @@ _WITH_OPERATOR = sa.select(
     operators.c.signing_secret,
     operators.c.previous_signing_secret,
 ).select_from(events.outerjoin(operators, operators.c.operator_id == events.c.operator_id))
-_MARK_DELIVERED = (
+_RELEASE = (
     events.update()
-    .where(events.c.seq == sa.bindparam("b_seq"), events.c.status == PENDING)
-    .values(
-        status=DELIVERED,
-        delivered_at=sa.bindparam("b_at"),
-        attempts=events.c.attempts + 1,
-        locked_until=None,
-        last_error="",
+    .where(
+        events.c.seq == sa.bindparam("b_seq"),
+        events.c.status == PENDING,
+        events.c.locked_until == sa.bindparam("b_lease"),
     )
+    .values(locked_until=None)
 )
 
 
@@ -173,10 +184,17 @@ class _Outcome:
 
 @dataclass
 class _Record:
-    outcome: _Outcome
-    #: Claim the key's next event in the same transaction.
-    follow: bool
-    future: asyncio.Future[_Claimed | None]
+    """Work for the next group commit."""
+
+    outcome: _Outcome | None = None
+    #: Claimed events handed back unsent (their leases are cleared).
+    release: list[_Claimed] = field(default_factory=list)
+    #: Claim this key's next run in the same transaction.
+    follow: tuple[str, str] | None = None
+    #: Then claim runs of up to this many other keys whose heads are due.
+    claim: int = 0
+    #: Set once committed, with the runs claimed; None: nobody waits.
+    future: asyncio.Future[list[list[_Claimed]]] | None = None
 
 
 class EventDelivery:
@@ -199,8 +217,8 @@ class EventDelivery:
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        #: One task per key being delivered.
-        self._chains: set[asyncio.Task[None]] = set()
+        #: One task per slot: it delivers one key at a time, run after run.
+        self._slots: set[asyncio.Task[None]] = set()
         #: Leases this worker holds (seq -> locked_until), released on stop.
         self._leases: dict[int, float] = {}
         self._batch: list[_Record] = []
@@ -230,8 +248,8 @@ class EventDelivery:
         self._stopping = True
         self._wake.set()
         await self._runner
-        if self._chains:
-            _, unfinished = await asyncio.wait(self._chains, timeout=self._config.webhook_timeout)
+        if self._slots:
+            _, unfinished = await asyncio.wait(self._slots, timeout=self._config.webhook_timeout)
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
@@ -247,77 +265,146 @@ class EventDelivery:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            free = self._concurrency - len(self._chains)
+            free = self._concurrency - len(self._slots)
             if free > 0:
                 try:
-                    claimed = await self._claim(free)
+                    runs = await self._claim(free)
                 except Exception:
                     log.exception("claiming events failed; trying again")
-                    claimed = []
-                for event in claimed:
+                    runs = []
+                for run in runs:
                     if self._stopping:
-                        break  # its lease is released by stop()
-                    task = asyncio.create_task(self._chain(event), name=f"deliver-{event.seq}")
-                    self._chains.add(task)
-                    task.add_done_callback(self._chain_done)
+                        break  # its leases are released by stop()
+                    task = asyncio.create_task(self._slot(run), name=f"deliver-{run[0].seq}")
+                    self._slots.add(task)
+                    task.add_done_callback(self._slot_done)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._config.webhook_poll_interval)
 
-    def _chain_done(self, task: asyncio.Task[None]) -> None:
-        self._chains.discard(task)
+    def _slot_done(self, task: asyncio.Task[None]) -> None:
+        self._slots.discard(task)
         self._wake.set()  # a slot is free, and the key's next event may be due
         if not task.cancelled() and task.exception() is not None:
             log.error("delivering events failed", exc_info=task.exception())
 
-    async def _chain(self, event: _Claimed | None) -> None:
-        """Deliver one key: this event, then its successors while they are due."""
-        while event is not None:
+    async def _slot(self, run: list[_Claimed]) -> None:
+        """Deliver runs, this key's and then others', until nothing is due."""
+        while run:
+            run = await self._deliver_run(run)
+
+    async def _deliver_run(self, run: list[_Claimed]) -> list[_Claimed]:
+        """Send a run of one key in order; returns the next run for this slot.
+
+        Each event is sent only after its predecessor was answered 2xx; the
+        outcomes are committed in the background. At the end of the run, in
+        one transaction, they are committed and the next run is claimed: the
+        same key's if it has more, else another key's. A failure ends the run
+        (the rest is released): the key waits for its retry.
+        """
+        key = (run[0].operator_id, run[0].ordering_key)
+        budget = 1.5 * self._config.webhook_timeout
+        for index, event in enumerate(run):
+            if self._stopping or self._clock() + budget > event.lease:
+                # Do not start a POST the lease might not outlast.
+                return await self._commit(release=run[index:], follow=key)
             outcome = await self._attempt(event)
-            event = await self._record(outcome, follow=not self._stopping)
+            if outcome.result == _FAILED:
+                return await self._commit(outcome, release=run[index + 1 :])
+            self._enqueue(_Record(outcome))
+        return await self._commit(follow=key)
 
     # -- claiming ------------------------------------------------------------
 
-    async def _claim(self, limit: int) -> list[_Claimed]:
-        """Claim up to ``limit`` due events (heads of their keys), oldest first."""
+    async def _claim(self, limit: int) -> list[list[_Claimed]]:
+        """Claim runs of up to ``limit`` keys whose heads are due, earliest due first."""
         now = self._clock()
-        async with self._db.read() as conn:
-            result = await conn.execute(_CANDIDATES, {"now": now, "limit": limit})
+        async with self._db.read() as conn:  # without the write lock when idle
+            result = await conn.execute(_CANDIDATES, {"now": now, "limit": 1})
             seqs = list(result.scalars())
         if not seqs:
             return []
-        async with self._db.transaction() as conn:
-            claimed = await self._take(conn, events.c.seq.in_(seqs), now)
-        for event in claimed:
-            self._leases[event.seq] = event.lease
-        return claimed
+        # Claimed in the group commit, with the outcomes being written.
+        future: asyncio.Future[list[list[_Claimed]]] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Record(claim=limit, future=future))
+        return await future
 
     async def _take(
         self, conn: AsyncConnection, which: sa.ColumnElement[bool], now: float
-    ) -> list[_Claimed]:
-        """Lease the due events among ``which``; returns those this worker won.
+    ) -> list[list[_Claimed]]:
+        """Lease the due heads among ``which`` and, behind each, the next events of
+        its key (up to RUN in all); returns the runs this worker won, in order.
 
-        A conditional UPDATE re-checks that each is still due, so of several
-        workers racing for an event exactly one changes its row.
+        A conditional UPDATE re-checks that each head is still due, so of several
+        workers racing for a key exactly one gets it. Behind a head this worker
+        holds, nobody else can lease its key's events (none of them is due), so
+        every pending event in the run's range is taken, without gaps.
         """
         lease = now + self._lease_seconds
-        claim = events.update().where(which, _DUE).values(locked_until=lease)
         params = {"now": now}
-        if conn.dialect.update_returning:
-            result = await conn.execute(claim.returning(events.c.seq), params)
-            won = list(result.scalars())
-        else:  # SQLite before 3.35: one conditional UPDATE per event
-            candidates = await conn.execute(sa.select(events.c.seq).where(which, _DUE), params)
-            won = []
-            for seq in list(candidates.scalars()):
-                updated = await conn.execute(claim.where(events.c.seq == seq), params)
-                if updated.rowcount == 1:
-                    won.append(seq)
-        if not won:
-            return []
-        rows = await conn.execute(
-            _WITH_OPERATOR.where(events.c.seq.in_(won)).order_by(events.c.seq)
+        heads = await self._update_returning(
+            conn,
+            events.update().where(which, _DUE).values(locked_until=lease),
+            params,
+            events.c.operator_id,
+            events.c.ordering_key,
+            events.c.sequence,
         )
-        return [_claimed(row._mapping, lease) for row in rows]
+        if not heads:
+            return []
+        won = [row.seq for row in heads]
+        if RUN > 1:
+            behind = sa.or_(
+                *(
+                    sa.and_(
+                        events.c.operator_id == head.operator_id,
+                        events.c.ordering_key == head.ordering_key,
+                        events.c.sequence > head.sequence,
+                        events.c.sequence < head.sequence + RUN,
+                    )
+                    for head in heads
+                )
+            )
+            lease_free = sa.or_(events.c.locked_until.is_(None), events.c.locked_until < now)
+            rest = await self._update_returning(
+                conn,
+                events.update()
+                .where(events.c.status == PENDING, lease_free, behind)
+                .values(locked_until=lease),
+                params,
+            )
+            won += [row.seq for row in rest]
+        rows = await conn.execute(
+            _WITH_OPERATOR.where(events.c.seq.in_(won)).order_by(
+                events.c.operator_id, events.c.ordering_key, events.c.sequence
+            )
+        )
+        runs: dict[tuple[str, str], list[_Claimed]] = {}
+        for row in rows:
+            event = _claimed(row._mapping, lease)
+            runs.setdefault((event.operator_id, event.ordering_key), []).append(event)
+        return sorted(runs.values(), key=lambda run: run[0].seq)
+
+    @staticmethod
+    async def _update_returning(
+        conn: AsyncConnection,
+        update: sa.Update,
+        params: dict[str, Any],
+        *columns: sa.ColumnElement[Any],
+    ) -> list[sa.Row[Any]]:
+        """Run a conditional UPDATE; returns seq (and ``columns``) of the rows it changed."""
+        returned = (events.c.seq, *columns)
+        if conn.dialect.update_returning:
+            return list(await conn.execute(update.returning(*returned), params))
+        # SQLite before 3.35: find the rows, then one conditional UPDATE each.
+        where = update.whereclause
+        assert where is not None
+        found = list(await conn.execute(sa.select(*returned).where(where), params))
+        changed = []
+        for row in found:
+            result = await conn.execute(update.where(events.c.seq == row.seq), params)
+            if result.rowcount == 1:
+                changed.append(row)
+        return changed
 
     # -- one attempt ---------------------------------------------------------
 
@@ -351,62 +438,103 @@ class EventDelivery:
 
     # -- recording (group commit) ----------------------------------------------
 
-    async def _record(self, outcome: _Outcome, follow: bool) -> _Claimed | None:
-        """Write ``outcome``; with ``follow``, also claim the key's next due event."""
-        future: asyncio.Future[_Claimed | None] = asyncio.get_running_loop().create_future()
-        self._batch.append(_Record(outcome, follow, future))
+    def _enqueue(self, record: _Record) -> None:
+        self._batch.append(record)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="event-delivery-flush")
-        return await future
+
+    async def _commit(
+        self,
+        outcome: _Outcome | None = None,
+        release: list[_Claimed] | None = None,
+        follow: tuple[str, str] | None = None,
+    ) -> list[_Claimed]:
+        """Record, and wait until everything queued so far is committed; returns
+        the next run for this slot: ``follow``'s if it has one due, else another
+        key's (empty if nothing is due, or when stopping)."""
+        if self._stopping:
+            follow = None
+        future: asyncio.Future[list[list[_Claimed]]] = asyncio.get_running_loop().create_future()
+        claim = 0 if self._stopping else 1
+        self._enqueue(_Record(outcome, release or [], follow, claim, future))
+        runs = await future
+        return runs[0] if runs else []
 
     async def _flush(self) -> None:
         while self._batch:
             batch, self._batch = self._batch, []
             try:
                 async with self._db.transaction() as conn:
-                    results, following = await self._apply(conn, batch)
+                    results, answers = await self._apply(conn, batch)
             except Exception as exc:
+                # The events stay pending under their leases and are sent again.
                 log.exception("recording %d delivery outcome(s) failed", len(batch))
                 for record in batch:
-                    if not record.future.done():
+                    if record.future is not None and not record.future.done():
                         record.future.set_exception(exc)
                 continue
-            for record, result in zip(batch, results, strict=True):
-                event = record.outcome.event
-                self._leases.pop(event.seq, None)
-                self._count(record.outcome, result)
-                next_event = following.get((event.operator_id, event.ordering_key))
-                if next_event is not None:
-                    self._leases[next_event.seq] = next_event.lease
-                if not record.future.done():
-                    record.future.set_result(next_event)
+            for outcome, result in results:
+                self._leases.pop(outcome.event.seq, None)
+                self._count(outcome, result)
+            for record in batch:
+                for event in record.release:
+                    self._leases.pop(event.seq, None)
+            for record, runs in zip(batch, answers, strict=True):
+                for run in runs:
+                    for event in run:
+                        self._leases[event.seq] = event.lease
+                if record.future is not None and not record.future.done():
+                    record.future.set_result(runs)
+            self._wake.set()  # what was blocked behind these events may be due now
 
     async def _apply(
         self, conn: AsyncConnection, batch: list[_Record]
-    ) -> tuple[list[str], dict[tuple[str, str], _Claimed]]:
-        """Write the outcomes; returns each event's new status, and the next event
-        claimed for each key whose record asked to follow on."""
-        delivered = [
-            {"b_seq": r.outcome.event.seq, "b_at": r.outcome.at}
-            for r in batch
-            if r.outcome.result == DELIVERED
-        ]
+    ) -> tuple[list[tuple[_Outcome, str]], list[list[list[_Claimed]]]]:
+        """Write a batch: outcomes, released leases, then the claims.
+
+        Returns each outcome with the event's new status, and for each record
+        the runs claimed for it.
+        """
+        outcomes = [r.outcome for r in batch if r.outcome is not None]
+        delivered = [o for o in outcomes if o.result == DELIVERED]
         if delivered:
-            # Delivered is the truth whoever holds the lease now.
-            await conn.execute(_MARK_DELIVERED, delivered)
+            # Delivered is the truth whoever holds the lease now. One statement
+            # for the batch: delivered_at is the last answer among them.
+            await conn.execute(
+                events.update()
+                .where(
+                    events.c.seq.in_([o.event.seq for o in delivered]), events.c.status == PENDING
+                )
+                .values(
+                    status=DELIVERED,
+                    delivered_at=max(o.at for o in delivered),
+                    attempts=events.c.attempts + 1,
+                    locked_until=None,
+                    last_error="",
+                )
+            )
         results = [
-            DELIVERED
-            if r.outcome.result == DELIVERED
-            else await self._write_failure(conn, r.outcome)
-            for r in batch
+            (o, DELIVERED if o.result == DELIVERED else await self._write_failure(conn, o))
+            for o in outcomes
         ]
-        keys = [
-            (r.outcome.event.operator_id, r.outcome.event.ordering_key) for r in batch if r.follow
-        ]
-        if not keys:
-            return results, {}
-        claimed = await self._take(conn, _KEY.in_(keys), self._clock())
-        return results, {(e.operator_id, e.ordering_key): e for e in claimed}
+        released = [{"b_seq": e.seq, "b_lease": e.lease} for r in batch for e in r.release]
+        if released:
+            await conn.execute(_RELEASE, released)
+        now = self._clock()
+        answers: list[list[list[_Claimed]]] = [[] for _ in batch]
+        following = {r.follow: i for i, r in enumerate(batch) if r.follow is not None}
+        if following:
+            for run in await self._take(conn, _KEY.in_(list(following)), now):
+                answers[following[(run[0].operator_id, run[0].ordering_key)]].append(run)
+        wanted = [max(0, r.claim - len(answers[i])) for i, r in enumerate(batch)]
+        if sum(wanted):
+            found = await conn.execute(_CANDIDATES, {"now": now, "limit": sum(wanted)})
+            seqs = list(found.scalars())
+            runs = await self._take(conn, events.c.seq.in_(seqs), now) if seqs else []
+            for i, count in enumerate(wanted):
+                answers[i] += runs[:count]
+                runs = runs[count:]
+        return results, answers
 
     async def _write_failure(self, conn: AsyncConnection, outcome: _Outcome) -> str:
         """Record an attempt that did not deliver; returns the event's new status."""
@@ -479,16 +607,9 @@ class EventDelivery:
         leases, self._leases = self._leases, {}
         try:
             async with self._db.transaction() as conn:
-                for seq, lease in leases.items():
-                    await conn.execute(
-                        events.update()
-                        .where(
-                            events.c.seq == seq,
-                            events.c.status == PENDING,
-                            events.c.locked_until == lease,
-                        )
-                        .values(locked_until=None)
-                    )
+                await conn.execute(
+                    _RELEASE, [{"b_seq": seq, "b_lease": lease} for seq, lease in leases.items()]
+                )
         except Exception:
             log.exception("releasing %d lease(s) failed; they lapse on their own", len(leases))
 
@@ -519,6 +640,9 @@ def _claimed(m: Any, lease: float) -> _Claimed:
 
 async def _drain(response: aiohttp.ClientResponse) -> bytes:
     """Read the response body (bounded, so the connection can be reused); its start."""
+    length = response.content_length
+    if length is not None and length <= _DRAIN_LIMIT:
+        return (await response.read())[:_ERROR_PEEK]
     start = b""
     read = 0
     async for chunk in response.content.iter_chunked(16 * 1024):

@@ -121,9 +121,8 @@ async def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path, receiver: Rece
     assert all(len(b) == 1 for b in bodies.values())
     duplicates = len(receiver.requests) - len(ids)
     assert duplicates >= 1  # the ones in flight at the kill were sent again
-    # Per key, even with the resent ones, nothing ever overtook its predecessor.
-    for sequences in sequences_by_key(receiver.requests).values():
-        assert sequences == sorted(sequences)
+    # Per key, each event first arrived after its predecessor. (A resent one can
+    # come after later ones, if the server died before recording their answers.)
     assert sequences_by_key(first_arrivals(receiver.requests)) == {
         key: list(range(1, 9)) for key in ("call-a", "call-b", "call-c")
     }

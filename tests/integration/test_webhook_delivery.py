@@ -6,16 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
+import asyncpg
 import pytest
 import sqlalchemy as sa
 
 from signaling.carrier import events, signing
+from signaling.carrier.delivery import EventDelivery, backoff
+from signaling.config import Config
 from signaling.keys import DATABASE, DELIVERY
+from signaling.metrics import Metrics
+from signaling.store.database import Database
 from signaling.store.schema import events as events_table
-from tests.conftest import ALICE, BOB, Server, ServerFactory
+from tests.conftest import ALICE, BOB, POSTGRES_URL, Server, ServerFactory, require_postgres
 from tests.integration.webhooks import (
     OLD_SECRET,
     SECRET,
@@ -282,3 +288,58 @@ async def test_unprovisioned_numbers_use_the_default_operator(
     finally:
         await client.close()
     assert receiver.requests[0].envelope["operator_id"] == "op_default"
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
+    require_postgres()
+    name = f"anruf_webhooks_{uuid.uuid4().hex[:12]}"
+    admin_dsn = POSTGRES_URL.replace("+asyncpg", "").rsplit("/", 1)[0] + "/postgres"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def test_two_nodes_on_postgresql_never_send_one_event_at_once(
+    postgres_url: str, receiver: Receiver
+) -> None:
+    receiver.delay = 0.005
+    receiver.fail_first = 6
+    config = Config(webhook_concurrency=3).replace(**FAST)
+    nodes = [await Database.open(postgres_url) for _ in range(2)]
+    metrics = [Metrics(), Metrics()]
+    workers = [EventDelivery(db, config, m) for db, m in zip(nodes, metrics, strict=True)]
+    try:
+        await add_operator(nodes[0], "op_one", webhook_url=receiver.url)
+        keys = [f"call-{n}" for n in range(5)]
+        ids = await append_events(nodes[0], "op_one", keys, per_key=20)
+        for worker in workers:
+            await worker.start()
+        await receiver.wait_ids(set(ids), timeout=20)
+    finally:
+        for worker in workers:
+            await worker.stop()
+        for db in nodes:
+            await db.close()
+    assert receiver.overlapping == []
+    accepted = [r.event_id for r in receiver.accepted()]
+    assert sorted(accepted) == sorted(ids)  # each accepted exactly once
+    for sequences in sequences_by_key(receiver.requests).values():
+        assert sequences == sorted(sequences)
+    delivered = [
+        m.registry.get_sample_value("anruf_webhook_deliveries_total", {"outcome": "delivered"})
+        for m in metrics
+    ]
+    assert all(delivered) and sum(delivered) == len(ids)
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    assert [backoff(n, 1.0, 600.0, 0.0) for n in (1, 2, 3, 10)] == [0.5, 1.0, 2.0, 256.0]
+    assert backoff(1, 1.0, 600.0, 0.999) == pytest.approx(1.0, abs=0.001)
+    assert backoff(11, 1.0, 600.0, 0.0) == 300.0
+    assert backoff(10_000, 1.0, 600.0, 0.5) == 450.0

@@ -57,7 +57,10 @@ class Receiver:
     reject: set[str] = field(default_factory=set)
     delay: float = 0.0
     requests: list[Received] = field(default_factory=list)
+    #: Event ids that arrived while a request for the same event was still open.
+    overlapping: list[str] = field(default_factory=list)
     url: str = ""
+    _open: set[str] = field(default_factory=set)
     _runner: web.AppRunner | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -86,11 +89,17 @@ class Receiver:
         except signing.SignatureError as exc:
             error = str(exc)
         received = Received(request.path, body, dict(request.headers), time.time(), error)
+        failing = len(self.requests) < self.fail_first
         self.requests.append(received)
         self._changed.set()
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        failing = len(self.requests) <= self.fail_first
+        if received.event_id in self._open:
+            self.overlapping.append(received.event_id)
+        self._open.add(received.event_id)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self._open.discard(received.event_id)
         if failing or received.event_id in self.reject:
             return web.json_response({"error": "try later"}, status=500)
         return web.json_response({"ok": True})

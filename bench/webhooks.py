@@ -14,6 +14,10 @@ on 127.0.0.1. Each round:
 * baseline: the same body bytes POSTed with plain aiohttp by --concurrency
   tasks, no database and no signature, timed until the last response.
 
+Then, with the worker idle and polling every 0.5 s, --latency single events
+one after another: each appended in its own transaction, notify() called
+after the commit, timed until its delivery is recorded (p50 and p95).
+
 Rounds alternate (delivery, baseline, ...) so both see the same machine noise;
 the headline figures are medians, and the ratio is delivery / baseline. The
 last line of output is a JSON object with all figures.
@@ -167,6 +171,46 @@ async def baseline_round(url: str, bodies: list[bytes], concurrency: int) -> flo
         return time.perf_counter() - started
 
 
+async def latency_round(db: Database, config: Config, count: int) -> list[float]:
+    """Seconds from an event's commit (then notify) to its delivery being recorded."""
+    metrics = Metrics()
+
+    def delivered() -> float:
+        sample = metrics.registry.get_sample_value(
+            "anruf_webhook_deliveries_total", {"outcome": "delivered"}
+        )
+        return sample or 0.0
+
+    worker = EventDelivery(db, config, metrics)
+    await worker.start()
+    seconds: list[float] = []
+    try:
+        for n in range(count):
+            async with db.transaction() as conn:
+                await events.append(
+                    conn,
+                    operator_id=OPERATOR,
+                    type="call.ended",
+                    data={"call_id": f"latency-{n}", "reason": "completed"},
+                    ordering_key=f"latency-{n}",
+                    now=time.time(),
+                )
+            started = time.perf_counter()
+            worker.notify()
+            while delivered() < n + 1:  # noqa: ASYNC110 (a counter, nothing to wait on)
+                await asyncio.sleep(0.001)
+            seconds.append(time.perf_counter() - started)
+            await asyncio.sleep(0.01)  # idle in between, as between call ends
+    finally:
+        await worker.stop()
+    return seconds
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
 # -- the run -------------------------------------------------------------------
 
 
@@ -193,6 +237,7 @@ async def bench(args: argparse.Namespace, url: str) -> dict[str, Any]:
                     f"baseline {baseline[-1]:7.0f} POSTs/s",
                     flush=True,
                 )
+            latency = await latency_round(db, config, args.latency) if args.latency else [0.0]
         finally:
             async with db.transaction() as conn:
                 await conn.execute(events_table.delete())
@@ -209,6 +254,8 @@ async def bench(args: argparse.Namespace, url: str) -> dict[str, Any]:
         "delivery_median": round(statistics.median(delivery)),
         "baseline_median": round(statistics.median(baseline)),
         "ratio": round(statistics.median(delivery) / statistics.median(baseline), 3),
+        "notify_to_delivered_ms_p50": round(_percentile(latency, 0.5) * 1000, 2),
+        "notify_to_delivered_ms_p95": round(_percentile(latency, 0.95) * 1000, 2),
     }
 
 
@@ -218,6 +265,7 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--latency", type=int, default=200, help="single events timed")
     parser.add_argument("--database-url", default="", help="default: SQLite in a temp dir")
     args = parser.parse_args()
 
@@ -238,7 +286,9 @@ def main() -> int:
             receiver.join(5)
     print(
         f"median: delivery {figures['delivery_median']} events/s, "
-        f"baseline {figures['baseline_median']} POSTs/s, ratio {figures['ratio']:.2f}"
+        f"baseline {figures['baseline_median']} POSTs/s, ratio {figures['ratio']:.2f}; "
+        f"notify to delivered p50 {figures['notify_to_delivered_ms_p50']} ms, "
+        f"p95 {figures['notify_to_delivered_ms_p95']} ms"
     )
     print(json.dumps(figures))
     return 0

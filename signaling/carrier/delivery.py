@@ -23,7 +23,8 @@ runs one; they coordinate only through the ``events`` rows:
   schedules the next one after an exponential backoff with jitter
   (``webhook_backoff_base`` doubling up to ``webhook_backoff_max``); the key waits.
   An event still failing ``webhook_max_age`` seconds after it was created is
-  ``dead``: logged, counted, and no longer blocking its key.
+  ``dead``: logged, counted, and no longer blocking its key. An ``sms.send``
+  dies after ``code_ttl`` already: its code has expired by then.
 - **No endpoint.** An event whose operator has no URL for it (or no longer
   exists) becomes ``replay_only``: it is not sent and not retried, and stays in
   the outbox for the operator's event list (replay).
@@ -545,7 +546,7 @@ class EventDelivery:
             values["status"] = REPLAY_ONLY
         else:
             values["attempts"] = events.c.attempts + 1
-            deadline = event.created_at + self._config.webhook_max_age
+            deadline = event.created_at + self._max_age(event)
             if outcome.at >= deadline:
                 result = values["status"] = DEAD
             else:
@@ -566,6 +567,12 @@ class EventDelivery:
             .values(**values)
         )
         return result if updated.rowcount == 1 else _SUPERSEDED
+
+    def _max_age(self, event: _Claimed) -> float:
+        """How long an event is retried: an SMS only while its code is valid."""
+        if event.type == "sms.send":
+            return min(self._config.code_ttl, self._config.webhook_max_age)
+        return self._config.webhook_max_age
 
     def _count(self, outcome: _Outcome, result: str) -> None:
         """Log and count an outcome once its transaction committed."""

@@ -194,6 +194,22 @@ async def test_an_event_failing_past_max_age_is_dead_and_unblocks_its_key(
     assert len([r for r in receiver.requests if r.event_id == doomed]) == len(attempts)
 
 
+async def test_an_sms_is_retried_only_while_its_code_is_valid(
+    make_server: ServerFactory, receiver: Receiver
+) -> None:
+    server = await make_server(**FAST, code_ttl=0.4)
+    db = server.app[DATABASE]
+    await add_operator(db, "op_one", webhook_url=receiver.url, sms_url=receiver.url + "/sms")
+    (sms,) = await append_events(db, "op_one", [f"sms:{ALICE}"], per_key=1, type="sms.send")
+    (call,) = await append_events(db, "op_one", ["call-1"], per_key=1, type="call.ended")
+    receiver.reject.update({sms, call})
+    server.app[DELIVERY].notify()
+
+    rows = await settled(server, [sms], timeout=3.0)
+    assert rows[sms].status == "dead"
+    assert (await stored(server, [call]))[call].status == "pending"  # retried for a day
+
+
 async def test_events_of_an_operator_without_url_stay_for_replay(
     make_server: ServerFactory, receiver: Receiver
 ) -> None:

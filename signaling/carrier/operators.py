@@ -875,14 +875,25 @@ class OperatorStore:
             event = await self.get_event(operator_id, event_id, c)
             if event.status == "pending":
                 raise EventPending(f"event {event_id!r} is pending delivery already")
+            now = self._clock()
+            # A fresh retry window (max age counts from created_at); the body,
+            # its id and its place in the cursor order stay as they were.
             await c.execute(
                 events.update()
                 .where(events.c.event_id == event_id)
                 .values(
-                    status="pending", attempts=0, next_attempt_at=self._clock(), locked_until=None
+                    status="pending",
+                    attempts=0,
+                    created_at=now,
+                    next_attempt_at=now,
+                    locked_until=None,
+                    delivered_at=None,
+                    last_error="",
                 )
             )
-        return dataclasses.replace(event, status="pending", attempts=0)
+        return dataclasses.replace(
+            event, status="pending", attempts=0, created_at=now, delivered_at=None, last_error=""
+        )
 
     # -- idempotent requests ---------------------------------------------------------------------
 

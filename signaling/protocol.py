@@ -14,6 +14,9 @@ from typing import Any, Final
 PROTOCOL_VERSION: Final = 1
 MAX_SDP_BYTES: Final = 16 * 1024
 MAX_ID_LENGTH: Final = 64
+MAX_DTMF_DIGITS: Final = 32
+#: The 16 DTMF events of RFC 4733 section 3.2.
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 
 
 class ErrorCode:
@@ -79,6 +82,14 @@ class CallHangup(Message):
     call_id: str
 
 
+@dataclass(frozen=True)
+class CallDtmf(Message):
+    """Digits to send to a phone-network party (RFC 4733 events on the trunk)."""
+
+    call_id: str
+    digits: str
+
+
 def _string(
     data: dict[str, Any], key: str, ref: str | None, *, max_length: int, optional: bool = False
 ) -> str | None:
@@ -129,6 +140,15 @@ def _hangup(d: dict[str, Any], ref: str | None) -> Message:
     return CallHangup(ref, _required(d, "call_id", ref))
 
 
+def _dtmf(d: dict[str, Any], ref: str | None) -> Message:
+    digits = _required(d, "digits", ref, MAX_DTMF_DIGITS).upper()
+    if not set(digits) <= DTMF_DIGITS:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, "field 'digits' may hold only 0-9, *, # and A-D", ref
+        )
+    return CallDtmf(ref, _required(d, "call_id", ref), digits)
+
+
 _PARSERS = {
     "auth": _auth,
     "ping": _ping,
@@ -136,6 +156,7 @@ _PARSERS = {
     "call.accept": _accept,
     "call.reject": _reject,
     "call.hangup": _hangup,
+    "call.dtmf": _dtmf,
 }
 
 

@@ -330,6 +330,9 @@ _TRANSITIONS: dict[tuple[CallState, type[Input]], Handler] = {
     (CallState.RINGING, RingTimeout): _ring_timeout,
     (CallState.RINGING, DeviceLost): _device_lost_before_answer,
     (CallState.RINGING, Fail): _fail,
+    # A phone-network callee answers busy or unreachable only after ringing started.
+    (CallState.RINGING, Busy): _busy,
+    (CallState.RINGING, Unavailable): _unavailable,
     (CallState.CONNECTED, Hangup): _hangup_connected,
     (CallState.CONNECTED, DeviceLost): _device_lost_connected,
     (CallState.CONNECTED, Fail): _fail,

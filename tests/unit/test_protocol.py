@@ -18,6 +18,11 @@ def test_parse_invite() -> None:
     assert msg == protocol.CallInvite("7", "+4917700000002", "v=0", None)
 
 
+def test_parse_dtmf_digits_in_upper_case() -> None:
+    msg = protocol.parse('{"type": "call.dtmf", "call_id": "c1", "digits": "12*#abcd"}')
+    assert msg == protocol.CallDtmf(None, "c1", "12*#ABCD")
+
+
 @pytest.mark.parametrize(
     ("text", "code"),
     [
@@ -31,6 +36,9 @@ def test_parse_invite() -> None:
         ('{"type": "ping", "id": true}', "bad_message"),
         ('{"type": "ping", "id": "' + "x" * 65 + '"}', "bad_message"),
         ('{"type": "call.invite", "to": "1", "sdp": "' + "a" * 17000 + '"}', "bad_message"),
+        ('{"type": "call.dtmf", "call_id": "c", "digits": "12x"}', "bad_message"),
+        ('{"type": "call.dtmf", "call_id": "c", "digits": "' + "1" * 33 + '"}', "bad_message"),
+        ('{"type": "call.dtmf", "digits": "1"}', "bad_message"),
     ],
 )
 def test_bad_messages_get_a_code(text: str, code: str) -> None:

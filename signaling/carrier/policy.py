@@ -191,6 +191,14 @@ class CarrierPolicy:
             )
         return Admission(call_id, caller, callee, kind, decision, caller_sub, callee_sub)
 
+    async def admit_inbound(self, call_id: str, caller: str, callee: str) -> Admission:
+        """A call from the phone network to an app user: free for the callee, and
+        reported to the callee's operator."""
+        callee_sub = await self.subscription(callee)
+        return Admission(
+            call_id, caller, callee, CallKind.PHONE, Decision(True), None, callee_sub
+        )
+
     # -- events ----------------------------------------------------------------
 
     async def call_event(self, admission: Admission, type: str, **data: Any) -> None:

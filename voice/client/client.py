@@ -45,6 +45,9 @@ class Call:
         self.incoming_sdp = ""
         #: Seconds left announced by the server (the caller's bundle runs out).
         self.quota_warnings: list[int] = []
+        #: Digits the other party sent (a phone-network party's RFC 4733 events).
+        self.dtmf: list[str] = []
+        self._dtmf_arrived = asyncio.Event()
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -62,6 +65,9 @@ class Call:
             if media is not None:
                 media.mark("connected")
             self._set("connected")
+        elif kind == "call.dtmf":
+            self.dtmf.append(str(message.get("digit", "")))
+            self._dtmf_arrived.set()
         elif kind == "call.quota_warning":
             self.quota_warnings.append(int(message.get("seconds_left", 0)))
             if media is not None:
@@ -109,6 +115,20 @@ class Call:
             raise RuntimeError("only an incoming call taken with Phone.incoming() can be accepted")
         sdp = await self.media.answer(self.incoming_sdp)
         await self.phone.signaling.send("call.accept", call_id=self.call_id, sdp=sdp)
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Send digits to the other party (a call with a phone number)."""
+        assert self.call_id is not None
+        await self.phone.signaling.send("call.dtmf", call_id=self.call_id, digits=digits)
+
+    async def digits(self, count: int, timeout: float = 10) -> str:
+        """Wait until ``count`` digits arrived from the other party; returns them."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.dtmf) < count:
+            self._dtmf_arrived.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            await asyncio.wait_for(self._dtmf_arrived.wait(), max(0.0, remaining))
+        return "".join(self.dtmf)
 
     async def reject(self) -> None:
         assert self.call_id is not None

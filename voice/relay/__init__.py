@@ -1,5 +1,5 @@
 """Media anchoring: WebRTC legs (ICE, DTLS-SRTP), Opus packet forwarding, leg stats."""
 
-from voice.relay.relay import LegStats, NoOpusError, Relay, UnknownLegError
+from voice.relay.relay import LegStats, NoCommonCodecError, NoOpusError, Relay, UnknownLegError
 
-__all__ = ["LegStats", "NoOpusError", "Relay", "UnknownLegError"]
+__all__ = ["LegStats", "NoCommonCodecError", "NoOpusError", "Relay", "UnknownLegError"]

@@ -64,6 +64,11 @@ class JitterBuffer:
         self.duplicates = 0
         self.restarts = 0
 
+    @property
+    def step(self) -> int:
+        """Timestamp units between consecutive packets, as learned from the stream."""
+        return self._step
+
     def push(
         self, sequence_number: int, timestamp: int, payload: bytes, payload_type: int = 0
     ) -> list[Slot]:

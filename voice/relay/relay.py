@@ -17,11 +17,13 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from voice.ice import ice_configuration, rewrite_candidate_addresses
+from voice.relay.avp import NoCommonCodecError, choose_codec, parse_audio
 from voice.relay.leg import FRAME_SAMPLES, Leg
 from voice.relay.ringback import FRAME_DURATION, notice_payloads, ringback_cycle
+from voice.relay.rtp_leg import RtpLeg
 from voice.relay.sdp import NoOpusError, opus_payload_types
 
-__all__ = ["LegStats", "NoOpusError", "Relay", "UnknownLegError"]
+__all__ = ["LegStats", "NoCommonCodecError", "NoOpusError", "Relay", "UnknownLegError"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class Relay:
         media_timeout: float = 20.0,
         on_leg_failed: Callable[[str, str], None] | None = None,
         connect_timeout: float = 10.0,
+        on_dtmf: Callable[[str, str], None] | None = None,
     ) -> None:
         # bind_address is applied process-wide by voice.ice.restrict_host_addresses
         # (aioice has no per-connection setting); here it names what to rewrite.
@@ -84,10 +87,14 @@ class Relay:
         self.on_leg_failed = on_leg_failed
         self._legs: dict[str, Leg] = {}
         self._ringback_sources = 0
+        #: (leg_id, digit) once per RFC 4733 event received on an RTP leg.
+        self.on_dtmf = on_dtmf
+        self._rtp_legs: dict[str, RtpLeg] = {}
+        self._rtp_watchdogs: dict[str, asyncio.Task[None]] = {}
 
     @property
     def active_legs(self) -> int:
-        return len(self._legs)
+        return len(self._legs) + len(self._rtp_legs)
 
     # -- negotiation -------------------------------------------------------
 
@@ -240,8 +247,12 @@ class Relay:
         """Forward Opus packets between legs a and b both ways; ends ringback on both."""
         if a == b:
             raise ValueError("cannot bridge a leg to itself")
+        if a in self._rtp_legs or b in self._rtp_legs:
+            self._bridge_rtp(a, b)
+            return
         leg_a, leg_b = self._leg(a), self._leg(b)
         for leg in (leg_a, leg_b):
+            self._unbridge_rtp(leg.leg_id)
             self.stop_ringback(leg.leg_id)
             if leg.peer is not None and leg.peer not in (leg_a, leg_b):
                 leg.peer.peer = None
@@ -252,14 +263,20 @@ class Relay:
 
     def stats(self, leg_id: str) -> LegStats:
         """Current counters of a leg; zero stats for an unknown leg."""
+        rtp_leg = self._rtp_legs.get(leg_id)
+        if rtp_leg is not None:
+            return _rtp_stats(rtp_leg)
         leg = self._legs.get(leg_id)
         return _stats(leg) if leg is not None else LegStats()
 
     async def close_leg(self, leg_id: str) -> LegStats:
         """Close a leg (idempotent) and return its final stats."""
+        if leg_id in self._rtp_legs:
+            return await self._close_rtp_leg(leg_id)
         leg = self._legs.pop(leg_id, None)
         if leg is None:
             return LegStats()
+        self._unbridge_rtp(leg_id)
         # Closed first: no failure callback and no more forwarding from here on.
         leg.closed = True
         if leg.peer is not None:
@@ -278,8 +295,134 @@ class Relay:
         return final
 
     async def close(self) -> None:
-        for leg_id in list(self._legs):
+        for leg_id in list(self._legs) + list(self._rtp_legs):
             await self.close_leg(leg_id)
+
+    # -- plain-RTP legs (SIP trunk: RTP/AVP, G.711 or Opus, RFC 4733) -------------
+
+    async def offer_rtp(self, leg_id: str) -> str:
+        """Our SDP offer for an RTP leg (for an INVITE to the operator)."""
+        leg = await self._create_rtp_leg(leg_id)
+        return leg.offer_sdp()
+
+    async def answer_rtp(self, leg_id: str, offer_sdp: str) -> str:
+        """Answer the operator's offer: Opus if offered, else PCMA, else PCMU.
+
+        ValueError for an unusable SDP, NoCommonCodecError (a ValueError) when
+        no codec fits; no leg is left behind then.
+        """
+        choose_codec(parse_audio(offer_sdp))
+        leg = await self._create_rtp_leg(leg_id)
+        try:
+            return leg.answer_offer(offer_sdp)
+        except Exception:
+            await self.close_leg(leg_id)
+            raise
+
+    async def accept_rtp_answer(self, leg_id: str, answer_sdp: str) -> None:
+        """Apply the operator's answer to offer_rtp (183 early media, then 200: both fine)."""
+        self._rtp_leg(leg_id).apply_answer(answer_sdp)
+
+    async def update_rtp(self, leg_id: str, offer_sdp: str) -> str:
+        """A re-INVITE's offer (hold, resume, a new address); returns our answer."""
+        return self._rtp_leg(leg_id).answer_offer(offer_sdp)
+
+    def send_dtmf(self, leg_id: str, digits: str) -> None:
+        """Send RFC 4733 events on an RTP leg; ignored (logged) without telephone-event."""
+        if leg_id in self._legs:
+            logger.info("leg %s is a WebRTC leg: DTMF %r not sent", leg_id, digits)
+            return
+        self._rtp_leg(leg_id).send_dtmf(digits)
+
+    def rtp_leg(self, leg_id: str) -> RtpLeg:
+        """The RTP leg itself (tests and benchmarks look at its counters)."""
+        return self._rtp_leg(leg_id)
+
+    def _rtp_leg(self, leg_id: str) -> RtpLeg:
+        try:
+            return self._rtp_legs[leg_id]
+        except KeyError:
+            raise UnknownLegError(f"unknown RTP leg {leg_id}") from None
+
+    async def _create_rtp_leg(self, leg_id: str) -> RtpLeg:
+        if leg_id in self._legs or leg_id in self._rtp_legs:
+            raise ValueError(f"leg {leg_id} already exists")
+        leg = RtpLeg(
+            leg_id,
+            bind_address=self.bind_address,
+            announce_address=self.announce_address,
+            on_dtmf=self._dtmf_received,
+        )
+        await leg.open()
+        if leg_id in self._legs or leg_id in self._rtp_legs:
+            await leg.close()
+            raise ValueError(f"leg {leg_id} already exists")
+        self._rtp_legs[leg_id] = leg
+
+        def failed(detail: str) -> None:
+            self._rtp_leg_failed(leg, detail)
+
+        self._rtp_watchdogs[leg_id] = asyncio.create_task(
+            leg.watch_media(self.media_timeout, failed)
+        )
+        return leg
+
+    def _dtmf_received(self, leg_id: str, digit: str) -> None:
+        if self.on_dtmf is not None:
+            self.on_dtmf(leg_id, digit)
+
+    def _rtp_leg_failed(self, leg: RtpLeg, detail: str) -> None:
+        if leg.closed or self._rtp_legs.get(leg.leg_id) is not leg:
+            return
+        logger.info("RTP leg %s failed: %s", leg.leg_id, detail)
+        if self.on_leg_failed is not None:
+            try:
+                self.on_leg_failed(leg.leg_id, detail)
+            except Exception:
+                logger.exception("on_leg_failed(%s, %s) raised", leg.leg_id, detail)
+
+    def _bridge_rtp(self, a: str, b: str) -> None:
+        """Bridge a WebRTC leg and an RTP leg (either order): transcoded or forwarded."""
+        if a in self._rtp_legs and b in self._rtp_legs:
+            raise ValueError(f"legs {a} and {b} are both RTP legs: nothing to bridge them")
+        rtp_leg = self._rtp_legs[a] if a in self._rtp_legs else self._rtp_legs[b]
+        leg = self._leg(b if a in self._rtp_legs else a)
+        self.stop_ringback(leg.leg_id)
+        if leg.peer is not None:
+            leg.peer.peer = None
+            leg.peer = None
+        self._unbridge_rtp(leg.leg_id)
+        rtp_leg.attach(leg)
+
+    def _unbridge_rtp(self, leg_id: str) -> None:
+        """Detach the WebRTC leg `leg_id` from the RTP leg it is bridged to, if any."""
+        for rtp_leg in self._rtp_legs.values():
+            if rtp_leg.peer is not None and rtp_leg.peer.leg_id == leg_id:
+                rtp_leg.detach()
+
+    async def _close_rtp_leg(self, leg_id: str) -> LegStats:
+        leg = self._rtp_legs.pop(leg_id)
+        watchdog = self._rtp_watchdogs.pop(leg_id, None)
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        final = _rtp_stats(leg)
+        await leg.close()
+        return final
+
+
+def _rtp_stats(leg: RtpLeg) -> LegStats:
+    reception = leg.reception
+    return LegStats(
+        packets_received=reception.packets_received,
+        packets_sent=leg.packets_sent,
+        packets_lost=reception.packets_lost,
+        bytes_received=reception.bytes_received,
+        bytes_sent=leg.bytes_sent,
+        jitter_ms=round(reception.jitter_ms, 3),
+        packets_dropped=leg.packets_foreign,
+    )
 
 
 def _stats(leg: Leg) -> LegStats:

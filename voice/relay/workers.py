@@ -10,8 +10,9 @@ TranscodingRelay) on its own event loop, uvloop when it is installed.
   context), carrying length-prefixed JSON messages. Requests are
   ``{id, op, args}`` and answered ``{id, result}`` or ``{id, error: {kind,
   message}}``; notifications are requests without an id (no answer);
-  events come from the worker unasked (``ready``, ``leg_failed``, and a
-  ``stats`` snapshot of its legs every second, which is also its heartbeat).
+  events come from the worker unasked (``ready``, ``leg_failed``, ``dtmf``
+  (a digit received on an RTP leg), and a ``stats`` snapshot of its legs
+  every second, which is also its heartbeat).
   The framing, the request/response correlation and the error mapping are
   sans-I/O (`FrameDecoder`, `Correlator`, `error_to_wire`/`error_from_wire`).
 - Errors keep their type across the channel: NoOpusError, UnknownLegError
@@ -47,6 +48,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from voice.relay.avp import NoCommonCodecError
 from voice.relay.relay import LegStats, NoOpusError, Relay, UnknownLegError
 
 __all__ = [
@@ -148,6 +150,7 @@ class FrameDecoder:
 # Most specific first: an error is sent as the first of these it is an instance of.
 _WIRE_ERRORS: tuple[tuple[str, type[Exception]], ...] = (
     ("NoOpusError", NoOpusError),
+    ("NoCommonCodecError", NoCommonCodecError),
     ("UnknownLegError", UnknownLegError),
     ("RelayUnavailable", RelayUnavailable),
     ("ValueError", ValueError),
@@ -311,6 +314,9 @@ async def _serve(sock: socket.socket, settings: WorkerSettings) -> None:
     def leg_failed(leg_id: str, detail: str) -> None:
         send({"event": "leg_failed", "args": [leg_id, detail]})
 
+    def dtmf(leg_id: str, digit: str) -> None:
+        send({"event": "dtmf", "args": [leg_id, digit]})
+
     relay = relay_class(
         bind_address=settings.bind_address,
         announce_address=settings.announce_address,
@@ -319,6 +325,7 @@ async def _serve(sock: socket.socket, settings: WorkerSettings) -> None:
         on_leg_failed=leg_failed,
         connect_timeout=settings.connect_timeout,
     )
+    relay.on_dtmf = dtmf
     worker = _WorkerServer(relay, send)
     loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]
     send({"event": "ready", "args": [os.getpid(), loop_name]})
@@ -344,7 +351,18 @@ async def _serve(sock: socket.socket, settings: WorkerSettings) -> None:
 class _WorkerServer:
     """Carries out the parent's requests on this process's Relay."""
 
-    ASYNC_OPS = frozenset({"answer", "offer", "accept_answer", "close_leg"})
+    ASYNC_OPS = frozenset(
+        {
+            "answer",
+            "offer",
+            "accept_answer",
+            "close_leg",
+            "offer_rtp",
+            "answer_rtp",
+            "accept_rtp_answer",
+            "update_rtp",
+        }
+    )
 
     def __init__(self, relay: Relay, send: Callable[[dict[str, Any]], None]) -> None:
         self.relay = relay
@@ -405,6 +423,26 @@ class _WorkerServer:
         if op == "accept_answer":
             leg_id, sdp = args
             await relay.accept_answer(leg_id, sdp)
+            return None
+        if op == "offer_rtp":
+            (leg_id,) = args
+            offer = await relay.offer_rtp(leg_id)
+            self.legs.add(leg_id)
+            return offer
+        if op == "answer_rtp":
+            leg_id, sdp = args
+            answer = await relay.answer_rtp(leg_id, sdp)
+            self.legs.add(leg_id)
+            return answer
+        if op == "accept_rtp_answer":
+            leg_id, sdp = args
+            await relay.accept_rtp_answer(leg_id, sdp)
+            return None
+        if op == "update_rtp":
+            leg_id, sdp = args
+            return await relay.update_rtp(leg_id, sdp)
+        if op == "send_dtmf":
+            relay.send_dtmf(args[0], args[1])
             return None
         if op == "close_leg":
             (leg_id,) = args
@@ -502,6 +540,7 @@ class WorkerRelay:
         hang_timeout: float = HANG_TIMEOUT,
         use_uvloop: bool = True,
         media_ports: tuple[int, int] = (0, 0),
+        on_dtmf: Callable[[str, str], None] | None = None,
     ) -> None:
         if relay_mode not in ("forward", "transcode"):
             raise ValueError(f"relay_mode must be forward or transcode, not {relay_mode!r}")
@@ -514,6 +553,8 @@ class WorkerRelay:
         self.media_timeout = media_timeout
         self.connect_timeout = connect_timeout
         self.on_leg_failed = on_leg_failed
+        #: (leg_id, digit) once per RFC 4733 event received on an RTP leg.
+        self.on_dtmf = on_dtmf
         self.workers = count
         self.relay_mode = relay_mode
         self.request_timeout = request_timeout
@@ -674,6 +715,43 @@ class WorkerRelay:
         """Apply the device's answer to the relay's offer; media starts flowing."""
         state = self._state(leg_id)
         await self._request(state.worker, "accept_answer", leg_id, answer_sdp)
+
+    # -- plain-RTP legs -------------------------------------------------------------
+
+    async def offer_rtp(self, leg_id: str) -> str:
+        """Our SDP offer for an RTP leg (for an INVITE to the operator)."""
+        state = await self._place(leg_id)
+        return await self._create(leg_id, state, "offer_rtp")
+
+    async def answer_rtp(self, leg_id: str, offer_sdp: str) -> str:
+        """Answer the operator's offer (Opus, else PCMA, else PCMU)."""
+        state = await self._place(leg_id)
+        return await self._create(leg_id, state, "answer_rtp", offer_sdp)
+
+    async def accept_rtp_answer(self, leg_id: str, answer_sdp: str) -> None:
+        """Apply the operator's answer to offer_rtp (183, then 200)."""
+        state = self._state(leg_id)
+        await self._request(state.worker, "accept_rtp_answer", leg_id, answer_sdp)
+
+    async def update_rtp(self, leg_id: str, offer_sdp: str) -> str:
+        """A re-INVITE's offer (hold, resume, a new address); returns our answer."""
+        state = self._state(leg_id)
+        return str(await self._request(state.worker, "update_rtp", leg_id, offer_sdp))
+
+    def send_dtmf(self, leg_id: str, digits: str) -> None:
+        """Send RFC 4733 events on an RTP leg (a notification: errors are logged there)."""
+        if leg_id in self._lost:
+            return
+        state = self._state(leg_id)
+        state.worker.send(Correlator.notify("send_dtmf", leg_id, digits))
+
+    def _dtmf_received(self, leg_id: str, digit: str) -> None:
+        if self.on_dtmf is None:
+            return
+        try:
+            self.on_dtmf(leg_id, digit)
+        except Exception:
+            logger.exception("on_dtmf(%s, %s) raised", leg_id, digit)
 
     async def _place(self, leg_id: str) -> _LegState:
         if leg_id in self._legs:
@@ -864,6 +942,11 @@ class WorkerRelay:
                 worker.send(Correlator.notify("close_leg", leg_id))
                 return
             self._report_failure(leg_id, state, detail)
+        elif event.name == "dtmf" and len(event.args) == 2:
+            leg_id = str(event.args[0])
+            state = self._legs.get(leg_id)
+            if state is not None and state.worker is worker:
+                self._dtmf_received(leg_id, str(event.args[1]))
         elif event.name == "ready" and not worker.ready.done():
             worker.ready.set_result(worker.pid)
             worker.loop = str(event.args[1]) if len(event.args) > 1 else ""

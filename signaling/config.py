@@ -75,6 +75,31 @@ class Config:
     #: How often the outbox is checked when nothing notified the worker.
     webhook_poll_interval: float = 0.5
 
+    # SIP trunk to the mobile operator's SBC (signaling/sip, docs/sip.md)
+    #: HOST:PORT for UDP and TCP, e.g. "127.0.0.1:5060"; empty = no trunk.
+    sip_listen: str = ""
+    sip_transports: tuple[str, ...] = ("udp", "tcp")
+    #: Where INVITE and OPTIONS go, in order: "udp:HOST:PORT" or "tcp:HOST:PORT".
+    sip_sbc: tuple[str, ...] = ()
+    #: IPs or CIDRs that may send us requests; empty = the SBC hosts.
+    sip_accepted_sources: tuple[str, ...] = ()
+    #: Host part of our From/To URIs and realm of our digest challenges.
+    sip_domain: str = "anruf.invalid"
+    #: Credentials for the SBC's 401/407 challenges.
+    sip_username: str = ""
+    sip_password: str = ""
+    #: When set, the SBC's INVITEs are challenged (digest, SHA-256 and MD5).
+    sip_inbound_username: str = ""
+    sip_inbound_password: str = ""
+    sip_inbound_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    sip_max_calls_per_second: float = 10.0
+    sip_max_concurrent_calls: int = 100
+    #: OPTIONS keep-alive to each SBC target; 0 = none (the trunk is always up).
+    sip_options_interval: float = 30.0
+    sip_max_message_bytes: int = 16384
+    #: Requests per second from one source IP before we drop (and 503) them.
+    sip_requests_per_second: float = 50.0
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

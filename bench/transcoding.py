@@ -378,7 +378,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.relay_child:
         loop = new_loop(args.loop)
-        profiler = cProfile.Profile() if args.profile else None
+        profiler = cProfile.Profile(time.process_time) if args.profile else None
         try:
             if profiler is not None:
                 profiler.enable()

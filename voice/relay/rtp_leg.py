@@ -27,7 +27,8 @@ Bridged to a WebRTC leg (voice/relay/leg.py), per direction:
 
 Symmetric RTP (RFC 4961 practice): we send to the SDP address until a packet
 arrives, then to where packets come from; packets from any other address
-are dropped (counted) until the next negotiation. A remote on hold
+are dropped (counted). When a re-INVITE moves the remote, the source is
+learnt again, but its previous address cannot take the leg back. A remote on hold
 (a=sendonly/inactive, or c=0.0.0.0) gets nothing from us.
 """
 
@@ -210,6 +211,7 @@ class RtpLeg:
         self._latched: Address | None = None
         self._stale_source: Address | None = None
         self.sending = False
+        self._transcoding = False
         self._audio_payload_types: frozenset[int] = frozenset()
         self._event_payload_types: frozenset[int] = frozenset()
         # Outgoing stream and reception statistics (clock of the negotiated codec).
@@ -310,6 +312,7 @@ class RtpLeg:
             self._remote_address = address
             self._latched = None
         self.sending = not remote.on_hold
+        self._transcoding = negotiated.transcoded
         codec = negotiated.codec
         ours = {c.key: c.payload_type for c in self.offered or ()}
         # Receive with the remote's number and with ours (RFC 3264 §6.1 allows both).
@@ -346,7 +349,8 @@ class RtpLeg:
 
     @property
     def transcoding(self) -> bool:
-        return self.negotiated is not None and self.negotiated.transcoded
+        """G.711 negotiated: audio is transcoded (set with the negotiation)."""
+        return self._transcoding
 
     # -- the WebRTC leg -----------------------------------------------------------------
 
@@ -418,7 +422,7 @@ class RtpLeg:
             return  # late or duplicate: the far end's jitter buffer sees it as loss
         self._from_webrtc_last = sequence_number
         source = ("webrtc", ssrc)
-        if not negotiated.transcoded:
+        if not self._transcoding:
             self.forwarded_packets += 1
             self._send(source, sequence_number, timestamp, 0, negotiated.codec, payload, now)
             return
@@ -498,13 +502,13 @@ class RtpLeg:
         if payload_type in self._event_payload_types:
             for digit in self._dtmf_receiver.receive(timestamp, payload):
                 self._dtmf_received(digit)
-            if self.transcoding:
+            if self._transcoding:
                 # The event's packets hold sequence numbers: no audio, no concealment.
                 self._play(self._jitter.push(sequence_number, timestamp, b"", payload_type), now)
             return
         if payload_type not in self._audio_payload_types:
             return
-        if not self.transcoding:
+        if not self._transcoding:
             self.forwarded_packets += 1
             self._send_to_webrtc(
                 ("rtp", self.leg_id, ssrc),

@@ -276,3 +276,27 @@ async def test_through_a_relay_worker(app_caller: MediaEndpoint) -> None:
             await peer.close()
     finally:
         await relay.close()
+
+
+async def test_media_timeout_only_once_rtp_flowed() -> None:
+    failures: list[tuple[str, str]] = []
+    relay = Relay(
+        bind_address="127.0.0.1",
+        media_timeout=0.6,
+        on_leg_failed=lambda leg_id, detail: failures.append((leg_id, detail)),
+    )
+    peer = PlainRtpPeer(codec="PCMA")
+    await peer.open()
+    try:
+        offer = await relay.offer_rtp("call:sip")
+        await relay.accept_rtp_answer("call:sip", peer.answer(offer))  # a 183, no media yet
+        await asyncio.sleep(1.5)
+        assert failures == []
+        peer.start()
+        await asyncio.sleep(0.5)
+        await peer.close()  # the network goes silent
+        await asyncio.sleep(1.5)
+        assert failures == [("call:sip", "media_timeout")]
+    finally:
+        await peer.close()
+        await relay.close()

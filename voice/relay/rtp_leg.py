@@ -222,6 +222,7 @@ class RtpLeg:
         self.packets_foreign = 0
         self.send_errors = 0
         self.negotiated_at: float | None = None
+        self._applied_at = 0.0  # when the latest SDP of the remote was applied
         # Media counters: frames transcoded each way, packets forwarded as they are.
         self.frames_to_webrtc = 0
         self.frames_from_webrtc = 0
@@ -325,8 +326,9 @@ class RtpLeg:
         self._event_payload_types = frozenset(events)
         if previous is None or previous.codec.key != codec.key:
             self._set_codec(codec, negotiated.ptime)
+        self._applied_at = self._loop.time()
         if self.negotiated_at is None:
-            self.negotiated_at = self._loop.time()
+            self.negotiated_at = self._applied_at
 
     def _set_codec(self, codec: Codec, ptime: int) -> None:
         self.rewriter = self._new_rewriter(codec.clock_rate)
@@ -704,13 +706,20 @@ class RtpLeg:
             self.transport.close()
 
     async def watch_media(self, media_timeout: float, on_failure: Callable[[str], None]) -> None:
-        """Report "media_timeout" when the remote, expected to send, sends nothing for a while."""
+        """Report "media_timeout" when RTP that was flowing stops for `media_timeout`.
+
+        Only once packets have arrived: a 183 whose network sends no early media
+        must not fail a call that is still ringing. Not while the remote is on
+        hold as a sender (a=recvonly/inactive from it).
+        """
         while not self.closed:
             await asyncio.sleep(min(1.0, media_timeout / 4))
             remote = self.remote
-            if self.negotiated_at is None or remote is None or not remote.direction.sends:
+            last = self.reception.last_arrival
+            if last is None or remote is None or not remote.direction.sends:
                 continue
-            last = max(self.negotiated_at, self.reception.last_arrival or 0.0)
+            # A re-INVITE (resume after an inactive hold) starts the wait afresh.
+            last = max(last, self._applied_at)
             if self._loop.time() - last > media_timeout:
                 on_failure("media_timeout")
                 return

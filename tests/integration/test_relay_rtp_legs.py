@@ -272,6 +272,11 @@ async def test_through_a_relay_worker(app_caller: MediaEndpoint) -> None:
             assert held.direction is Direction.RECVONLY
             stats = await relay.close_leg("call:sip")
             assert stats.packets_received > 50 and stats.packets_sent > 50
+            # The error type crosses the control channel.
+            g729 = peer.sdp().replace("RTP/AVP 8 101", "RTP/AVP 18")
+            with pytest.raises(NoCommonCodecError):
+                await relay.answer_rtp("other:sip", g729)
+            assert relay.worker_of("other:sip") is None
         finally:
             await peer.close()
     finally:

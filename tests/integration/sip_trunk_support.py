@@ -1,0 +1,227 @@
+"""What the SIP trunk tests share: SIPp runs, a trunk on 127.0.0.1, an event recorder
+and a lossy UDP forwarder. Everything stays on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from signaling.sip.message import ParseError, Request, Response, parse_message
+from signaling.sip.trunk import CallEvent, IncomingCall, SipTrunk, TrunkSettings
+from tests.conftest import in_ci
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "sip"
+CALLER = "+4917700000001"
+CALLEE = "+4930555000100"
+SDP = (
+    "v=0\r\no=- 4711 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n"
+    "a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+)
+
+
+def sipp_binary() -> str:
+    """sipp: missing fails the test in CI (CI=true) and skips it elsewhere."""
+    path = shutil.which("sipp")
+    if path is None:
+        if in_ci():
+            pytest.fail("sipp is missing (Debian package sip-tester; ./dev test installs it)")
+        pytest.skip("sipp is not installed (apt install sip-tester)")
+    return path
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Sipp:
+    """One SIPp process playing one call of a scenario (a file in tests/sip, or a
+    built-in one), on 127.0.0.1. ``exit_code()`` is 0 when the call went as scripted."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        scenario: str | None = None,
+        builtin: str | None = None,
+        port: int | None = None,
+        remote: str | None = None,
+        transport: str = "u1",
+        args: tuple[str, ...] = (),
+        timeout: float = 20.0,
+    ) -> None:
+        self.port = port or free_port(
+            socket.SOCK_STREAM if transport.startswith("t") else socket.SOCK_DGRAM
+        )
+        command = [sipp_binary()]
+        command += ["-sf", str(SCENARIOS / scenario)] if scenario else ["-sn", builtin or "uas"]
+        command += ["-i", "127.0.0.1", "-p", str(self.port), "-mp", str(free_port())]
+        command += ["-t", transport, "-m", "1", "-nostdin", "-timeout", f"{timeout:g}s"]
+        command += ["-timeout_error", "-trace_err", "-trace_msg", *args]
+        if remote:
+            command.append(remote)
+        self.workdir = workdir
+        self.process = subprocess.Popen(
+            command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def ready(self) -> None:
+        """Give a listening SIPp a moment to bind its port."""
+        await asyncio.sleep(0.3)
+        assert self.process.poll() is None, self.log()
+
+    async def exit_code(self, timeout: float = 20.0) -> int:
+        try:
+            return int(await asyncio.to_thread(self.process.wait, timeout))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return int(self.process.wait())
+
+    def log(self) -> str:
+        """The tail of SIPp's message and error logs, for assertion messages."""
+        parts = []
+        for pattern in ("*_errors.log", "*_messages.log"):
+            for path in sorted(self.workdir.glob(pattern)):
+                parts.append(f"== {path.name}\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class Events:
+    """Call events as they arrive, with waiting."""
+
+    def __init__(self) -> None:
+        self.items: list[CallEvent] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: CallEvent) -> None:
+        self.items.append(event)
+        self._changed.set()
+
+    async def wait_for(self, kind: type, timeout: float = 10.0) -> CallEvent:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.items:
+                    if isinstance(event, kind):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def answer_after_ringing(call: IncomingCall) -> None:
+    await call.progress(180)
+    await call.answer(SDP)
+
+
+@asynccontextmanager
+async def running_trunk(
+    settings: TrunkSettings,
+    on_incoming: Callable[[IncomingCall], Awaitable[None]] = answer_after_ringing,
+    **kwargs: object,
+) -> AsyncIterator[SipTrunk]:
+    trunk = SipTrunk(settings, on_incoming, **kwargs)  # type: ignore[arg-type]
+    await trunk.start()
+    try:
+        yield trunk
+    finally:
+        await trunk.stop()
+
+
+def trunk_port(trunk: SipTrunk) -> int:
+    return trunk.addresses[0][2]
+
+
+class LossyForwarder(asyncio.DatagramProtocol):
+    """A UDP forwarder between our trunk and a SIPp peer that drops chosen datagrams:
+    ``drop(message)`` returning True loses it (each rule is asked once per datagram).
+
+    The trunk side listens on ``port``; datagrams from the trunk go to ``peer`` from a
+    second socket, and what comes back on that socket goes to the trunk's last address.
+    """
+
+    def __init__(self, peer: tuple[str, int], drop: Callable[[Request | Response], bool]) -> None:
+        self.peer = peer
+        self.drop = drop
+        self.dropped: list[Request | Response] = []
+        self.near: asyncio.DatagramTransport | None = None
+        self.far: asyncio.DatagramTransport | None = None
+        self.trunk_address: tuple[str, int] | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.near, _ = await loop.create_datagram_endpoint(
+            lambda: _Side(self, near=True), local_addr=("127.0.0.1", 0)
+        )
+        self.far, _ = await loop.create_datagram_endpoint(
+            lambda: _Side(self, near=False), local_addr=("127.0.0.1", 0)
+        )
+        self.port = self.near.get_extra_info("sockname")[1]
+
+    def forward(self, data: bytes, addr: tuple[str, int], near: bool) -> None:
+        try:
+            message = parse_message(data)
+        except ParseError:
+            message = None
+        if message is not None and self.drop(message):
+            self.dropped.append(message)
+            return
+        if near:
+            self.trunk_address = addr
+            assert self.far is not None
+            self.far.sendto(data, self.peer)
+        elif self.trunk_address is not None:
+            assert self.near is not None
+            self.near.sendto(data, self.trunk_address)
+
+    def close(self) -> None:
+        for transport in (self.near, self.far):
+            if transport is not None:
+                transport.close()
+
+
+class _Side(asyncio.DatagramProtocol):
+    def __init__(self, forwarder: LossyForwarder, *, near: bool) -> None:
+        self.forwarder = forwarder
+        self.near = near
+
+    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
+        self.forwarder.forward(data, (str(addr[0]), int(addr[1])), self.near)
+
+
+def first_only(test: Callable[[Request | Response], bool]) -> Callable[[Request | Response], bool]:
+    """A drop rule that loses only the first message ``test`` picks."""
+    state = {"done": False}
+
+    def rule(message: Request | Response) -> bool:
+        if not state["done"] and test(message):
+            state["done"] = True
+            return True
+        return False
+
+    return rule

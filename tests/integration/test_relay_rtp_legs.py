@@ -305,3 +305,27 @@ async def test_media_timeout_only_once_rtp_flowed() -> None:
     finally:
         await peer.close()
         await relay.close()
+
+
+async def test_rtcp_reports_and_round_trip_time(relay: Relay, app_caller: MediaEndpoint) -> None:
+    await connect_app_leg(relay, app_caller)
+    peer = await outbound_rtp_leg(relay, "PCMA")
+    try:
+        assert peer.rtcp_transport is not None, "the port after the peer's was taken"
+        rtp_leg = relay.rtp_leg("call:sip")
+        assert rtp_leg.rtcp_transport is not None
+        assert rtp_leg.rtcp_transport.get_extra_info("sockname")[1] == rtp_leg.port + 1
+        rtp_leg.rtcp_interval = 0.4
+        await wait_connected(app_caller)
+        peer.start()
+        relay.bridge("call:app", "call:sip")
+        async with asyncio.timeout(5):
+            while relay.stats("call:sip").rtt_ms is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert "RtcpSrPacket" in peer.rtcp_packets and "RtcpSdesPacket" in peer.rtcp_packets
+        assert 0 <= (relay.stats("call:sip").rtt_ms or 0) < 50  # loopback
+        await relay.close_leg("call:sip")
+        await asyncio.sleep(0.1)
+        assert peer.rtcp_packets[-1] == "RtcpByePacket"
+    finally:
+        await peer.close()

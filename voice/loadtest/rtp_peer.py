@@ -17,6 +17,7 @@ import struct
 from typing import Any
 
 import numpy as np
+from aiortc.rtp import RtcpPacket, RtcpReceiverInfo, RtcpRrPacket, RtcpSrPacket
 
 from voice.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from voice.codecs.opus import OpusDecoder, OpusEncoder
@@ -31,6 +32,16 @@ from voice.relay.avp import (
     parse_audio,
 )
 from voice.relay.dtmf import DtmfReceiver, dtmf_schedule
+from voice.rtp.rtcp import compact_ntp
+
+
+class _Rtcp(asyncio.DatagramProtocol):
+    def __init__(self, peer: PlainRtpPeer) -> None:
+        self.peer = peer
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.peer.rtcp_received(data, addr)
+
 
 __all__ = ["PlainRtpPeer", "g711_tone_payloads", "opus_tone_payloads"]
 
@@ -82,6 +93,9 @@ class PlainRtpPeer(asyncio.DatagramProtocol):
         self.record = record
         self._random = random.Random(seed)
         self.transport: asyncio.DatagramTransport | None = None
+        self.rtcp_transport: asyncio.DatagramTransport | None = None
+        #: Names of the RTCP packets received (RtcpSrPacket, RtcpRrPacket, ...).
+        self.rtcp_packets: list[str] = []
         self.port = 0
         self.remote: tuple[str, int] | None = None
         self.ssrc = self._random.randrange(1, 1 << 32)
@@ -108,8 +122,34 @@ class PlainRtpPeer(asyncio.DatagramProtocol):
     # -- socket and SDP -------------------------------------------------------------
 
     async def open(self, host: str = "127.0.0.1") -> None:
+        """Bind RTP, and RTCP on the next port (RFC 3550 §11) when it is free."""
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, local_addr=(host, 0))
+        with contextlib.suppress(OSError):
+            self.rtcp_transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Rtcp(self), local_addr=(host, self.port + 1)
+            )
+
+    def rtcp_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Count reports; answer a sender report with a receiver report on it (LSR/DLSR)."""
+        try:
+            packets = RtcpPacket.parse(data)
+        except ValueError:
+            return
+        for packet in packets:
+            self.rtcp_packets.append(type(packet).__name__)
+            if isinstance(packet, RtcpSrPacket) and self.rtcp_transport is not None:
+                report = RtcpReceiverInfo(
+                    ssrc=packet.ssrc,
+                    fraction_lost=0,
+                    packets_lost=0,
+                    highest_sequence=0,
+                    jitter=0,
+                    lsr=compact_ntp(packet.sender_info.ntp_timestamp),
+                    dlsr=0,
+                )
+                answer = RtcpRrPacket(ssrc=self.ssrc, reports=[report])
+                self.rtcp_transport.sendto(bytes(answer), addr)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -247,5 +287,6 @@ class PlainRtpPeer(asyncio.DatagramProtocol):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.transport is not None:
-            self.transport.close()
+        for transport in (self.transport, self.rtcp_transport):
+            if transport is not None:
+                transport.close()

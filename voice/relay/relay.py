@@ -421,6 +421,7 @@ def _rtp_stats(leg: RtpLeg) -> LegStats:
         bytes_received=reception.bytes_received,
         bytes_sent=leg.bytes_sent,
         jitter_ms=round(reception.jitter_ms, 3),
+        rtt_ms=None if leg.rtt is None else round(leg.rtt * 1000.0, 3),
         packets_dropped=leg.packets_foreign,
     )
 

@@ -39,12 +39,24 @@ import contextlib
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 import pylibsrtp
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import (
+    AnyRtcpPacket,
+    RtcpByePacket,
+    RtcpPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+)
 
 import voice.ice
 from voice.audio.resample import Decimator, Interpolator
@@ -73,6 +85,7 @@ from voice.relay.jitter import JitterBuffer, Slot
 from voice.relay.leg import Leg
 from voice.rtp.header import FIXED_HEADER, header_length, payload_end
 from voice.rtp.rewriter import StreamRewriter, sequence_delta
+from voice.rtp.rtcp import compact_ntp, delay_since_last_sr, ntp_timestamp, round_trip_time
 from voice.rtp.stats import ReceptionStatistics
 
 __all__ = ["OFFERED_CODECS", "RtpLeg", "WebRtcTap"]
@@ -88,6 +101,8 @@ OPUS_RATE = 48000
 RATIO = OPUS_RATE // G711_RATE
 FRAME_8K = 160
 FRAME_48K = 960
+#: RFC 3550 §6.2: the minimum report interval.
+RTCP_INTERVAL = 5.0
 #: A hole longer than this (in frames of audio) is not concealed but played as a gap.
 MAX_CONCEALED_FRAMES = 5
 #: RTCP packet types 200-204 with the marker bit folded in (RFC 5761 §4): not RTP.
@@ -155,29 +170,59 @@ class _Protocol(asyncio.DatagramProtocol):
         self.leg.send_errors += 1
 
 
-async def _bind(address: str, leg: RtpLeg) -> asyncio.DatagramTransport:
-    """A UDP socket on `address`: an even port of the media port range, if one is set."""
+class _RtcpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, leg: RtpLeg) -> None:
+        self.leg = leg
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.leg.rtcp_received(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        self.leg.send_errors += 1
+
+
+Transports = tuple[asyncio.DatagramTransport, asyncio.DatagramTransport]
+
+
+async def _bind_pair(address: str, port: int, leg: RtpLeg) -> Transports | None:
+    """RTP on `port` (0: any) and RTCP on the next port (RFC 3550 §11), or None."""
     loop = asyncio.get_running_loop()
+    try:
+        rtp, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(leg), local_addr=(address, port)
+        )
+    except OSError:
+        return None
+    rtp_port = int(rtp.get_extra_info("sockname")[1])
+    try:
+        rtcp, _ = await loop.create_datagram_endpoint(
+            lambda: _RtcpProtocol(leg), local_addr=(address, rtp_port + 1)
+        )
+    except OSError:
+        rtp.close()
+        return None
+    return rtp, rtcp
+
+
+async def _bind(address: str, leg: RtpLeg) -> Transports:
+    """RTP and RTCP sockets on `address`: an even port and the next one of the media port
+    range if one is set (RFC 3550 §11), else a free port and the next one."""
     # The range voice.ice.set_media_ports chose for this process (ICE legs use it too).
     port_range: tuple[int, int] | None = getattr(voice.ice, "_port_range", None)
     if port_range is None:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(leg), local_addr=(address, 0)
-        )
-        return transport
+        for _ in range(50):
+            pair = await _bind_pair(address, 0, leg)
+            if pair is not None:
+                return pair
+        raise ValueError(f"no free pair of UDP ports on {address} for an RTP leg")
     low, high = port_range
-    even = list(range(low + (low & 1), high + 1, 2)) or list(range(low, high + 1))
-    start = random.randrange(len(even))
+    even = list(range(low + (low & 1), high, 2))
+    start = random.randrange(len(even)) if even else 0
     for offset in range(len(even)):
-        port = even[(start + offset) % len(even)]
-        try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(leg), local_addr=(address, port)
-            )
-        except OSError:
-            continue
-        return transport
-    raise ValueError(f"no free UDP port on {address} in {low}-{high} for an RTP leg")
+        pair = await _bind_pair(address, even[(start + offset) % len(even)], leg)
+        if pair is not None:
+            return pair
+    raise ValueError(f"no free pair of UDP ports on {address} in {low}-{high} for an RTP leg")
 
 
 class RtpLeg:
@@ -196,6 +241,17 @@ class RtpLeg:
         self.announce_address = announce_address or bind_address
         self.on_dtmf = on_dtmf
         self.transport: asyncio.DatagramTransport | None = None
+        self.rtcp_transport: asyncio.DatagramTransport | None = None
+        #: Seconds between our RTCP reports (RFC 3550 §6.2 minimum), randomised ±50 %.
+        self.rtcp_interval = RTCP_INTERVAL
+        self.rtt: float | None = None
+        self.rtcp_received_packets = 0
+        self.rtcp_sent_packets = 0
+        self._rtcp_source: Address | None = None
+        self._remote_ssrc: int | None = None
+        self._last_sr_lsr = 0
+        self._last_sr_arrival: float | None = None
+        self._last_send_time = 0.0
         self.port = 0
         self.peer: Leg | None = None
         self.closed = False
@@ -256,7 +312,7 @@ class RtpLeg:
     # -- socket -------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.transport = await _bind(self.bind_address, self)
+        self.transport, self.rtcp_transport = await _bind(self.bind_address, self)
         self.port = int(self.transport.get_extra_info("sockname")[1])
 
     @property
@@ -475,6 +531,7 @@ class RtpLeg:
         transport.sendto(header + payload, destination)
         self.packets_sent += 1
         self.bytes_sent += len(payload)
+        self._last_send_time = now
 
     # -- receiving --------------------------------------------------------------------
 
@@ -485,7 +542,8 @@ class RtpLeg:
             return
         payload_type = data[1] & 0x7F
         if payload_type in _RTCP_PAYLOAD_TYPES:
-            return  # RTCP on the RTP port (rtcp-mux): not used here
+            self.rtcp_received(data, addr)  # RTCP on the RTP port (RFC 5761 mux)
+            return
         if self._latched is None and addr != self._stale_source:
             self._latched = addr
         elif addr != self._latched:
@@ -500,6 +558,7 @@ class RtpLeg:
         sequence_number, timestamp, ssrc = _SEQUENCE_TIMESTAMP_SSRC.unpack_from(data, 2)
         now = self._loop.time()
         self.reception.receive(sequence_number, timestamp, now, end - header)
+        self._remote_ssrc = ssrc
         payload = data[header:end]
         if payload_type in self._event_payload_types:
             for digit in self._dtmf_receiver.receive(timestamp, payload):
@@ -695,6 +754,8 @@ class RtpLeg:
     # -- stats and teardown -----------------------------------------------------------------
 
     async def close(self) -> None:
+        if not self.closed and self.packets_sent:
+            self._send_rtcp([RtcpByePacket(sources=[self.ssrc])])
         self.closed = True
         self.detach()
         task = self._dtmf_task
@@ -702,25 +763,105 @@ class RtpLeg:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.transport is not None:
-            self.transport.close()
+        for transport in (self.transport, self.rtcp_transport):
+            if transport is not None:
+                transport.close()
+
+    # -- RTCP (RFC 3550 §6) ------------------------------------------------------------------
+
+    def rtcp_received(self, data: bytes, addr: Address) -> None:
+        """Reports of the remote: its SR (for our LSR/DLSR) and report blocks on our stream."""
+        if self.closed:
+            return
+        try:
+            packets = RtcpPacket.parse(data)
+        except ValueError:
+            return
+        self.rtcp_received_packets += 1
+        self._rtcp_source = addr  # symmetric RTCP: answer where reports come from
+        for packet in packets:
+            if isinstance(packet, RtcpSrPacket):
+                self._last_sr_lsr = compact_ntp(packet.sender_info.ntp_timestamp)
+                self._last_sr_arrival = time.time()
+            if isinstance(packet, RtcpSrPacket | RtcpRrPacket):
+                for report in packet.reports:
+                    if report.ssrc != self.ssrc:
+                        continue
+                    rtt = round_trip_time(time.time(), report.lsr, report.dlsr)
+                    if rtt is not None:
+                        self.rtt = rtt if self.rtt is None else 0.85 * self.rtt + 0.15 * rtt
+
+    def report(self) -> list[AnyRtcpPacket]:
+        """Our compound report: SR once we sent media (else RR), one report block on the
+        remote's stream when we have one, and SDES CNAME (RFC 3550 §6.1)."""
+        now_unix = time.time()
+        reports: list[RtcpReceiverInfo] = []
+        if self._remote_ssrc is not None:
+            reception = self.reception
+            reports.append(
+                RtcpReceiverInfo(
+                    ssrc=self._remote_ssrc,
+                    fraction_lost=reception.fraction_lost(),
+                    packets_lost=min(reception.packets_lost, 0x7FFFFF),
+                    highest_sequence=reception.extended_highest_sequence & 0xFFFFFFFF,
+                    jitter=int(reception.jitter) & 0xFFFFFFFF,
+                    lsr=self._last_sr_lsr,
+                    dlsr=delay_since_last_sr(now_unix, self._last_sr_arrival),
+                )
+            )
+        packets: list[AnyRtcpPacket] = []
+        if self.packets_sent:
+            clock = self.negotiated.codec.clock_rate if self.negotiated else G711_RATE
+            elapsed = max(0.0, self._loop.time() - self._last_send_time)
+            packets.append(
+                RtcpSrPacket(
+                    ssrc=self.ssrc,
+                    sender_info=RtcpSenderInfo(
+                        ntp_timestamp=ntp_timestamp(now_unix),
+                        rtp_timestamp=(self.rewriter.last_timestamp + round(elapsed * clock))
+                        & 0xFFFFFFFF,
+                        packet_count=self.packets_sent & 0xFFFFFFFF,
+                        octet_count=self.bytes_sent & 0xFFFFFFFF,
+                    ),
+                    reports=reports,
+                )
+            )
+        else:
+            packets.append(RtcpRrPacket(ssrc=self.ssrc, reports=reports))
+        cname = f"anruf-{self.ssrc:08x}".encode()
+        packets.append(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self.ssrc, items=[(1, cname)])]))
+        return packets
+
+    def _send_rtcp(self, packets: list[AnyRtcpPacket]) -> None:
+        remote = self._remote_address
+        if self.rtcp_transport is None or remote is None or not self.sending:
+            return
+        destination = self._rtcp_source or (remote[0], remote[1] + 1)
+        self.rtcp_transport.sendto(b"".join(bytes(packet) for packet in packets), destination)
+        self.rtcp_sent_packets += 1
 
     async def watch_media(self, media_timeout: float, on_failure: Callable[[str], None]) -> None:
-        """Report "media_timeout" when RTP that was flowing stops for `media_timeout`.
+        """Send RTCP reports, and report "media_timeout" when RTP that was flowing stops.
 
-        Only once packets have arrived: a 183 whose network sends no early media
-        must not fail a call that is still ringing. Not while the remote is on
-        hold as a sender (a=recvonly/inactive from it).
+        The timeout counts only once packets have arrived: a 183 whose network
+        sends no early media must not fail a call that is still ringing. Not
+        while the remote is on hold as a sender (a=recvonly/inactive from it).
         """
+        next_report = self._loop.time() + self.rtcp_interval * (0.5 + random.random())
         while not self.closed:
-            await asyncio.sleep(min(1.0, media_timeout / 4))
+            await asyncio.sleep(min(1.0, media_timeout / 4, self.rtcp_interval / 4))
+            now = self._loop.time()
+            if now >= next_report and self.negotiated is not None:
+                self._send_rtcp(self.report())
+                # RFC 3550 §6.2: randomise over [0.5, 1.5] of the interval.
+                next_report = now + self.rtcp_interval * (0.5 + random.random())
             remote = self.remote
             last = self.reception.last_arrival
             if last is None or remote is None or not remote.direction.sends:
                 continue
             # A re-INVITE (resume after an inactive hold) starts the wait afresh.
             last = max(last, self._applied_at)
-            if self._loop.time() - last > media_timeout:
+            if now - last > media_timeout:
                 on_failure("media_timeout")
                 return
 

@@ -28,9 +28,11 @@ from signaling.keys import (
     POLICY,
     PRESENCE,
     RELAY,
+    TRUNK,
 )
 from signaling.metrics import Metrics, metrics_handler
 from signaling.presence import Presence
+from signaling.sip.trunk import IncomingCall, SipTrunk, trunk_settings
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.ws import close_device, websocket
@@ -65,6 +67,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_delivery)
     app.cleanup_ctx.append(_media)
+    app.cleanup_ctx.append(_trunk)
     app.cleanup_ctx.append(_calls)
     app.on_shutdown.append(_close_websockets)
     return app
@@ -149,6 +152,23 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
     await relay.close()
 
 
+async def _trunk(app: web.Application) -> AsyncIterator[None]:
+    """The operator's SIP trunk (signaling/sip), when `sip_listen` is set."""
+    settings = trunk_settings(app[CONFIG])
+    if settings is None:
+        yield
+        return
+
+    async def incoming(call: IncomingCall) -> None:
+        await app[CALLS].incoming_from_trunk(call)
+
+    trunk = SipTrunk(settings, on_incoming=incoming)
+    await trunk.start()
+    app[TRUNK] = trunk
+    yield
+    await trunk.stop()
+
+
 async def _calls(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[CALLS] = CallService(
@@ -160,7 +180,13 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
         ring_timeout=config.ring_timeout,
         reconnect_grace=config.reconnect_grace,
         policy=app[POLICY],
+        trunk=app.get(TRUNK),
     )
+
+    def dtmf(leg_id: str, digit: str) -> None:
+        app[CALLS].dtmf_received(leg_id, digit)
+
+    app[RELAY].on_dtmf = dtmf
     yield
     await app[CALLS].shutdown()
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from signaling.identity.service import IdentityService
     from signaling.metrics import Metrics
     from signaling.presence import Presence
+    from signaling.sip.trunk import SipTrunk
     from signaling.store.cdrs import CallRecordStore
     from signaling.store.database import Database
     from voice.relay.relay import Relay
@@ -31,3 +32,4 @@ PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 POLICY: web.AppKey[CarrierPolicy] = web.AppKey("policy")
 OPERATORS: web.AppKey[OperatorStore] = web.AppKey("operators")
 DELIVERY: web.AppKey[EventDelivery] = web.AppKey("delivery")
+TRUNK: web.AppKey[SipTrunk] = web.AppKey("trunk")

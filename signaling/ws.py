@@ -149,6 +149,8 @@ async def _dispatch(request: web.Request, link: WebSocketLink, device: Device, t
                 await calls.reject(device.device_id, message)
             case protocol.CallHangup():
                 await calls.hangup(device.device_id, message)
+            case protocol.CallDtmf():
+                await calls.dtmf(device.device_id, message)
             case protocol.Ping():
                 await link.send(protocol.encode("pong", ref=message.id))
             case protocol.Auth():

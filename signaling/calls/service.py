@@ -35,11 +35,28 @@ from signaling.calls.machine import (
     Unavailable,
 )
 from signaling.calls.records import CallRecord
+from signaling.calls.sipmap import (
+    TRUNK_DEVICE_PREFIX,
+    failure_input,
+    final_response,
+    is_trunk_device,
+)
 from signaling.carrier.policy import Admission, CarrierPolicy
 from signaling.carrier.rating import WARNING_SECONDS, CallKind
 from signaling.identity.service import InvalidNumberError
 from signaling.metrics import Metrics
 from signaling.presence import Presence
+from signaling.sip.trunk import (
+    Answered,
+    CallEvent,
+    IncomingCall,
+    OutboundCall,
+    Progress,
+    TrunkUnavailable,
+)
+from signaling.sip.trunk import (
+    Ended as TrunkEnded,
+)
 from voice.relay.relay import LegStats, NoOpusError
 from voice.relay.workers import RelayUnavailable
 
@@ -54,8 +71,23 @@ class MediaRelay(Protocol):
     async def accept_answer(self, leg_id: str, answer_sdp: str) -> None: ...
     def start_ringback(self, leg_id: str) -> None: ...
     def play_notice(self, leg_id: str) -> None: ...
+    def send_dtmf(self, leg_id: str, digits: str) -> None: ...
+    async def offer_rtp(self, leg_id: str) -> str: ...
+    async def answer_rtp(self, leg_id: str, offer_sdp: str) -> str: ...
+    async def accept_rtp_answer(self, leg_id: str, answer_sdp: str) -> None: ...
     def bridge(self, a: str, b: str) -> None: ...
     async def close_leg(self, leg_id: str) -> LegStats: ...
+
+
+class Trunk(Protocol):
+    """What CallService needs of the operator's SIP trunk (signaling.sip.trunk.SipTrunk)."""
+
+    @property
+    def up(self) -> bool: ...
+
+    async def invite(
+        self, *, to_number: str, from_number: str, sdp: str, on_event: Callable[[Any], None]
+    ) -> OutboundCall: ...
 
 
 class RecordSink(Protocol):
@@ -81,6 +113,13 @@ class _CallContext:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     legs: dict[str, str] = field(default_factory=dict)  # device id -> leg id
     ring_timer: asyncio.TimerHandle | None = None
+    ringing_announced: bool = False
+    #: The phone-network side of the call (signaling.sip.trunk), if any.
+    sip: Any = None
+    #: The network ended its side (no CANCEL/BYE/final response from us then).
+    sip_ended: bool = False
+    #: Our SDP answer to the network's INVITE, sent with the 200 when an app answers.
+    sip_answer: str | None = None
     #: The operator policy's decision (None without a policy).
     admission: Admission | None = None
     #: The minute-left warning and the cut when the bundle runs out.
@@ -107,9 +146,11 @@ class CallService:
         ring_timeout: float,
         reconnect_grace: float,
         policy: CarrierPolicy | None = None,
+        trunk: Trunk | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = policy
+        self._trunk = trunk
         self._presence = presence
         self._relay = relay
         self._directory = directory
@@ -184,25 +225,40 @@ class CallService:
                     await self._feed(ctx, NotAllowed(self._clock(), decision.reason))
                 return
         if not registered:
-            # Phone numbers are reached through the operator's trunk, not built yet.
-            await self._feed(ctx, Unavailable(self._clock(), "not_an_app_user"))
+            # A phone number: the operator's trunk carries it, if there is one.
+            if self._trunk is None:
+                await self._feed(ctx, Unavailable(self._clock(), "not_an_app_user"))
+            elif not self._trunk.up:
+                await self._feed(ctx, Fail(self._clock(), "trunk_unavailable"))
+            elif await self._answer_caller(ctx, offer_sdp):
+                await self._invite_trunk(ctx)
             return
+        if not await self._answer_caller(ctx, offer_sdp):
+            return
+        alerted = await self._alert_devices(ctx)
+        await self._feed(ctx, Ring(self._clock(), tuple(alerted)))
+        if call.state is CallState.RINGING:
+            self._start_ring_timer(ctx)
+            await self._announce_ringing(ctx, devices=len(alerted))
 
+    async def _answer_caller(self, ctx: _CallContext, offer_sdp: str) -> bool:
+        """The relay answers the caller's offer (call.progress) and plays ringback."""
+        call = ctx.call
         try:
             answer = await self._relay.answer(ctx.leg(call.caller_device), offer_sdp)
         except NoOpusError:
             await self._feed(ctx, Fail(self._clock(), "no_opus_in_offer"))
-            return
+            return False
         except RelayUnavailable as exc:
             logger.warning("call %s: no media relay: %s", call.call_id, exc)
             await self._feed(ctx, Fail(self._clock(), "relay_unavailable"))
-            return
+            return False
         except ValueError as exc:
             logger.info("call %s: unusable offer: %s", call.call_id, exc)
             await self._feed(ctx, Fail(self._clock(), "bad_sdp"))
-            return
+            return False
         if call.state is CallState.ENDED:  # hung up while the relay answered
-            return
+            return False
         await self._send(
             call.caller_device,
             protocol.encode(
@@ -214,7 +270,11 @@ class CallService:
             ),
         )
         self._relay.start_ringback(ctx.leg(call.caller_device))
+        return True
 
+    async def _alert_devices(self, ctx: _CallContext) -> list[str]:
+        """Offer the call to every online device of the callee that is not busy."""
+        call = ctx.call
         alerted: list[str] = []
         for device in self._presence.devices(call.callee):
             if device in self._device_calls:  # on this call or another: do not ring it
@@ -232,17 +292,26 @@ class CallService:
                     "call.incoming", call_id=call.call_id, **{"from": call.caller}, sdp=offer
                 ),
             )
-        await self._feed(ctx, Ring(self._clock(), tuple(alerted)))
-        if call.state is CallState.RINGING:
+        return alerted
+
+    def _start_ring_timer(self, ctx: _CallContext) -> None:
+        call_id = ctx.call.call_id
+        ctx.ring_timer = asyncio.get_running_loop().call_later(
+            self._ring_timeout, lambda: self._spawn(self._timeout(call_id))
+        )
+
+    async def _announce_ringing(self, ctx: _CallContext, **data: Any) -> None:
+        """The caller hears that the callee's phone rings (once per call)."""
+        if ctx.ringing_announced:
+            return
+        ctx.ringing_announced = True
+        call = ctx.call
+        if not is_trunk_device(call.caller_device):
             await self._send(
                 call.caller_device, protocol.encode("call.ringing", call_id=call.call_id)
             )
-            self._metrics.setup_seconds.observe(time.monotonic() - ctx.started)
-            await self._event(ctx, "call.ringing", devices=len(alerted))
-            loop = asyncio.get_running_loop()
-            ctx.ring_timer = loop.call_later(
-                self._ring_timeout, lambda: self._spawn(self._timeout(call.call_id))
-            )
+        self._metrics.setup_seconds.observe(time.monotonic() - ctx.started)
+        await self._event(ctx, "call.ringing", **data)
 
     async def accept(self, device_id: str, message: protocol.CallAccept) -> None:
         ctx = await self._find(device_id, message.call_id, message.id)
@@ -275,6 +344,29 @@ class CallService:
         await self._request(
             device_id, message.call_id, message.id, Hangup(self._clock(), device_id)
         )
+
+    async def dtmf(self, device_id: str, message: protocol.CallDtmf) -> None:
+        """Digits from an app device to the phone-network party of its call."""
+        ctx = await self._find(device_id, message.call_id, message.id)
+        if ctx is None:
+            return
+        async with ctx.lock:
+            trunk_leg = self._trunk_leg(ctx)
+            if trunk_leg is None or ctx.call.state is CallState.ENDED:
+                await self._error(
+                    device_id,
+                    protocol.ErrorCode.INVALID_STATE,
+                    "digits can be sent only on a call with a phone number",
+                    message.id,
+                )
+                return
+            self._relay.send_dtmf(trunk_leg, message.digits)
+
+    def _trunk_leg(self, ctx: _CallContext) -> str | None:
+        for device, leg in ctx.legs.items():
+            if is_trunk_device(device):
+                return leg
+        return None
 
     async def _request(self, device_id: str, call_id: str, ref: str | None, event: Input) -> None:
         ctx = await self._find(device_id, call_id, ref)
@@ -395,6 +487,8 @@ class CallService:
             )
             await self._send(call.caller_device, message)
             await self._send(effect.device, message)
+            if isinstance(ctx.sip, IncomingCall) and ctx.sip_answer is not None:
+                await ctx.sip.answer(ctx.sip_answer)  # 200 OK to the network
             await self._event(ctx, "call.answered")
             self._start_quota_timers(ctx)
         elif isinstance(effect, Ended):
@@ -407,6 +501,8 @@ class CallService:
             calls.discard(ctx.call.call_id)
             if not calls:
                 del self._device_calls[device_id]
+        if is_trunk_device(device_id):
+            self._end_trunk_side(ctx)
         if leg is None:
             return None
         self._leg_calls.pop(leg, None)
@@ -466,6 +562,154 @@ class CallService:
             ended.detail,
             record.duration,
         )
+
+    # The operator's SIP trunk ----------------------------------------------
+
+    async def _invite_trunk(self, ctx: _CallContext) -> None:
+        """Our INVITE to the network for an app caller's call to a phone number."""
+        assert self._trunk is not None
+        call = ctx.call
+        device = TRUNK_DEVICE_PREFIX + call.call_id
+        self._register(ctx, device)
+        try:
+            offer = await self._relay.offer_rtp(ctx.leg(device))
+            ctx.sip = await self._trunk.invite(
+                to_number=call.callee,
+                from_number=call.caller,
+                sdp=offer,
+                on_event=self._trunk_listener(call.call_id),
+            )
+        except (TrunkUnavailable, RelayUnavailable) as exc:
+            logger.info("call %s: not placed on the trunk: %s", call.call_id, exc)
+            ctx.sip_ended = True
+            await self._feed(ctx, Fail(self._clock(), "trunk_unavailable"))
+            return
+        if call.state is CallState.ENDED:  # the caller gave up meanwhile
+            self._end_trunk_side(ctx)
+            return
+        await self._feed(ctx, Ring(self._clock(), (device,)))
+        self._start_ring_timer(ctx)
+
+    async def incoming_from_trunk(self, sip_call: IncomingCall) -> None:
+        """An INVITE from the network: ring the called app user's devices."""
+        try:
+            callee = self._directory.normalise(sip_call.to_number)
+        except InvalidNumberError:
+            await sip_call.reject(404, "Not Found")
+            return
+        if not await self._directory.is_registered(callee):
+            await sip_call.reject(404, "Not Found")
+            return
+        try:
+            caller = self._directory.normalise(sip_call.from_number)
+        except InvalidNumberError:
+            caller = sip_call.from_number[:20] or "anonymous"
+        call_id = uuid.uuid4().hex
+        call = Call(
+            call_id=call_id,
+            caller=caller,
+            callee=callee,
+            caller_device=TRUNK_DEVICE_PREFIX + call_id,
+            invited_at=self._clock(),
+            ring_timeout=self._ring_timeout,
+        )
+        ctx = _CallContext(call, None, time.monotonic(), sip=sip_call)
+        sip_call.on_event = self._trunk_listener(call.call_id)
+        busy = bool(self._number_calls.get(callee))
+        self._register(ctx, call.caller_device)
+        self._metrics.active_calls.set(len(self._calls))
+        async with ctx.lock:
+            if self._policy is not None:
+                ctx.admission = await self._policy.admit_inbound(call.call_id, caller, callee)
+                await self._policy.call_event(ctx.admission, "call.started")
+            if busy:
+                await self._feed(ctx, Busy(self._clock()))
+                return
+            try:
+                ctx.sip_answer = await self._relay.answer_rtp(
+                    ctx.leg(call.caller_device), sip_call.offer_sdp
+                )
+            except RelayUnavailable:
+                await self._feed(ctx, Fail(self._clock(), "relay_unavailable"))
+                return
+            except ValueError as exc:
+                logger.info("call %s: unusable offer from the network: %s", call.call_id, exc)
+                await self._feed(ctx, Fail(self._clock(), "no_common_codec"))
+                return
+            alerted = await self._alert_devices(ctx)
+            await self._feed(ctx, Ring(self._clock(), tuple(alerted)))
+            if call.state is CallState.RINGING:
+                await sip_call.progress(180)
+                self._start_ring_timer(ctx)
+                await self._announce_ringing(ctx, devices=len(alerted))
+
+    def _trunk_listener(self, call_id: str) -> Callable[[CallEvent], None]:
+        def on_event(event: CallEvent) -> None:
+            self._spawn(self._trunk_event(call_id, event))
+
+        return on_event
+
+    async def _trunk_event(self, call_id: str, event: CallEvent) -> None:
+        """What the network did on its side of a call."""
+        ctx = self._calls.get(call_id)
+        if ctx is None:
+            return
+        async with ctx.lock:
+            call = ctx.call
+            device = next((d for d in ctx.legs if is_trunk_device(d)), None)
+            if device is None or call.state is CallState.ENDED:
+                return
+            leg = ctx.leg(device)
+            now = self._clock()
+            if isinstance(event, TrunkEnded):
+                ctx.sip_ended = True
+                if call.state is CallState.CONNECTED or device == call.caller_device:
+                    await self._feed(ctx, Hangup(now, device))
+                    return
+                effect = failure_input(event.status, now, device)
+                if effect is not None:
+                    await self._feed(ctx, effect)
+                return
+            if call.state is not CallState.RINGING or device == call.caller_device:
+                return
+            if isinstance(event, Progress):
+                if event.sdp:  # early media: the caller hears the network from now on
+                    await self._relay.accept_rtp_answer(leg, event.sdp)
+                    self._relay.bridge(ctx.leg(call.caller_device), leg)
+                await self._announce_ringing(ctx, status=event.status)
+            elif isinstance(event, Answered):
+                await self._relay.accept_rtp_answer(leg, event.sdp)
+                await self._announce_ringing(ctx, status=200)
+                await self._feed(ctx, Accept(now, device))
+
+    def _end_trunk_side(self, ctx: _CallContext) -> None:
+        """Our side ended: CANCEL, BYE or a final response to the network, once."""
+        sip = ctx.sip
+        if sip is None or ctx.sip_ended:
+            return
+        ctx.sip_ended = True
+        call = ctx.call
+        reason = call.end_reason.value if call.end_reason is not None else "failed"
+        if call.answered_at is not None:
+            self._spawn(sip.bye(reason))
+        elif isinstance(sip, IncomingCall):
+            status, phrase = final_response(call.end_reason, call.end_detail)
+            self._spawn(sip.reject(status, phrase))
+        else:
+            self._spawn(sip.cancel(reason))
+
+    def dtmf_received(self, leg_id: str, digit: str) -> None:
+        """Relay callback: a digit (RFC 4733) from the network reaches the app party."""
+        owner = self._leg_calls.get(leg_id)
+        ctx = self._calls.get(owner[0]) if owner is not None else None
+        if ctx is None:
+            return
+        call = ctx.call
+        party = call.callee_device if is_trunk_device(call.caller_device) else call.caller_device
+        if party is not None:
+            self._spawn(
+                self._send(party, protocol.encode("call.dtmf", call_id=call.call_id, digit=digit))
+            )
 
     # Operator policy -------------------------------------------------------
 

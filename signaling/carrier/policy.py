@@ -195,9 +195,7 @@ class CarrierPolicy:
         """A call from the phone network to an app user: free for the callee, and
         reported to the callee's operator."""
         callee_sub = await self.subscription(callee)
-        return Admission(
-            call_id, caller, callee, CallKind.PHONE, Decision(True), None, callee_sub
-        )
+        return Admission(call_id, caller, callee, CallKind.PHONE, Decision(True), None, callee_sub)
 
     # -- events ----------------------------------------------------------------
 

@@ -7,7 +7,6 @@ It answers calls at once (answermode=auto) or dials one (``dial``), sends an
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import wave
@@ -40,8 +39,10 @@ class Baresip:
         workdir.mkdir(parents=True, exist_ok=True)
         tone_file = workdir / "tone.wav"
         subprocess.run(
-            ["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", str(tone_file)]
-            + ["synth", str(seconds + 5), "sine", str(tone), "vol", "0.5"],
+            [
+                *("sox", "-n", "-r", "8000", "-c", "1", "-b", "16", str(tone_file)),
+                *("synth", str(seconds + 5), "sine", str(tone), "vol", "0.5"),
+            ],
             check=True,
         )
         lines = [
@@ -66,14 +67,6 @@ class Baresip:
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT
         )
-
-    async def finished(self, timeout: float) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.process.poll() is None and loop.time() < deadline:
-            await asyncio.sleep(0.1)
-        self.stop()
-        return int(self.process.wait())
 
     def heard(self) -> tuple[np.ndarray, int]:
         """What baresip decoded (its received audio) and the sample rate."""

@@ -44,6 +44,7 @@ class Sipp:
         media_port: int | None = None,
         echo: bool = False,
         keys: dict[str, str] | None = None,
+        files: dict[str, bytes] | None = None,
         workdir: Path,
         timeout: float = 30.0,
     ) -> None:
@@ -73,6 +74,8 @@ class Sipp:
             args += ["-key", key, value]
         if remote:
             args.append(remote)
+        for name, content in (files or {}).items():
+            (workdir / name).write_bytes(content)  # e.g. what rtp_stream plays
         self.port = port
         self.process = subprocess.Popen(
             args, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

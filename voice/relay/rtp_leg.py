@@ -387,6 +387,10 @@ class RtpLeg:
             self.negotiated_at = self._applied_at
 
     def _set_codec(self, codec: Codec, ptime: int) -> None:
+        if self.rewriter.last_sequence_number is not None:
+            # Another codec (a re-INVITE): a new stream, as a receiver keys its clock
+            # rate and sequence state on the SSRC (RFC 3550 §8).
+            self.ssrc = random.randrange(1, 1 << 32)
         self.rewriter = self._new_rewriter(codec.clock_rate)
         self.reception = ReceptionStatistics(codec.clock_rate)
         if codec.key == PCMU.key:

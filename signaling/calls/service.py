@@ -75,6 +75,7 @@ class MediaRelay(Protocol):
     async def offer_rtp(self, leg_id: str) -> str: ...
     async def answer_rtp(self, leg_id: str, offer_sdp: str) -> str: ...
     async def accept_rtp_answer(self, leg_id: str, answer_sdp: str) -> None: ...
+    async def update_rtp(self, leg_id: str, offer_sdp: str) -> str: ...
     def bridge(self, a: str, b: str) -> None: ...
     async def close_leg(self, leg_id: str) -> LegStats: ...
 
@@ -584,6 +585,7 @@ class CallService:
             ctx.sip_ended = True
             await self._feed(ctx, Fail(self._clock(), "trunk_unavailable"))
             return
+        ctx.sip.on_reoffer = self._reoffer_handler(ctx.leg(device))
         if call.state is CallState.ENDED:  # the caller gave up meanwhile
             self._end_trunk_side(ctx)
             return
@@ -615,6 +617,7 @@ class CallService:
         )
         ctx = _CallContext(call, None, time.monotonic(), sip=sip_call)
         sip_call.on_event = self._trunk_listener(call.call_id)
+        sip_call.on_reoffer = self._reoffer_handler(ctx.leg(call.caller_device))
         busy = bool(self._number_calls.get(callee))
         self._register(ctx, call.caller_device)
         self._metrics.active_calls.set(len(self._calls))
@@ -642,6 +645,14 @@ class CallService:
                 await sip_call.progress(180)
                 self._start_ring_timer(ctx)
                 await self._announce_ringing(ctx, devices=len(alerted))
+
+    def _reoffer_handler(self, leg_id: str) -> Callable[[str], Awaitable[str]]:
+        """A re-INVITE from the network (hold, resume, a new address) updates its leg."""
+
+        async def reoffer(offer_sdp: str) -> str:
+            return await self._relay.update_rtp(leg_id, offer_sdp)
+
+        return reoffer
 
     def _trunk_listener(self, call_id: str) -> Callable[[CallEvent], None]:
         def on_event(event: CallEvent) -> None:

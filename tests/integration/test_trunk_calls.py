@@ -236,3 +236,27 @@ async def test_a_phone_on_the_network_calls_an_app_user(
         assert tone_fraction(samples[rate : 3 * rate], rate, 880) >= 0.7
     finally:
         phone.stop()
+
+
+async def test_early_media_then_hold_and_resume_from_the_network(
+    network: tuple[Server, int, Callable[..., Sipp]],
+) -> None:
+    server, _port, sipp = network
+    far_end = sipp("trunk_uas_early_media_hold.xml", echo=True)
+    await trunk_up(server)
+    alice = await server.phone(ALICE)
+    outgoing = await alice.call(LANDLINE, source="tone:440")
+    assert await outgoing.connected(timeout=10)
+    await asyncio.sleep(5.0)  # 1 s talk, 1.5 s on hold, then talk again
+    await outgoing.hangup()
+    assert await outgoing.ended(timeout=5) == "completed"
+    assert await far_end.finished(timeout=10) == 0, far_end.errors()
+
+    before_answer = heard(outgoing, start="", end="connected")
+    # Early media: the network's audio (the echo of Alice) before the answer.
+    assert tone_fraction(before_answer[-RATE:], RATE, 440) >= 0.7
+    talk = heard(outgoing)
+    assert tone_fraction(talk[int(0.2 * RATE) : int(0.9 * RATE)], RATE, 440) >= 0.7
+    # On hold the relay stops sending to the network, so nothing comes back.
+    assert tone_fraction(talk[int(1.6 * RATE) : int(2.3 * RATE)], RATE, 440) <= 0.3
+    assert tone_fraction(talk[int(3.2 * RATE) : int(4.5 * RATE)], RATE, 440) >= 0.7

@@ -788,7 +788,17 @@ def _parse_head(head: bytes, max_headers: int) -> Request | Response:
     except UnicodeDecodeError:
         raise ParseError("message head is not UTF-8") from None
     lines = text.replace("\r\n", "\n").split("\n")
-    message = _parse_start_line(lines[0])
+    start_error: ParseError | None = None
+    try:
+        message = _parse_start_line(lines[0])
+    except ParseError as exc:
+        # A request in another SIP version or with a URI scheme we do not know can
+        # still be answered (505, 416): read its headers for the response.
+        method = lines[0].split(" ", 1)[0]
+        if exc.status == 400 or lines[0].startswith("SIP/") or not _TOKEN.match(method):
+            raise
+        message = Request(method, URI())
+        start_error = exc
     items: list[tuple[str, str]] = []
     name = ""
     value = ""
@@ -824,6 +834,8 @@ def _parse_head(head: bytes, max_headers: int) -> Request | Response:
             message.headers = headers
             raise ParseError(f"more than {max_headers} headers", partial=message)
     message.headers = headers
+    if start_error is not None:
+        raise ParseError(start_error.reason, status=start_error.status, partial=message)
     return message
 
 
@@ -862,9 +874,12 @@ def _content_length(message: Request | Response) -> int | None:
 
 
 def _partial(data: bytes, max_headers: int) -> Request | Response | None:
+    """The start line and the complete header lines of a broken message, if any."""
     end, _ = _head_end(data)
     if end < 0:
-        return None
+        end = data.rfind(b"\n")  # cut off the incomplete last line
+        if end < 0:
+            return None
     try:
         return _parse_head(data[:end], max_headers)
     except ParseError as exc:
@@ -889,9 +904,7 @@ def parse_message(
         raise ParseError("empty message")
     end, blank = _head_end(data)
     if end < 0:
-        raise ParseError(
-            "no blank line after the headers", partial=_partial(data + b"\r\n\r\n", max_headers)
-        )
+        raise ParseError("no blank line after the headers", partial=_partial(data, max_headers))
     message = _parse_head(data[:end], max_headers)
     body = data[end + blank :]
     length = _content_length(message)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from signaling.sip.message import (
     DEFAULT_MAX_HEADERS,
@@ -54,9 +55,9 @@ class _Stream(asyncio.Protocol):
         self.peer: SipTarget | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        host, port = transport.get_extra_info("peername")[:2]
+        # A cast, not isinstance: uvloop's TCPTransport does not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        host, port = self.transport.get_extra_info("peername")[:2]
         self.peer = SipTarget("tcp", str(host), int(port))
         if len(self.owner.connections) >= self.owner.max_connections:
             logger.warning(

@@ -177,7 +177,7 @@ async def test_hold_and_resume_reach_on_reoffer(tmp_path: Path) -> None:
     assert ["a=sendonly" in o for o in offers] == [True, False]
 
 
-async def test_calls_over_tcp_both_ways(tmp_path: Path) -> None:
+async def calls_over_tcp_both_ways(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "out").mkdir()
     inbound = Events()
@@ -206,6 +206,16 @@ async def test_calls_over_tcp_both_ways(tmp_path: Path) -> None:
         await call.bye("caller hung up")
         assert await sipp_out.exit_code() == 0, sipp_out.log()
         assert trunk.stats["retransmissions"] == 0  # none over TCP
+
+
+async def test_calls_over_tcp_both_ways(tmp_path: Path) -> None:
+    await calls_over_tcp_both_ways(tmp_path)
+
+
+def test_calls_over_tcp_on_uvloop(tmp_path: Path) -> None:
+    """The server runs uvloop, whose transports are not asyncio.Transport subclasses."""
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(calls_over_tcp_both_ways(tmp_path))
 
 
 async def test_no_answer_at_all_is_timer_b() -> None:

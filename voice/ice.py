@@ -118,6 +118,11 @@ def set_media_ports(low: int, high: int) -> None:
     aioice.ice.Connection.get_component_candidates = _get_component_candidates  # type: ignore[method-assign]
 
 
+def media_port_range() -> tuple[int, int] | None:
+    """The UDP port range media binds in (set_media_ports), or None for any port."""
+    return _port_range
+
+
 async def _bind_in_range(
     connection: aioice.ice.Connection, address: str, port_range: tuple[int, int]
 ) -> aioice.ice.StunProtocol | None:

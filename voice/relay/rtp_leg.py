@@ -58,10 +58,10 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
-import voice.ice
 from voice.audio.resample import Decimator, Interpolator
 from voice.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from voice.codecs.opus import OpusDecoder, OpusEncoder
+from voice.ice import media_port_range
 from voice.relay import fastpath
 from voice.relay.avp import (
     OPUS,
@@ -208,7 +208,7 @@ async def _bind(address: str, leg: RtpLeg) -> Transports:
     """RTP and RTCP sockets on `address`: an even port and the next one of the media port
     range if one is set (RFC 3550 §11), else a free port and the next one."""
     # The range voice.ice.set_media_ports chose for this process (ICE legs use it too).
-    port_range: tuple[int, int] | None = getattr(voice.ice, "_port_range", None)
+    port_range = media_port_range()
     if port_range is None:
         for _ in range(50):
             pair = await _bind_pair(address, 0, leg)

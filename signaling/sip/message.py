@@ -170,6 +170,8 @@ REASON_PHRASES = {
 }
 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_URI_FORBIDDEN = re.compile(r'[ \t<>"]')
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _URI_SCHEMES = ("sip", "sips", "tel")
 Params = tuple[tuple[str, str | None], ...]
 
@@ -206,10 +208,32 @@ class ParseError(ValueError):
 
 def canonical_name(name: str) -> str:
     """The long, conventionally spelled form of a header name (compact forms expanded)."""
+    known = _NAMES.get(name)
+    if known is not None:
+        return known
     lower = name.lower()
     if len(lower) == 1 and lower in COMPACT_FORMS:
-        return COMPACT_FORMS[lower]
-    return _CANONICAL.get(lower, name)
+        canonical = COMPACT_FORMS[lower]
+    else:
+        canonical = _CANONICAL.get(lower, name)
+    if len(_NAMES) < 4096:
+        _NAMES[name] = canonical
+    return canonical
+
+
+def _key(name: str) -> str:
+    """The lookup key of a header name: its canonical form, lower-cased."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = canonical_name(name).lower()
+        if len(_KEYS) < 4096:
+            _KEYS[name] = key
+    return key
+
+
+#: Caches of names seen (bounded: a peer can send any names).
+_NAMES: dict[str, str] = {}
+_KEYS: dict[str, str] = {}
 
 
 # Small grammar helpers --------------------------------------------------------------
@@ -219,6 +243,8 @@ def split_quoted(text: str, separator: str) -> list[str]:
     """Split at ``separator`` outside quoted strings and <...>; parts are stripped."""
     if separator not in text:
         return [text.strip()]
+    if '"' not in text and "<" not in text:
+        return [part.strip() for part in text.split(separator)]
     parts: list[str] = []
     start = 0
     quoted = False
@@ -331,7 +357,7 @@ class URI:
             raise ParseError(f"not a URI: {text!r}")
         if scheme not in _URI_SCHEMES:
             raise ParseError(f"unsupported URI scheme {scheme!r}", status=416)
-        if any(c in rest for c in ' \t<>"'):
+        if _URI_FORBIDDEN.search(rest):
             raise ParseError(f"bad character in URI {text!r}")
         rest, _, headers = rest.partition("?")
         if scheme == "tel":
@@ -395,13 +421,13 @@ class Address:
             raise ParseError("empty address")
         display: str | None = None
         if text.startswith('"'):
-            i = 1
-            while i < len(text) and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-            if i >= len(text):
+            quoted = _QUOTED.match(text)
+            if quoted is None:
                 raise ParseError(f"unterminated display name in {text!r}")
-            display = re.sub(r"\\(.)", r"\1", text[1:i])
-            text = text[i + 1 :].lstrip()
+            display = quoted.group(1)
+            if "\\" in display:
+                display = re.sub(r"\\(.)", r"\1", display)
+            text = text[quoted.end() :].lstrip()
             if not text.startswith("<"):
                 raise ParseError(f"display name without <URI> in {text!r}")
         lt = text.find("<")
@@ -573,10 +599,13 @@ def response_destination(request: Request, source: SipTarget) -> SipTarget:
 class Headers:
     """An ordered, case-insensitive multi-map of header names to (unparsed) values."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_keys")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+        self._items: list[tuple[str, str]] = []
+        self._keys: list[str] = []  # _key() of each entry's name, in step with _items
+        for name, value in items:
+            self.add(name, value)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -585,59 +614,60 @@ class Headers:
         return len(self._items)
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        lower = canonical_name(name).lower()
-        return any(n.lower() == lower for n, _ in self._items)
+        return isinstance(name, str) and _key(name) in self._keys
 
     def get(self, name: str) -> str | None:
-        lower = canonical_name(name).lower()
-        for n, v in self._items:
-            if n.lower() == lower:
-                return v
+        key = _key(name)
+        for i, k in enumerate(self._keys):
+            if k == key:
+                return self._items[i][1]
         return None
 
     def get_all(self, name: str) -> list[str]:
-        lower = canonical_name(name).lower()
-        return [v for n, v in self._items if n.lower() == lower]
+        key = _key(name)
+        return [self._items[i][1] for i, k in enumerate(self._keys) if k == key]
 
     def add(self, name: str, value: str) -> None:
         self._items.append((canonical_name(name), value))
+        self._keys.append(_key(name))
 
     def add_first(self, name: str, value: str) -> None:
         """Insert before the first entry of ``name`` (or at the top): a new Via."""
-        lower = canonical_name(name).lower()
-        for i, (n, _) in enumerate(self._items):
-            if n.lower() == lower:
-                self._items.insert(i, (canonical_name(name), value))
-                return
-        self._items.insert(0, (canonical_name(name), value))
+        key = _key(name)
+        i = self._keys.index(key) if key in self._keys else 0
+        self._items.insert(i, (canonical_name(name), value))
+        self._keys.insert(i, key)
 
     def set(self, name: str, value: str) -> None:
         """Replace every entry of ``name`` with one (in the place of the first)."""
-        lower = canonical_name(name).lower()
-        for i, (n, _) in enumerate(self._items):
-            if n.lower() == lower:
-                self._items[i] = (canonical_name(name), value)
-                self._items[i + 1 :] = [it for it in self._items[i + 1 :] if it[0].lower() != lower]
-                return
-        self._items.append((canonical_name(name), value))
+        key = _key(name)
+        if key not in self._keys:
+            self.add(name, value)
+            return
+        first = self._keys.index(key)
+        self._items[first] = (canonical_name(name), value)
+        keep = [i for i, k in enumerate(self._keys) if k != key or i == first]
+        self._items = [self._items[i] for i in keep]
+        self._keys = [self._keys[i] for i in keep]
 
     def replace_first(self, name: str, value: str) -> None:
-        lower = canonical_name(name).lower()
-        for i, (n, _) in enumerate(self._items):
-            if n.lower() == lower:
-                self._items[i] = (n, value)
-                return
-        self._items.append((canonical_name(name), value))
+        key = _key(name)
+        if key not in self._keys:
+            self.add(name, value)
+            return
+        i = self._keys.index(key)
+        self._items[i] = (self._items[i][0], value)
 
     def remove(self, name: str) -> None:
-        lower = canonical_name(name).lower()
-        self._items = [it for it in self._items if it[0].lower() != lower]
+        key = _key(name)
+        keep = [i for i, k in enumerate(self._keys) if k != key]
+        self._items = [self._items[i] for i in keep]
+        self._keys = [self._keys[i] for i in keep]
 
     def copy(self) -> Headers:
         headers = Headers()
         headers._items = list(self._items)
+        headers._keys = list(self._keys)
         return headers
 
     def __repr__(self) -> str:
@@ -820,16 +850,22 @@ def _parse_head(head: bytes, max_headers: int) -> Request | Response:
         items.append((name, value))
     headers = Headers()
     entries = headers._items
+    keys = headers._keys
     for name, value in items:
         canonical = canonical_name(name)
-        if canonical.lower() in LIST_HEADERS and "," in value:
+        key = _key(name)
+        if key in LIST_HEADERS and "," in value:
             try:
                 values = split_quoted(value, ",")
             except ParseError:
                 values = [value]
-            entries.extend((canonical, v) for v in values if v)
+            for v in values:
+                if v:
+                    entries.append((canonical, v))
+                    keys.append(key)
         else:
             entries.append((canonical, value))
+            keys.append(key)
         if len(entries) > max_headers:
             message.headers = headers
             raise ParseError(f"more than {max_headers} headers", partial=message)
@@ -845,12 +881,8 @@ def _validate(message: Request | Response) -> None:
         if message.headers.get(name) is None:
             raise ParseError(f"missing {name}", partial=message)
     try:
-        vias = message.vias
-        if not vias:
-            raise ParseError("missing Via")
-        for address in (message.from_addr, message.to_addr):
-            if not address.uri.scheme:
-                raise ParseError("empty address")
+        # Parsed to check them: the Via responses are routed by, From and To.
+        _ = (message.top_via, message.from_addr, message.to_addr)
         cseq = message.cseq
     except ParseError as exc:
         raise ParseError(exc.reason, status=exc.status, partial=message) from None

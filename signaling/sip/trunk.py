@@ -1152,6 +1152,21 @@ class SipTrunk:
         return bucket.allow(now)
 
     def _on_datagram(self, data: bytes, source: SipTarget) -> None:
+        try:
+            self._datagram(data, source)
+        except Exception:
+            # A bug must cost one message, never the transport or the other calls.
+            self.stats["internal_errors"] += 1
+            logger.exception("SIP: error handling a datagram from %s", source)
+
+    def _on_stream(self, item: Request | Response | ParseError, source: SipTarget) -> None:
+        try:
+            self._stream(item, source)
+        except Exception:
+            self.stats["internal_errors"] += 1
+            logger.exception("SIP: error handling a message from %s", source)
+
+    def _datagram(self, data: bytes, source: SipTarget) -> None:
         self.stats["messages_received"] += 1
         if not data.strip(b"\r\n"):
             return  # keep-alive
@@ -1166,7 +1181,7 @@ class SipTrunk:
             return
         self._on_message(message, source, now)
 
-    def _on_stream(self, item: Request | Response | ParseError, source: SipTarget) -> None:
+    def _stream(self, item: Request | Response | ParseError, source: SipTarget) -> None:
         self.stats["messages_received"] += 1
         if isinstance(item, ParseError):
             self._malformed(item, source)
@@ -1340,9 +1355,15 @@ class SipTrunk:
         armed = self._armed or 0.0
         self._timer = None
         self._armed = None
-        actions = self._layer.on_timer(max(self._clock(), armed))
-        self.stats["retransmissions"] += sum(isinstance(a, Send) for a in actions)
-        self._run(actions)
+        try:
+            actions = self._layer.on_timer(max(self._clock(), armed))
+            self.stats["retransmissions"] += sum(isinstance(a, Send) for a in actions)
+            self._run(actions)
+        except Exception:
+            self.stats["internal_errors"] += 1
+            logger.exception("SIP: error on the timer wheel")
+        finally:
+            self._rearm()  # the wheel keeps turning whatever happened
 
     def _later(self, delay: float, callback: Callable[[], None]) -> _Later:
         timer = _Later(callback)

@@ -5,64 +5,18 @@ never falls over, and serves a SIPp call afterwards."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from pathlib import Path
-from typing import cast
 
-from signaling.sip.message import ParseError, Response, parse_message
+from signaling.sip.message import Response, parse_message
 from signaling.sip.trunk import RATE_LIMIT_RETRY_AFTER, SipTrunk, TrunkSettings
-from tests.integration.sip_trunk_support import CALLEE, Sipp, running_trunk, trunk_port
-
-
-class RawPeer(asyncio.DatagramProtocol):
-    """A UDP socket on 127.0.0.1 that collects every datagram it gets."""
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.transport: asyncio.DatagramTransport | None = None
-        self.port = 0
-
-    @classmethod
-    async def open(cls) -> RawPeer:
-        peer = cls()
-        loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: peer, local_addr=("127.0.0.1", 0))
-        return peer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        self.port = transport.get_extra_info("sockname")[1]
-
-    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
-        self.received.append(data)
-
-    def send(self, data: bytes, port: int) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, ("127.0.0.1", port))
-
-    async def exchange(self, data: bytes, port: int, wait: float = 0.15) -> list[Response]:
-        """Send one datagram; the responses to it (its Call-ID) within ``wait``. Others
-        are earlier requests' final responses, retransmitted (Timer G) for want of an ACK."""
-        found = re.search(rb"Call-ID: (\S+)", data)
-        call_id = found.group(1).decode() if found else None
-        before = len(self.received)
-        self.send(data, port)
-        await asyncio.sleep(wait)
-        responses = []
-        for raw in self.received[before:]:
-            try:
-                message = parse_message(raw)
-            except ParseError:
-                continue
-            assert isinstance(message, Response)
-            if message.call_id == call_id:
-                responses.append(message)
-        return responses
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+from tests.integration.sip_trunk_support import (
+    CALLEE,
+    RawPeer,
+    Sipp,
+    running_trunk,
+    trunk_port,
+)
 
 
 def request(

@@ -16,6 +16,8 @@ the same as resampled at once.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 
@@ -38,9 +40,13 @@ def lowpass(taps: int, cutoff: float, beta: float = KAISER_BETA) -> npt.NDArray[
     return np.asarray(h / h.sum(), dtype=np.float64)
 
 
+@functools.cache
 def _filter(factor: int, high_rate: int) -> npt.NDArray[np.float64]:
+    """The same taps for every leg: made once per process, never written to."""
     cutoff = (PASSBAND_HZ + STOPBAND_HZ) / 2 / high_rate
-    return lowpass(factor * TAPS_PER_PHASE, cutoff)
+    taps = lowpass(factor * TAPS_PER_PHASE, cutoff)
+    taps.flags.writeable = False
+    return taps
 
 
 def _to_int16(values: npt.NDArray[np.float32]) -> Samples:

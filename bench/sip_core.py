@@ -42,13 +42,19 @@ from signaling.sip.message import (  # noqa: E402
     URI,
     Address,
     Request,
+    Response,
     SipTarget,
     Via,
     make_request,
     make_response,
     parse_message,
 )
-from signaling.sip.transaction import Deliver, TransactionLayer  # noqa: E402
+from signaling.sip.transaction import (  # noqa: E402
+    Deliver,
+    InviteServerTransaction,
+    Send,
+    TransactionLayer,
+)
 
 SDP = (
     "v=0\r\no=- 4711 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
@@ -106,7 +112,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    n = args.messages
+    n: int = args.messages
     datagrams = [invite(i) for i in range(n)]
     email_inputs = [d.split(b"\r\n", 1)[1] for d in datagrams]
     compat = email.parser.BytesParser(policy=email.policy.compat32)
@@ -138,18 +144,19 @@ def main() -> int:
             assert isinstance(request, Request)
             actions = layer.receive_request(request, SBC, 0.0)
             txn = next(a.transaction for a in actions if isinstance(a, Deliver))
-            assert txn is not None
-            sent += len(actions[0].message.encode())  # type: ignore[union-attr]
+            assert isinstance(txn, InviteServerTransaction)
+            sent += sum(len(a.message.encode()) for a in actions if isinstance(a, Send))
             dialog = Dialog.as_uas(request, tags[i])
             dialogs[(dialog.call_id, dialog.local_tag)] = dialog
             for status, body in ((180, b""), (200, SDP.encode())):
                 response = make_response(request, status, to_tag=tags[i], body=body)
                 response.headers.add("Contact", "<sip:+4930555000100@192.0.2.1:5060>")
-                for action in layer.respond(txn, response, 0.0):  # type: ignore[arg-type]
-                    if hasattr(action, "message"):
+                for action in layer.respond(txn, response, 0.0):
+                    if isinstance(action, Send):
                         sent += len(action.message.encode())
             ack = parse_message(acks[i])
-            for action in layer.receive_request(ack, SBC, 0.0):  # type: ignore[arg-type]
+            assert isinstance(ack, Request)
+            for action in layer.receive_request(ack, SBC, 0.0):
                 if isinstance(action, Deliver) and action.transaction is None:
                     assert (ack.call_id, ack.to_addr.tag) in dialogs
         assert sent > 0
@@ -186,19 +193,20 @@ def main() -> int:
             request = our_invites[i]
             _, actions = layer.send_request(request, SBC, 0.0)
             for action in actions:
-                if hasattr(action, "message"):
+                if isinstance(action, Send):
                     action.message.encode()
             dialog = None
             for raw in replies[i]:
                 response = parse_message(raw)
-                for action in layer.receive_response(response, 0.0):  # type: ignore[arg-type]
-                    if isinstance(action, Deliver) and response.status == 200:  # type: ignore[union-attr]
-                        dialog = Dialog.as_uac(request, response)  # type: ignore[arg-type]
+                assert isinstance(response, Response)
+                for action in layer.receive_response(response, 0.0):
+                    if isinstance(action, Deliver) and response.status == 200:
+                        dialog = Dialog.as_uac(request, response)
             assert dialog is not None
             dialog.create_ack(1, via=via).encode()
         return n
 
-    figures = {
+    figures: dict[str, float] = {
         "messages": n,
         "parse_invites_per_s": round(best_rate(parse_all, args.rounds)),
         "baseline_email_parser_per_s": round(best_rate(email_all, args.rounds)),

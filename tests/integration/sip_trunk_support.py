@@ -144,9 +144,10 @@ async def answer_after_ringing(call: IncomingCall) -> None:
 async def running_trunk(
     settings: TrunkSettings,
     on_incoming: Callable[[IncomingCall], Awaitable[None]] = answer_after_ringing,
-    **kwargs: object,
+    *,
+    on_state_change: Callable[[bool], None] | None = None,
 ) -> AsyncIterator[SipTrunk]:
-    trunk = SipTrunk(settings, on_incoming, **kwargs)  # type: ignore[arg-type]
+    trunk = SipTrunk(settings, on_incoming, on_state_change=on_state_change)
     await trunk.start()
     try:
         yield trunk

@@ -271,6 +271,28 @@ def test_fuzzed_messages_raise_only_parse_errors() -> None:
     assert count > 1000
 
 
+def test_fuzzed_streams_raise_only_parse_errors() -> None:
+    """The TCP framer on mutated streams cut at random: messages, ParseErrors, or a raise
+    of ParseError (the connection closes), nothing else."""
+    rng = random.Random(5626)
+    stream = INVITE * 3
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        data = bytearray(stream)
+        for _ in range(rng.randint(1, 6)):
+            pos = rng.randrange(len(data))
+            data[pos : pos + rng.randint(0, 8)] = bytes(rng.randrange(256) for _ in range(3))
+        parser = StreamParser(max_size=2048)
+        try:
+            i = 0
+            while i < len(data):
+                step = rng.randint(1, 300)
+                parser.feed(bytes(data[i : i + step]))
+                i += step
+        except ParseError:
+            pass
+
+
 def test_stream_parser_frames_by_content_length() -> None:
     parser = StreamParser(max_size=4096)
     stream = b"\r\n\r\n" + INVITE + INVITE.replace(b"CSeq: 102", b"CSeq: 103")

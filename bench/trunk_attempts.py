@@ -1,0 +1,204 @@
+#!/usr/bin/env python
+"""SIP call attempts per second the trunk handles, through the whole call path.
+
+    .venv/bin/python bench/trunk_attempts.py [--seconds 5] [--rates 50,100,200,400,800]
+
+A server (a subprocess: `anruf serve` on a temporary SQLite, relay in
+process) has its SIP trunk on 127.0.0.1; SIPp (sip-tester) plays the
+operator's network and sends INVITEs at each rate for --seconds:
+
+* figure: INVITEs to registered app users (100 numbers in turn, so none is
+  busy with an earlier attempt) with no device online. Each goes
+  through the trunk (transactions, 100 Trying), number lookup, the call
+  machine, an RTP leg answered and closed by the relay, the call record
+  and 480 Temporarily Unavailable.
+* baseline, same run: INVITEs to a number without the app, answered 404 by
+  the same trunk after the lookup only (the SIP stack's own cost).
+
+Each climb starts a fresh server and raises the rate until an attempt fails
+or less than 95 % of the offered rate completes; it holds the last rate that
+passed. The figures are medians over --repeat climbs per path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.integration.sipp import free_port  # noqa: E402
+from voice.client.signaling import SignalingClient  # noqa: E402
+
+SCENARIOS = REPO / "bench" / "sip"
+#: Called numbers, in turn: a number is busy while an attempt to it is in progress.
+APP_USERS = [f"+4917700000{n}" for n in range(300, 400)]
+NOT_APP_USERS = [f"+4930555000{n}" for n in range(300, 400)]
+CODE = "246810"
+
+
+def start_server(data_dir: Path, http_port: int, sip_port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        ANRUF_SIP_LISTEN=f"127.0.0.1:{sip_port}",
+        ANRUF_SIP_SBC=f"udp:127.0.0.1:{free_port()}",
+        ANRUF_SIP_ACCEPTED_SOURCES="127.0.0.1",
+        ANRUF_SIP_OPTIONS_INTERVAL="0",
+        ANRUF_SIP_MAX_CALLS_PER_SECOND="100000",
+        ANRUF_SIP_MAX_CONCURRENT_CALLS="100000",
+        ANRUF_SIP_REQUESTS_PER_SECOND="100000",
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "signaling.cli",
+            "serve",
+            "--port",
+            str(http_port),
+            "--data-dir",
+            str(data_dir),
+            "--test-number-prefix",
+            "+4917700000",
+            "--test-code",
+            CODE,
+            "--relay-workers",
+            "0",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def register(url: str) -> None:
+    """One device for each app number (none of them online during the bench)."""
+    deadline = time.monotonic() + 20
+    for number in APP_USERS:
+        while True:
+            client = SignalingClient(url)
+            try:
+                await client.register(number, CODE, "bench")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+            finally:
+                await client.close()
+
+
+def run_sipp(
+    sip_port: int, scenario: str, numbers: list[str], rate: int, calls: int, workdir: Path
+) -> dict[str, float]:
+    injection = workdir / "numbers.csv"
+    injection.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            "sipp",
+            "-sf",
+            str(SCENARIOS / scenario),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(free_port()),
+            "-mp",
+            str(free_port()),
+            "-inf",
+            str(injection),
+            "-r",
+            str(rate),
+            "-m",
+            str(calls),
+            "-l",
+            str(max(10, rate * 2)),
+            "-nostdin",
+            "-timeout",
+            "120s",
+            f"127.0.0.1:{sip_port}",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.monotonic() - started
+    text = result.stdout
+    success = _count(text, "Successful call")
+    failed = _count(text, "Failed call")
+    return {
+        "offered": rate,
+        "achieved": round(success / elapsed, 1),
+        "successful": success,
+        "failed": failed,
+    }
+
+
+def _count(text: str, label: str) -> int:
+    match = re.findall(rf"{label}\s*\|\s*\d+\s*\|\s*(\d+)", text)
+    return int(match[-1]) if match else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per rate and run")
+    parser.add_argument("--rates", default="25,50,75,100,150,200,300,400,600,800")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    rates = [int(r) for r in args.rates.split(",")]
+
+    held: dict[str, list[float]] = {"figure": [], "baseline": []}
+    for _ in range(args.repeat):
+        for name, scenario, numbers in (
+            ("baseline", "attempt_404.xml", NOT_APP_USERS),
+            ("figure", "attempt_480.xml", APP_USERS),
+        ):
+            held[name].append(climb(name, scenario, numbers, rates, args.seconds))
+    figure = statistics.median(held["figure"])
+    baseline = statistics.median(held["baseline"])
+    print(f"held per climb: {json.dumps(held)}")
+    print(f"call attempts/s through the whole call path (480): {figure:.0f} (median)")
+    print(f"baseline, 404 after the lookup only:              {baseline:.0f} (median)")
+    if baseline:
+        print(f"ratio: {figure / baseline:.2f}x")
+
+
+def climb(name: str, scenario: str, numbers: list[str], rates: list[int], seconds: float) -> float:
+    """Rising rates on a fresh server until one fails; the last rate held."""
+    held = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        http_port, sip_port = free_port(), free_port()
+        server = start_server(workdir / "data", http_port, sip_port)
+        try:
+            asyncio.run(register(f"http://127.0.0.1:{http_port}"))
+            for rate in rates:
+                run = run_sipp(sip_port, scenario, numbers, rate, int(rate * seconds), workdir)
+                print(f"{name:<9} rate {rate:>5}/s: {json.dumps(run)}", flush=True)
+                if run["failed"] or run["achieved"] < 0.95 * rate:
+                    break
+                held = run["achieved"]
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    return held
+
+
+if __name__ == "__main__":
+    main()

@@ -250,6 +250,11 @@ class CarrierPolicy:
             seconds = math.ceil(record.duration)
         elif billable:
             seconds = rated_seconds(record.duration, sub.bundle.increment)
+            limit = admission.decision.max_seconds
+            if limit is not None:
+                # A call cut at its limit ends a few milliseconds late (timer and
+                # teardown): that is ours, not the subscriber's.
+                seconds = min(seconds, limit)
         else:
             seconds = math.ceil(record.duration)
         return record.rated(

@@ -17,7 +17,12 @@ import pytest
 from signaling.keys import CDRS, TRUNK
 from tests.conftest import ALICE, BOB, Server, ServerFactory
 from tests.integration.baresip import Baresip
-from tests.integration.provisioning import add_bundle, add_operator, add_subscriber
+from tests.integration.provisioning import (
+    add_bundle,
+    add_operator,
+    add_past_call,
+    add_subscriber,
+)
 from tests.integration.sipp import Sipp, free_port
 from tests.integration.test_calls import heard
 from voice.audio.analysis import tone_fraction
@@ -260,3 +265,32 @@ async def test_early_media_then_hold_and_resume_from_the_network(
     # On hold the relay stops sending to the network, so nothing comes back.
     assert tone_fraction(talk[int(1.6 * RATE) : int(2.3 * RATE)], RATE, 440) <= 0.3
     assert tone_fraction(talk[int(3.2 * RATE) : int(4.5 * RATE)], RATE, 440) >= 0.7
+
+
+async def test_a_call_to_a_phone_number_is_cut_when_the_minutes_run_out(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    sbc_port = free_port()
+    server = await make_server(
+        sip_listen="127.0.0.1:0",
+        sip_sbc=(f"udp:127.0.0.1:{sbc_port}",),
+        sip_accepted_sources=("127.0.0.1",),
+        sip_options_interval=0.0,
+    )
+    operator = await add_operator(server)
+    bundle = await add_bundle(server, operator, phone_minutes=1, increment=(1, 1))
+    await add_subscriber(server, ALICE, operator, bundle)
+    await add_past_call(server, ALICE, BOB, 56)  # 4 s of the minute left
+    far_end = Sipp("trunk_uas_echo.xml", port=sbc_port, echo=True, workdir=tmp_path)
+    try:
+        alice = await server.phone(ALICE)
+        outgoing = await alice.call(LANDLINE, source="tone:440")
+        assert await outgoing.connected(timeout=10)
+        assert await outgoing.ended(timeout=10) == "quota_exhausted"
+        assert outgoing.quota_warnings  # warned at once: less than a minute was left
+        assert await far_end.finished(timeout=10) == 0, far_end.errors()  # BYE reached it
+        cdr = await server.app[CDRS].get(outgoing.call_id or "")
+        assert cdr is not None and cdr.kind == "phone" and 3.5 <= cdr.duration <= 5.0
+        assert cdr.rated_seconds <= 4
+    finally:
+        far_end.stop()

@@ -50,25 +50,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
-from aiortc.rtp import RtpPacket  # noqa: E402
+from aiortc import RTCSessionDescription  # noqa: E402
 
-from voice.codecs.opus import FRAME_SAMPLES  # noqa: E402
-from voice.ice import ice_configuration, restrict_host_addresses  # noqa: E402
+from bench.relay_forwarding import Endpoint as AppEndpoint  # noqa: E402
+from bench.relay_forwarding import new_loop  # noqa: E402
+from voice.ice import restrict_host_addresses  # noqa: E402
 from voice.loadtest.rtp_peer import PlainRtpPeer, opus_tone_payloads  # noqa: E402
-from voice.relay.leg import RtpPeer  # noqa: E402
 
 FRAME_SECONDS = 0.02
 LOSS_LIMIT = 0.005
 CPU_LIMIT = 0.9
-
-
-def new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    if kind == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 # -- relay process ----------------------------------------------------------------
@@ -157,32 +148,6 @@ class RelayProcess:
 
 
 # -- endpoints -------------------------------------------------------------------
-
-
-class AppEndpoint(RtpPeer):
-    """The app's side: replays Opus payloads on tick(), counts what it receives."""
-
-    def __init__(self, payloads: list[bytes]) -> None:
-        super().__init__(RTCPeerConnection(configuration=ice_configuration([])))
-        self.use_opus_only()
-        self.payloads = payloads
-        self.number = 0
-        self.received = 0
-
-    async def on_rtp(self, packet: RtpPacket) -> None:
-        self.received += 1
-
-    async def tick(self) -> None:
-        number = self.number
-        sent = await self.send(
-            "bench",
-            number & 0xFFFF,
-            (number * FRAME_SAMPLES) & 0xFFFFFFFF,
-            int(number == 0),
-            self.payloads[number % len(self.payloads)],
-        )
-        if sent:
-            self.number = number + 1
 
 
 class Call:

@@ -68,6 +68,10 @@ _CONNECTED = DtlsState.CONNECTED
 
 _installed: weakref.WeakSet[FastPath] = weakref.WeakSet()
 
+#: An unprotected packet: bytes, header length, payload end, arrival time,
+#: sequence number, timestamp, SSRC.
+Received = tuple[bytes, int, int, float, int, int, int]
+
 
 def set_enabled(value: bool) -> None:
     """Switch the fast path on or off for every leg of this process.
@@ -176,16 +180,16 @@ class FastPath:
                     return
         self._original(data, addr)
 
-    def forward(self, data: bytes, out: FastPath) -> None:
-        """Unprotect, count, rewrite, protect and send one of this leg's packets."""
+    def receive(self, data: bytes) -> Received | None:
+        """Unprotect one of this leg's packets and count it in the leg's statistics."""
         try:
             plain = self.rx.unprotect(data)
         except pylibsrtp.Error:
             self.srtp_errors += 1
-            return
+            return None
         header = header_length(plain)
         if header < 0:
-            return
+            return None
         end = payload_end(plain, header)
         leg = self.leg
         now = leg._loop.time()
@@ -194,6 +198,15 @@ class FastPath:
         leg.fast_path_packets += 1
         leg._remote_ssrc = ssrc
         leg.reception.receive(sequence_number, timestamp, now, end - header)
+        return plain, header, end, now, sequence_number, timestamp, ssrc
+
+    def forward(self, data: bytes, out: FastPath) -> None:
+        """Unprotect, count, rewrite, protect and send one of this leg's packets."""
+        received = self.receive(data)
+        if received is None:
+            return
+        plain, header, end, now, _sequence_number, _timestamp, ssrc = received
+        leg = self.leg
         if ssrc != self._source_ssrc:
             # The same source key as Leg.on_rtp: switching paths is no source switch.
             self._source = (leg.leg_id, ssrc)

@@ -136,22 +136,10 @@ class WebRtcTap(FastPath):
             and not self.leg.closed
             and self.current()
         ):
-            try:
-                plain = self.rx.unprotect(data)
-            except pylibsrtp.Error:
-                self.srtp_errors += 1
+            received = self.receive(data)
+            if received is None:
                 return
-            header = header_length(plain)
-            if header < 0:
-                return
-            end = payload_end(plain, header)
-            leg = self.leg
-            now = leg._loop.time()
-            sequence_number, timestamp, ssrc = _SEQUENCE_TIMESTAMP_SSRC.unpack_from(plain, 2)
-            leg.decoder_bypassed_packets += 1
-            leg.fast_path_packets += 1
-            leg._remote_ssrc = ssrc
-            leg.reception.receive(sequence_number, timestamp, now, end - header)
+            plain, header, end, now, sequence_number, timestamp, ssrc = received
             if end > header:
                 rtp_leg.from_webrtc(ssrc, sequence_number, timestamp, plain[header:end], now)
             return

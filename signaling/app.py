@@ -35,6 +35,7 @@ from signaling.presence import Presence
 from signaling.sip.trunk import IncomingCall, SipTrunk, trunk_settings
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
+from signaling.web import ROUTES as WEB_ROUTES
 from signaling.ws import close_device, websocket
 from voice.ice import restrict_host_addresses, set_media_ports
 from voice.relay.relay import Relay
@@ -55,6 +56,7 @@ ROUTES = [
     web.get("/metrics", metrics_handler),
     web.get("/openapi.json", openapi.openapi_json),
     *operator.ROUTES,
+    *WEB_ROUTES,  # the web app: / and /app/*
 ]
 
 

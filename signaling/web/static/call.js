@@ -1,0 +1,231 @@
+// One call as this browser sees it: states inviting → ringing → connected → ended
+// (an incoming call starts as "incoming"), following docs/protocol.md message by message.
+
+import { gathered, inboundAudio, microphone, peerConnection, QualityMeter } from "./media.js";
+
+export class Call extends EventTarget {
+  constructor(signaling, { peer, outgoing, callId = null, offer = "" }) {
+    super();
+    this.signaling = signaling;
+    this.peer = peer;
+    this.outgoing = outgoing;
+    this.callId = callId;
+    this.offer = offer; // the relay's offer for an incoming call
+    this.inviteId = null;
+    this.state = outgoing ? "inviting" : "incoming";
+    this.reason = "";
+    this.detail = "";
+    this.connectedAt = 0;
+    this.muted = false;
+    this.pc = null;
+    this.stream = null;
+    this.hangupWanted = false;
+    this.quotaSecondsLeft = null;
+    this.quality = "unknown";
+    this.lastStats = { packetsReceived: 0, totalAudioEnergy: 0, bytesReceived: 0 };
+    this.qualityMeter = new QualityMeter();
+    this.statsTimer = null;
+  }
+
+  changed() {
+    this.dispatchEvent(new Event("change"));
+  }
+
+  get active() {
+    return this.state !== "ended";
+  }
+
+  /** Place the call: microphone, offer with candidates, call.invite. */
+  async place() {
+    try {
+      await this.setUp();
+      const offer = await this.pc.createOffer();
+      await this.pc.setLocalDescription(offer);
+      await gathered(this.pc);
+      if (!this.active) return;
+      this.inviteId = this.signaling.send("call.invite", { to: this.peer, sdp: this.pc.localDescription.sdp });
+      if (this.inviteId === null) this.end("failed", "connection_lost");
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  /** Answer an incoming call: the relay's offer, our answer, call.accept. */
+  async accept() {
+    if (this.state !== "incoming") return;
+    this.state = "ringing"; // accepted here; connected once the server says so
+    this.accepting = true;
+    this.changed();
+    try {
+      await this.setUp(this.offer);
+      const answer = await this.pc.createAnswer();
+      await this.pc.setLocalDescription(answer);
+      await gathered(this.pc);
+      if (!this.active) return;
+      const sent = this.signaling.send("call.accept", { call_id: this.callId, sdp: this.pc.localDescription.sdp });
+      if (sent === null) this.end("failed", "connection_lost");
+    } catch (error) {
+      this.signaling.send("call.hangup", { call_id: this.callId });
+      this.fail(error);
+    }
+  }
+
+  async setUp(remoteOffer = "") {
+    this.stream = await microphone(this.deviceId || "");
+    if (!this.active) {
+      this.release();
+      return;
+    }
+    this.pc = peerConnection();
+    this.pc.addEventListener("track", (event) => {
+      const stream = event.streams[0] || new MediaStream([event.track]);
+      this.dispatchEvent(new CustomEvent("remote", { detail: stream }));
+    });
+    if (remoteOffer) await this.pc.setRemoteDescription({ type: "offer", sdp: remoteOffer });
+    for (const track of this.stream.getAudioTracks()) {
+      track.enabled = !this.muted;
+      this.pc.addTrack(track, this.stream);
+    }
+    this.dispatchEvent(new CustomEvent("local", { detail: this.stream }));
+    this.statsTimer = setInterval(() => this.measure(), 2000);
+  }
+
+  fail(error) {
+    this.end("error", "", error && error.message ? error.message : String(error));
+  }
+
+  reject() {
+    if (this.state !== "incoming") return;
+    this.signaling.send("call.reject", { call_id: this.callId });
+  }
+
+  hangup() {
+    if (!this.active) return;
+    if (this.state === "incoming") {
+      this.reject();
+      return;
+    }
+    if (this.callId) {
+      if (this.signaling.send("call.hangup", { call_id: this.callId }) !== null) return;
+    } else if (this.inviteId) {
+      this.hangupWanted = true; // sent as soon as the call has an id
+      return;
+    }
+    this.end("cancelled", "");
+  }
+
+  sendDigit(digit) {
+    if (this.state !== "connected" || !this.callId) return false;
+    return this.signaling.send("call.dtmf", { call_id: this.callId, digits: digit }) !== null;
+  }
+
+  setMuted(muted) {
+    this.muted = muted;
+    if (this.stream) for (const track of this.stream.getAudioTracks()) track.enabled = !muted;
+    this.changed();
+  }
+
+  /** Switch microphones during the call without renegotiating. */
+  async useMicrophone(deviceId) {
+    this.deviceId = deviceId;
+    if (!this.pc || !this.active) return;
+    const stream = await microphone(deviceId);
+    const track = stream.getAudioTracks()[0];
+    track.enabled = !this.muted;
+    const sender = this.pc.getSenders().find((s) => s.track && s.track.kind === "audio");
+    if (sender) await sender.replaceTrack(track);
+    if (this.stream) for (const old of this.stream.getTracks()) old.stop();
+    this.stream = stream;
+    this.dispatchEvent(new CustomEvent("local", { detail: stream }));
+  }
+
+  async measure() {
+    if (!this.pc) return;
+    try {
+      const stats = await inboundAudio(this.pc);
+      this.lastStats = stats;
+      if (this.state === "connected") {
+        const quality = this.qualityMeter.rate(stats);
+        if (quality !== this.quality) {
+          this.quality = quality;
+          this.changed();
+        }
+      }
+    } catch {
+      // closed meanwhile
+    }
+  }
+
+  async audioStats() {
+    if (this.pc && this.pc.signalingState !== "closed") await this.measure();
+    const { packetsReceived, totalAudioEnergy, bytesReceived } = this.lastStats;
+    return { packetsReceived, totalAudioEnergy, bytesReceived };
+  }
+
+  /** A server message about this call. */
+  async handle(message) {
+    switch (message.type) {
+      case "call.progress":
+        this.callId = message.call_id;
+        if (this.hangupWanted) this.signaling.send("call.hangup", { call_id: this.callId });
+        try {
+          await this.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+        } catch (error) {
+          this.signaling.send("call.hangup", { call_id: this.callId });
+          this.fail(error);
+        }
+        break;
+      case "call.ringing":
+        if (this.state === "inviting") {
+          this.state = "ringing";
+          this.changed();
+        }
+        break;
+      case "call.accepted":
+        if (this.active) {
+          this.state = "connected";
+          this.connectedAt = Date.now();
+          this.changed();
+        }
+        break;
+      case "call.quota_warning":
+        this.quotaSecondsLeft = Number(message.seconds_left) || 0;
+        this.changed();
+        break;
+      case "call.dtmf":
+        this.dispatchEvent(new CustomEvent("dtmf", { detail: String(message.digit || "") }));
+        break;
+      case "call.ended":
+        if (message.call_id) this.callId = message.call_id;
+        this.end(message.reason || "failed", message.detail || "");
+        break;
+      case "error":
+        if (!this.callId || message.code !== "call_not_found") {
+          this.end("error", message.code || "", message.message || "");
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  end(reason, detail, message = "") {
+    if (!this.active) return;
+    this.state = "ended";
+    this.endedAt = Date.now();
+    this.reason = reason;
+    this.detail = detail;
+    this.errorMessage = message;
+    this.release();
+    this.changed();
+  }
+
+  release() {
+    clearInterval(this.statsTimer);
+    if (this.stream) for (const track of this.stream.getTracks()) track.stop();
+    if (this.pc) {
+      const pc = this.pc;
+      this.measure().finally(() => pc.close());
+    }
+  }
+}

@@ -1,0 +1,159 @@
+"""Calls in a real browser: Chromium running the web app against the server and relay.
+
+Each browser user is Debian's Chromium with a fake microphone playing 440 Hz; the
+other party is the Python app client on the same server. What is checked is what a
+user notices: the screens and states the page shows, and audio in both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from playwright.async_api import Page, expect
+
+from tests.browser.conftest import MIC_TONE, Shots, SignedInPage, audio_stats, digits
+from tests.conftest import ALICE, BOB, Server
+from tests.integration.test_calls import RATE, heard
+from voice.audio.analysis import tone_fraction
+
+STATE_TIMEOUT = 10_000  # ms, for anything the page shows after a server event
+
+
+async def call_state(page: Page, state: str) -> None:
+    await expect(page.get_by_test_id("call-state")).to_have_attribute(
+        "data-state", state, timeout=STATE_TIMEOUT
+    )
+
+
+async def end_reason(page: Page, reason: str) -> str:
+    """Waits until the page shows the call ended for ``reason``; returns the text shown."""
+    shown = page.get_by_test_id("call-end-reason")
+    await expect(shown).to_have_attribute("data-reason", reason, timeout=STATE_TIMEOUT)
+    await expect(shown).to_be_visible()
+    return (await shown.inner_text()).strip()
+
+
+async def dial(page: Page, number: str) -> None:
+    await page.get_by_test_id("dial-number").fill(number)
+    await page.get_by_test_id("call-button").click()
+
+
+async def test_browser_calls_a_python_client_and_both_hear_each_other(
+    web_server: Server, signed_in_page: SignedInPage, shots: Shots
+) -> None:
+    page = await signed_in_page(ALICE)
+    await shots.take(page, "main-before-call")
+    bob = await web_server.phone(BOB)
+
+    await dial(page, BOB)
+    incoming = await bob.incoming(timeout=10, source="tone:880")
+    assert incoming.peer == ALICE
+    await call_state(page, "ringing")
+    await expect(page.get_by_test_id("call-panel")).to_be_visible()
+    assert digits(await page.get_by_test_id("call-peer").inner_text()).endswith(digits(BOB)[-8:])
+    await shots.take(page, "outgoing-ringing")
+
+    await incoming.accept()
+    await call_state(page, "connected")
+    await asyncio.sleep(2.0)
+    before = await audio_stats(page)
+    await shots.take(page, "connected-call")
+    await asyncio.sleep(1.5)
+    after = await audio_stats(page)
+    assert after["totalAudioEnergy"] > before["totalAudioEnergy"] > 0, (before, after)
+    assert after["packetsReceived"] > before["packetsReceived"], (before, after)
+
+    await incoming.hangup()
+    assert await incoming.ended(timeout=5) == "completed"
+    await call_state(page, "ended")
+    text = await end_reason(page, "completed")
+    assert text and "_" not in text, f"the end reason is not plain text: {text!r}"
+    await shots.take(page, "ended-completed")
+
+    assert tone_fraction(heard(incoming), RATE, MIC_TONE) >= 0.8, "bob did not hear the browser"
+
+    history = page.get_by_test_id("history-item")
+    await expect(history.first).to_be_visible(timeout=STATE_TIMEOUT)
+    await expect(history.first).to_have_attribute("data-missed", "false")
+    await shots.take(page, "main-with-history")
+    await shots.take(page, "main-with-history-phone", phone=True)
+
+
+async def test_python_client_calls_the_browser_which_accepts(
+    web_server: Server, signed_in_page: SignedInPage, shots: Shots
+) -> None:
+    page = await signed_in_page(BOB)
+    alice = await web_server.phone(ALICE)
+
+    outgoing = await alice.call(BOB, source="tone:880")
+    banner = page.get_by_test_id("incoming")
+    await expect(banner).to_be_visible(timeout=STATE_TIMEOUT)
+    shown = await page.get_by_test_id("incoming-from").inner_text()
+    assert digits(shown).endswith(digits(ALICE)[-8:]), shown
+    await shots.take(page, "incoming-call")
+    await shots.take(page, "incoming-call-phone", phone=True)
+
+    await page.get_by_test_id("accept").click()
+    assert await outgoing.connected(timeout=10)
+    await call_state(page, "connected")
+    await expect(banner).to_be_hidden()
+    await asyncio.sleep(3.0)
+    stats = await audio_stats(page)
+    assert stats["packetsReceived"] > 50, stats
+    assert stats["totalAudioEnergy"] > 0, stats
+
+    await page.get_by_test_id("hangup").click()
+    assert await outgoing.ended(timeout=5) == "completed"
+    await call_state(page, "ended")
+    assert tone_fraction(heard(outgoing), RATE, MIC_TONE) >= 0.8, "alice did not hear the browser"
+
+
+async def test_two_browser_devices_answered_elsewhere_and_declined(
+    web_server: Server, signed_in_page: SignedInPage
+) -> None:
+    laptop = await signed_in_page(BOB)
+    desktop = await signed_in_page(BOB)
+    alice = await web_server.phone(ALICE)
+
+    first = await alice.call(BOB, source="tone:880")
+    for page in (laptop, desktop):
+        await expect(page.get_by_test_id("incoming")).to_be_visible(timeout=STATE_TIMEOUT)
+    await laptop.get_by_test_id("accept").click()
+    assert await first.connected(timeout=10)
+    await call_state(laptop, "connected")
+    await end_reason(desktop, "answered_elsewhere")
+    await expect(desktop.get_by_test_id("incoming")).to_be_hidden()
+    await first.hangup()
+    assert await first.ended(timeout=5) == "completed"
+    await call_state(laptop, "ended")
+
+    second = await alice.call(BOB)
+    for page in (laptop, desktop):
+        await expect(page.get_by_test_id("incoming")).to_be_visible(timeout=STATE_TIMEOUT)
+    await desktop.get_by_test_id("decline").click()
+    assert await second.ended(timeout=5) == "declined"
+    await end_reason(laptop, "declined_elsewhere")
+    for page in (laptop, desktop):
+        await expect(page.get_by_test_id("incoming")).to_be_hidden()
+
+
+async def test_connection_status_goes_offline_and_comes_back(
+    web_server: Server, signed_in_page: SignedInPage
+) -> None:
+    from signaling.keys import PRESENCE
+
+    page = await signed_in_page(ALICE)
+    status = page.get_by_test_id("connection-status")
+    await expect(status).to_have_attribute("data-state", "online")
+
+    # The network goes away: new connections fail, and the open WebSocket is cut.
+    await page.context.set_offline(True)
+    for link in web_server.app[PRESENCE].links():
+        await link.close(1001, "network gone")
+    await expect(status).to_have_attribute("data-state", "offline", timeout=STATE_TIMEOUT)
+    await asyncio.sleep(1.0)
+    await expect(status).to_have_attribute("data-state", "offline")
+
+    await page.context.set_offline(False)
+    await expect(status).to_have_attribute("data-state", "online", timeout=20_000)
+    assert len(web_server.app[PRESENCE]) == 1, "the page did not come back to the server"

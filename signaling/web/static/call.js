@@ -87,7 +87,7 @@ export class Call extends EventTarget {
       this.pc.addTrack(track, this.stream);
     }
     this.dispatchEvent(new CustomEvent("local", { detail: this.stream }));
-    this.statsTimer = setInterval(() => this.measure(), 2000);
+    this.statsTimer = setInterval(() => this.measure(true), 2000);
   }
 
   fail(error) {
@@ -139,12 +139,13 @@ export class Call extends EventTarget {
     this.dispatchEvent(new CustomEvent("local", { detail: stream }));
   }
 
-  async measure() {
+  /** Read the inbound figures; the periodic reading (rate) also rates the quality. */
+  async measure(rate = false) {
     if (!this.pc) return;
     try {
       const stats = await inboundAudio(this.pc);
       this.lastStats = stats;
-      if (this.state === "connected") {
+      if (this.state === "connected" && rate) {
         const quality = this.qualityMeter.rate(stats);
         if (quality !== this.quality) {
           this.quality = quality;

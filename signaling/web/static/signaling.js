@@ -21,7 +21,9 @@ export class Signaling extends EventTarget {
     this.pongTimer = null;
     this.retryAt = 0;
     this.onOnline = () => this.reconnectNow();
+    this.onOffline = () => this.drop();
     window.addEventListener("online", this.onOnline);
+    window.addEventListener("offline", this.onOffline);
   }
 
   url() {
@@ -89,6 +91,14 @@ export class Signaling extends EventTarget {
     this.emit("status", { online: false, retryAt: this.retryAt });
   }
 
+  /** The network went away: say so now rather than when a ping goes unanswered. */
+  drop() {
+    const ws = this.ws;
+    if (!ws) return;
+    this.closed(ws, 1006);
+    ws.close();
+  }
+
   reconnectNow() {
     if (this.stopped || this.ws) return;
     this.attempt = 0;
@@ -100,7 +110,7 @@ export class Signaling extends EventTarget {
     this.pingTimer = setInterval(() => {
       if (!this.send("ping")) return;
       clearTimeout(this.pongTimer);
-      this.pongTimer = setTimeout(() => this.ws && this.ws.close(), PONG_WITHIN_MS);
+      this.pongTimer = setTimeout(() => this.drop(), PONG_WITHIN_MS);
     }, PING_EVERY_MS);
   }
 
@@ -122,6 +132,7 @@ export class Signaling extends EventTarget {
     clearTimeout(this.retryTimer);
     this.stopPings();
     window.removeEventListener("online", this.onOnline);
+    window.removeEventListener("offline", this.onOffline);
     if (this.ws) this.ws.close(1000);
     this.ws = null;
     this.open = false;

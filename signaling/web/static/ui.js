@@ -116,7 +116,7 @@ export function renderHistory(calls, onCall) {
         el("span", { class: "muted small", text: details }),
       );
       button.addEventListener("click", () => onCall(call.peer));
-      const icon = el("span", { class: `dir ${call.missed ? "missed" : call.direction}`, "aria-hidden": "true", text: call.direction === "outgoing" ? "↗" : "↙" });
+      const icon = el("span", { class: `dir ${call.missed ? "missed" : call.direction}`, "aria-hidden": "true", text: call.direction === "outgoing" ? "\u2197\uFE0E" : "\u2199\uFE0E" });
       return el(
         "li",
         {

@@ -49,7 +49,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 
-SignedInPage = Callable[..., Awaitable[Page]]
+SignedInPage = Callable[[str], Awaitable[Page]]
+BrowserUser = Callable[[], Awaitable[BrowserContext]]
 
 
 def digits(text: str) -> str:
@@ -136,7 +137,7 @@ async def playwright_driver() -> AsyncIterator[Playwright]:
 @pytest.fixture
 async def browser_user(
     playwright_driver: Playwright, fake_microphone: Path, tmp_path: Path
-) -> AsyncIterator[Callable[[], Awaitable[BrowserContext]]]:
+) -> AsyncIterator[BrowserUser]:
     """A factory of browser users: each a Chromium with its own fresh profile."""
     contexts: list[BrowserContext] = []
 
@@ -176,9 +177,7 @@ async def sign_in(page: Page, server: Server, number: str) -> None:
 
 
 @pytest.fixture
-async def signed_in_page(
-    web_server: Server, browser_user: Callable[[], Awaitable[BrowserContext]]
-) -> SignedInPage:
+async def signed_in_page(web_server: Server, browser_user: BrowserUser) -> SignedInPage:
     """``await signed_in_page(number)``: a new browser device signed in as ``number``."""
 
     async def open_page(number: str) -> Page:

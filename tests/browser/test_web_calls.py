@@ -11,8 +11,16 @@ import asyncio
 
 from playwright.async_api import Page, expect
 
-from tests.browser.conftest import MIC_TONE, Shots, SignedInPage, audio_stats, digits
-from tests.conftest import ALICE, BOB, Server
+from tests.browser.conftest import (
+    MIC_TONE,
+    BrowserUser,
+    Shots,
+    SignedInPage,
+    audio_stats,
+    digits,
+    sign_in,
+)
+from tests.conftest import ALICE, BOB, TEST_CODE, Server
 from tests.integration.test_calls import RATE, heard
 from voice.audio.analysis import tone_fraction
 
@@ -38,12 +46,56 @@ async def dial(page: Page, number: str) -> None:
     await page.get_by_test_id("call-button").click()
 
 
+async def test_sign_in_refuses_a_wrong_code_and_accepts_the_right_one(
+    web_server: Server, browser_user: BrowserUser, shots: Shots
+) -> None:
+    context = await browser_user()
+    page = context.pages[0] if context.pages else await context.new_page()
+    await page.goto(f"{web_server.url}/?test=1")
+    await shots.take(page, "sign-in")
+    await shots.take(page, "sign-in-phone", phone=True)
+    await page.get_by_test_id("number").fill(ALICE)
+    await page.get_by_test_id("request-code").click()
+    wrong = "13579" if TEST_CODE != "135790" else "24680"
+    await page.get_by_test_id("code").fill(wrong + "0")
+    await page.get_by_test_id("verify").click()
+    error = page.get_by_test_id("signin-error")
+    await expect(error).to_be_visible(timeout=STATE_TIMEOUT)
+    assert (await error.inner_text()).strip(), "the sign-in error says nothing"
+    await expect(page.get_by_test_id("my-number")).to_be_hidden()
+    await shots.take(page, "sign-in-wrong-code")
+    await sign_in(page, web_server, ALICE)
+
+
+async def test_a_device_signed_out_from_another_returns_to_sign_in(
+    signed_in_page: SignedInPage,
+) -> None:
+    laptop = await signed_in_page(ALICE)
+    desktop = await signed_in_page(ALICE)
+    await laptop.reload()
+    devices = laptop.get_by_test_id("device-item")
+    await expect(devices).to_have_count(2, timeout=STATE_TIMEOUT)
+    other = laptop.locator('[data-testid="device-item"][data-current="false"]')
+    await other.get_by_test_id("sign-out-device").click()
+    await expect(devices).to_have_count(1, timeout=STATE_TIMEOUT)
+    await expect(desktop.get_by_test_id("number")).to_be_visible(timeout=STATE_TIMEOUT)
+    await expect(desktop.get_by_test_id("my-number")).to_be_hidden()
+    await expect(laptop.get_by_test_id("connection-status")).to_have_attribute(
+        "data-state", "online"
+    )
+
+
 async def test_browser_calls_a_python_client_and_both_hear_each_other(
     web_server: Server, signed_in_page: SignedInPage, shots: Shots
 ) -> None:
     page = await signed_in_page(ALICE)
-    await shots.take(page, "main-before-call")
     bob = await web_server.phone(BOB)
+    await page.get_by_test_id("contact-number").fill(BOB)
+    await page.get_by_test_id("add-contact").click()
+    contact = page.get_by_test_id("contact-item")
+    await expect(contact).to_have_attribute("data-number", BOB, timeout=STATE_TIMEOUT)
+    await expect(contact).to_have_attribute("data-registered", "true", timeout=STATE_TIMEOUT)
+    await shots.take(page, "main-with-contact")
 
     await dial(page, BOB)
     incoming = await bob.incoming(timeout=10, source="tone:880")
@@ -102,10 +154,25 @@ async def test_python_client_calls_the_browser_which_accepts(
     assert stats["packetsReceived"] > 50, stats
     assert stats["totalAudioEnergy"] > 0, stats
 
+    assert outgoing.media is not None
+    mute = page.get_by_test_id("mute")
+    outgoing.media.mark("mute")
+    await mute.click()
+    await expect(mute).to_have_attribute("aria-pressed", "true")
+    await asyncio.sleep(0.5)
+    outgoing.media.mark("muted")
+    await asyncio.sleep(1.5)
+    outgoing.media.mark("unmute")
+    await mute.click()
+    await expect(mute).to_have_attribute("aria-pressed", "false")
+
     await page.get_by_test_id("hangup").click()
     assert await outgoing.ended(timeout=5) == "completed"
     await call_state(page, "ended")
-    assert tone_fraction(heard(outgoing), RATE, MIC_TONE) >= 0.8, "alice did not hear the browser"
+    before_mute = heard(outgoing, end="mute")
+    assert tone_fraction(before_mute, RATE, MIC_TONE) >= 0.8, "alice did not hear the browser"
+    muted = heard(outgoing, start="muted", end="unmute")
+    assert tone_fraction(muted, RATE, MIC_TONE) < 0.1, "alice heard the browser while muted"
 
 
 async def test_two_browser_devices_answered_elsewhere_and_declined(

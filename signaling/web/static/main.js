@@ -151,11 +151,16 @@ function onStatus(next) {
   if (next.online) {
     if (next.welcome && next.welcome.number) ui.setText($("my-number"), next.welcome.number);
     refreshHistory();
+    refreshContacts();
   }
   if (!next.online && call && call.state === "inviting" && call.inviteId === null) {
     call.end("failed", "connection_lost");
   }
 }
+
+setInterval(() => {
+  if (account && status.online && !document.hidden) refreshContacts();
+}, 60000);
 
 setInterval(() => {
   if (!status.online && status.retryAt) ui.renderConnection(status);

@@ -268,6 +268,7 @@ class CallService:
                 call_id=call.call_id,
                 to=call.callee,
                 sdp=answer,
+                phone_network=ctx.admission is not None and ctx.admission.kind is CallKind.PHONE,
             ),
         )
         self._relay.start_ringback(ctx.leg(call.caller_device))
@@ -290,7 +291,11 @@ class CallService:
             await self._send(
                 device,
                 protocol.encode(
-                    "call.incoming", call_id=call.call_id, **{"from": call.caller}, sdp=offer
+                    "call.incoming",
+                    call_id=call.call_id,
+                    **{"from": call.caller},
+                    sdp=offer,
+                    phone_network=is_trunk_device(call.caller_device),
                 ),
             )
         return alerted

@@ -86,6 +86,7 @@ async def test_an_app_user_calls_a_phone_number_and_hears_it(
     alice = await server.phone(ALICE)
     outgoing = await alice.call(LANDLINE, source="tone:440")
     await outgoing.ringing(timeout=10)
+    assert outgoing.phone_network  # the app can offer its keypad
     assert await outgoing.connected(timeout=10)
     await asyncio.sleep(3.0)
     # Digits go out as RFC 4733 events, and the network's echo brings them back.
@@ -163,7 +164,7 @@ async def test_a_phone_number_calls_an_app_user_who_hears_it(
         files={"tone.raw": tone.read_bytes()},
     )
     incoming: Call = await bob.incoming(timeout=10, source="tone:880")
-    assert incoming.peer == LANDLINE
+    assert incoming.peer == LANDLINE and incoming.phone_network
     await incoming.accept()
     assert await incoming.connected(timeout=10)
     assert await incoming.ended(timeout=15) == "completed"  # the network hung up

@@ -43,6 +43,8 @@ class Call:
             name: asyncio.Event() for name in ("progress", "ringing", "connected", "ended")
         }
         self.incoming_sdp = ""
+        #: The other party is on the phone network (reached over the operator's trunk).
+        self.phone_network = False
         #: Seconds left announced by the server (the caller's bundle runs out).
         self.quota_warnings: list[int] = []
         #: Digits the other party sent (a phone-network party's RFC 4733 events).
@@ -54,6 +56,7 @@ class Call:
         media = self.media
         if kind == "call.progress" and media is not None:
             self.call_id = message["call_id"]
+            self.phone_network = bool(message.get("phone_network", False))
             await media.accept_answer(message["sdp"])
             self._set("progress")
         elif kind == "call.ringing":
@@ -210,6 +213,7 @@ class Phone:
             call = Call(self, None, peer=message["from"], outgoing=False)
             call.call_id = message["call_id"]
             call.incoming_sdp = message["sdp"]
+            call.phone_network = bool(message.get("phone_network", False))
             self.calls[call.call_id] = call
             await self._incoming.put(call)
             return

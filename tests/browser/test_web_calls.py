@@ -8,6 +8,7 @@ user notices: the screens and states the page shows, and audio in both direction
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from playwright.async_api import Page, expect
 
@@ -20,8 +21,11 @@ from tests.browser.conftest import (
     digits,
     sign_in,
 )
-from tests.conftest import ALICE, BOB, TEST_CODE, Server
+from tests.conftest import ALICE, BOB, TEST_CODE, Server, ServerFactory
+from tests.integration.provisioning import add_bundle, add_operator, add_subscriber
+from tests.integration.sipp import Sipp, free_port
 from tests.integration.test_calls import RATE, heard
+from tests.integration.test_trunk_calls import LANDLINE, trunk_up
 from voice.audio.analysis import tone_fraction
 
 STATE_TIMEOUT = 10_000  # ms, for anything the page shows after a server event
@@ -107,6 +111,8 @@ async def test_browser_calls_a_python_client_and_both_hear_each_other(
 
     await incoming.accept()
     await call_state(page, "connected")
+    # An app-to-app call has no keypad: digits only reach phone numbers.
+    await expect(page.get_by_test_id("dtmf-1")).to_be_hidden()
     await asyncio.sleep(2.0)
     before = await audio_stats(page)
     await shots.take(page, "connected-call")
@@ -224,3 +230,44 @@ async def test_connection_status_goes_offline_and_comes_back(
     await page.context.set_offline(False)
     await expect(status).to_have_attribute("data-state", "online", timeout=20_000)
     assert len(web_server.app[PRESENCE]) == 1, "the page did not come back to the server"
+
+
+async def test_a_call_to_a_phone_number_offers_the_keypad(
+    make_server: ServerFactory, browser_user: BrowserUser, tmp_path: Path, shots: Shots
+) -> None:
+    sbc_port = free_port()
+    server = await make_server(
+        sip_listen="127.0.0.1:0",
+        sip_sbc=(f"udp:127.0.0.1:{sbc_port}",),
+        sip_accepted_sources=("127.0.0.1",),
+        sip_options_interval=0.0,  # SIPp would count a keep-alive as its one call
+    )
+    operator = await add_operator(server)
+    await add_subscriber(
+        server, ALICE, operator, await add_bundle(server, operator, phone_minutes=100)
+    )
+    workdir = tmp_path / "sipp"
+    workdir.mkdir()
+    far_end = Sipp("trunk_uas_echo.xml", port=sbc_port, echo=True, workdir=workdir)
+    try:
+        await trunk_up(server)
+        context = await browser_user()
+        page = context.pages[0] if context.pages else await context.new_page()
+        await sign_in(page, server, ALICE)
+
+        await dial(page, LANDLINE)
+        await call_state(page, "connected")
+        keypad = page.get_by_test_id("dtmf-1")
+        await expect(keypad).to_be_visible()
+        await asyncio.sleep(1.0)
+        await keypad.click()  # the network echoes the digit back
+        await expect(page.locator("#dtmf-log")).to_have_text("Received: 1", timeout=STATE_TIMEOUT)
+        await shots.take(page, "connected-phone-number")
+        await shots.take(page, "connected-phone-number-phone", phone=True)
+
+        await page.get_by_test_id("hangup").click()
+        assert await end_reason(page, "completed") == "You hung up"
+        await expect(keypad).to_be_hidden()
+        assert await far_end.finished(timeout=10) == 0, far_end.errors()
+    finally:
+        far_end.stop()

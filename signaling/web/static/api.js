@@ -1,10 +1,14 @@
 // The REST API (docs/protocol.md, "Registration"): JSON in, JSON or problem JSON out.
 
 export class ApiError extends Error {
-  constructor(status, problem) {
+  constructor(status, problem, retryAfter = 0) {
     super(problem.detail || problem.title || `HTTP ${status}`);
     this.status = status;
     this.problem = problem;
+    /** The machine-readable problem code: `code`, else the end of an Anruf `type`. */
+    this.code = problem.code || String(problem.type || "").replace(/^urn:anruf:problem:/, "").replace(/^about:blank$/, "");
+    /** Seconds to wait before trying again (429), when the server says. */
+    this.retryAfter = Number(problem.retry_after) || retryAfter;
   }
 }
 
@@ -39,7 +43,7 @@ export class Api {
     if (!response.ok) {
       if (response.status === 401 && this.token) this.onUnauthorized();
       if (response.status === 429 && !data.detail) data.detail = "Too many attempts. Try again later.";
-      throw new ApiError(response.status, data);
+      throw new ApiError(response.status, data, Number(response.headers.get("Retry-After")) || 0);
     }
     return data;
   }

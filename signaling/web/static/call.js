@@ -4,13 +4,15 @@
 import { gathered, inboundAudio, microphone, peerConnection, QualityMeter } from "./media.js";
 
 export class Call extends EventTarget {
-  constructor(signaling, { peer, outgoing, callId = null, offer = "" }) {
+  constructor(signaling, { peer, outgoing, callId = null, offer = "", phoneNetwork = false }) {
     super();
     this.signaling = signaling;
     this.peer = peer;
     this.outgoing = outgoing;
     this.callId = callId;
     this.offer = offer; // the relay's offer for an incoming call
+    this.phoneNetwork = Boolean(phoneNetwork); // the other party is a phone number: DTMF applies
+    this.hungUpHere = false; // this device ended (or declined) the call
     this.inviteId = null;
     this.state = outgoing ? "inviting" : "incoming";
     this.reason = "";
@@ -91,11 +93,13 @@ export class Call extends EventTarget {
   }
 
   fail(error) {
+    this.errorName = error && error.name ? error.name : "";
     this.end("error", "", error && error.message ? error.message : String(error));
   }
 
   reject() {
     if (this.state !== "incoming") return;
+    this.hungUpHere = true;
     this.signaling.send("call.reject", { call_id: this.callId });
   }
 
@@ -105,6 +109,7 @@ export class Call extends EventTarget {
       this.reject();
       return;
     }
+    this.hungUpHere = true;
     if (this.callId) {
       if (this.signaling.send("call.hangup", { call_id: this.callId }) !== null) return;
     } else if (this.inviteId) {
@@ -115,7 +120,7 @@ export class Call extends EventTarget {
   }
 
   sendDigit(digit) {
-    if (this.state !== "connected" || !this.callId) return false;
+    if (this.state !== "connected" || !this.callId || !this.phoneNetwork) return false;
     return this.signaling.send("call.dtmf", { call_id: this.callId, digits: digit }) !== null;
   }
 
@@ -168,6 +173,7 @@ export class Call extends EventTarget {
     switch (message.type) {
       case "call.progress":
         this.callId = message.call_id;
+        this.phoneNetwork = message.phone_network === true;
         if (this.hangupWanted) this.signaling.send("call.hangup", { call_id: this.callId });
         try {
           await this.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });

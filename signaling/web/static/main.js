@@ -4,6 +4,7 @@ import { Api, ApiError } from "./api.js";
 import { Ringtone, LevelMeter, keyTone, unlockOnGesture } from "./audio.js";
 import { Call } from "./call.js";
 import { microphones } from "./media.js";
+import { signInErrorText } from "./reasons.js";
 import { Signaling } from "./signaling.js";
 import { clearAccount, loadAccount, loadContacts, saveAccount, saveContacts } from "./store.js";
 import * as ui from "./ui.js";
@@ -69,7 +70,8 @@ $("number-form").addEventListener("submit", (event) => {
       ui.show($("code-form"), true);
       $("code").focus();
     } catch (error) {
-      signinError(error.message);
+      signinError(signInErrorText(error));
+      $("number").focus();
     }
   });
 });
@@ -89,7 +91,8 @@ $("code-form").addEventListener("submit", (event) => {
       saveAccount(account);
       start();
     } catch (error) {
-      signinError(error.message);
+      signinError(signInErrorText(error));
+      $("code").select();
     }
   });
 });
@@ -128,7 +131,7 @@ function start() {
   ui.show($("signin"), false);
   ui.show($("home"), true);
   ui.show($("account"), true);
-  ui.setText($("my-number"), account.number);
+  ui.renderMyNumber(account.number);
   signaling = new Signaling(account.token);
   signaling.addEventListener("status", (event) => onStatus(event.detail));
   signaling.addEventListener("message", (event) => onMessage(event.detail));
@@ -139,6 +142,7 @@ function start() {
   refreshHistory();
   refreshContacts();
   updateNotifyButton();
+  updateDialer();
 }
 
 function onStatus(next) {
@@ -149,7 +153,7 @@ function onStatus(next) {
     return;
   }
   if (next.online) {
-    if (next.welcome && next.welcome.number) ui.setText($("my-number"), next.welcome.number);
+    if (next.welcome && next.welcome.number) ui.renderMyNumber(next.welcome.number);
     refreshHistory();
     refreshContacts();
   }
@@ -278,12 +282,24 @@ function placeCall(raw) {
     return;
   }
   call = watch(new Call(signaling, { peer: number, outgoing: true }));
+  $("dial-number").value = "";
   ui.renderCall(call);
+  updateDialer();
   $("hangup").focus();
   call.place();
 }
 
+/** The Call button waits while a call is ringing or in progress. */
+function updateDialer() {
+  const button = $("call-button");
+  const engaged = Boolean((call && call.active) || incoming);
+  button.disabled = engaged;
+  button.title = engaged ? "You are in a call" : "";
+}
+
 function watch(c) {
+  ui.setText($("dtmf-log"), "");
+  ui.show($("dtmf-log"), false);
   c.addEventListener("change", () => onCallChange(c));
   c.addEventListener("remote", (event) => {
     const audio = $("remote-audio");
@@ -298,7 +314,10 @@ function watch(c) {
     ui.renderMicrophones(await microphones(), settings.deviceId || c.deviceId);
   });
   c.addEventListener("dtmf", (event) => {
-    ui.setText($("dtmf-log"), `${$("dtmf-log").textContent ? $("dtmf-log").textContent : "Received: "}${event.detail}`);
+    if (c !== call || !c.phoneNetwork) return;
+    const log = $("dtmf-log");
+    ui.setText(log, `${log.textContent ? log.textContent : "Received: "}${event.detail}`);
+    ui.show(log, true);
   });
   return c;
 }
@@ -308,6 +327,7 @@ function onCallChange(c) {
     endIncoming();
     call = c;
   }
+  updateDialer();
   if (c !== call) return;
   ui.renderCall(c);
   if (c.state === "ended") {
@@ -337,8 +357,15 @@ function onMessage(message) {
 function onIncoming(message) {
   if ((call && call.active) || incoming) return; // the server does not ring a busy device
   incoming = watch(
-    new Call(signaling, { peer: message.from, outgoing: false, callId: message.call_id, offer: message.sdp }),
+    new Call(signaling, {
+      peer: message.from,
+      outgoing: false,
+      callId: message.call_id,
+      offer: message.sdp,
+      phoneNetwork: message.phone_network === true,
+    }),
   );
+  updateDialer();
   ui.setText($("incoming-from"), ui.formatNumber(message.from));
   ui.show($("incoming"), true);
   ui.renderCall(null);
@@ -362,6 +389,7 @@ function endIncoming() {
   if (incoming && incoming.notification) incoming.notification.close();
   incoming = null;
   document.title = TITLE;
+  updateDialer();
 }
 
 $("accept").addEventListener("click", () => {
@@ -383,6 +411,7 @@ $("dismiss").addEventListener("click", () => {
   if (call && !call.active) {
     call = null;
     ui.renderCall(null);
+    updateDialer();
     $("dial-number").focus();
   }
 });
@@ -409,8 +438,18 @@ if (navigator.mediaDevices && navigator.mediaDevices.addEventListener) {
 
 // ---------------------------------------------------------------- notifications
 
+/** The settings line under the cards: whether incoming calls show a notification. */
 function updateNotifyButton() {
-  ui.show($("notify"), "Notification" in window && Notification.permission === "default");
+  const supported = "Notification" in window;
+  const permission = supported ? Notification.permission : "";
+  const text = {
+    default: "Get a notification for incoming calls while Anruf is in the background.",
+    granted: "Incoming calls show a notification while Anruf is in the background.",
+    denied: "Notifications are blocked for Anruf. You can allow them in your browser's site settings.",
+  }[permission];
+  ui.setText($("notify-text"), text || "");
+  ui.show($("notify"), permission === "default");
+  ui.show($("notify-line"), Boolean(text));
 }
 
 $("notify").addEventListener("click", async () => {

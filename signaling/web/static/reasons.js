@@ -1,4 +1,5 @@
-// Plain words for the end reasons and details of docs/protocol.md.
+// Plain words for the end reasons and details of docs/protocol.md, and for the
+// problems the sign-in requests answer with.
 
 const DETAILS = {
   caller_connection_lost: "The caller lost their connection",
@@ -62,6 +63,79 @@ export function endReasonText(reason, detail = "") {
     return `The phone network refused the call (${detail.slice(6)})`;
   }
   return REASONS[reason] || "Call ended";
+}
+
+/** What a finished call's panel says under "Call ended": who ended it, or why. */
+export function callEndText(call) {
+  const { reason, detail = "" } = call;
+  if (reason === "completed") return call.hungUpHere ? "You hung up" : "They hung up";
+  if (reason === "cancelled" && !detail) return call.outgoing ? "You cancelled the call" : "The caller hung up";
+  if (reason === "declined") return call.outgoing ? "They declined the call" : "You declined the call";
+  if (reason === "error" && !detail) return deviceErrorText(call.errorName, call.errorMessage);
+  return endReasonText(reason, detail);
+}
+
+const DEVICE_ERRORS = {
+  NotAllowedError: "Allow the microphone to make and answer calls",
+  SecurityError: "Allow the microphone to make and answer calls",
+  NotFoundError: "No microphone found. Connect one and try again",
+  NotReadableError: "The microphone is in use by another app",
+  OverconstrainedError: "The chosen microphone is not available",
+};
+
+function deviceErrorText(name, message) {
+  if (DEVICE_ERRORS[name]) return DEVICE_ERRORS[name];
+  return sentence(message) || REASONS.error;
+}
+
+/** "the code is not correct" → "The code is not correct" (no trailing full stop). */
+function sentence(text) {
+  const trimmed = String(text || "").trim().replace(/\.$/, "");
+  return trimmed ? trimmed[0].toUpperCase() + trimmed.slice(1) : "";
+}
+
+function waitText(seconds) {
+  const s = Math.max(1, Math.ceil(Number(seconds) || 0));
+  if (s < 60) return `in ${s} seconds`;
+  const minutes = Math.ceil(s / 60);
+  return minutes === 1 ? "in a minute" : `in ${minutes} minutes`;
+}
+
+/** A sentence for a failed sign-in request (an ApiError), never the server's raw text. */
+export function signInErrorText(error) {
+  const code = (error && error.code) || "";
+  const problem = (error && error.problem) || {};
+  const status = (error && error.status) || 0;
+  const retry = error && error.retryAfter ? ` Try again ${waitText(error.retryAfter)}.` : " Try again later.";
+  switch (code) {
+    case "invalid_number":
+      return "That doesn't look like a phone number. Check it and include the country code, e.g. +49.";
+    case "wrong_code": {
+      const left = Number(problem.attempts_left);
+      if (left === 1) return "That code is not right. You have 1 more try.";
+      if (left > 1) return `That code is not right. You have ${left} more tries.`;
+      return "That code is not right. Check the message and try again.";
+    }
+    case "code_expired":
+      return "That code has expired. Use \u201cSend code\u201d to get a new one.";
+    case "too_many_attempts":
+      return "Too many wrong codes. Use \u201cSend code\u201d to get a new one.";
+    case "too_many_sends":
+      return `Too many codes were sent to this number.${retry}`;
+    case "rate_limited":
+      return `Too many attempts.${retry}`;
+    case "code_delivery_failed":
+      return "We couldn't send the code just now. Try again in a moment.";
+    case "invalid_body":
+    case "malformed_json":
+      return "Check the number and the code, then try again.";
+    default:
+      break;
+  }
+  if (status === 0) return "Anruf can't be reached. Check your internet connection.";
+  if (status === 429) return `Too many attempts.${retry}`;
+  if (status >= 500) return "Something went wrong on our side. Try again in a moment.";
+  return "Signing in didn't work. Check the number and try again.";
 }
 
 /** Short words for a history entry. */

@@ -1,6 +1,6 @@
 // Rendering: small DOM helpers and the views of lists and the call panel.
 
-import { endReasonText, historyReasonText } from "./reasons.js";
+import { callEndText, historyReasonText } from "./reasons.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -23,10 +23,22 @@ function el(tag, attributes = {}, ...children) {
   return node;
 }
 
-/** Readable form of an E.164 number: +49 177 00000001. */
+/** Readable form of an E.164 number: +49 177 00000001, +49 30 555000100, +1 415 555 0100. */
 export function formatNumber(number) {
-  const match = /^\+(\d{2})(\d{3})(\d+)$/.exec(number || "");
-  return match ? `+${match[1]} ${match[2]} ${match[3]}` : number || "";
+  const text = number || "";
+  const nanp = /^\+1(\d{3})(\d{3})(\d{4})$/.exec(text);
+  if (nanp) return `+1 ${nanp[1]} ${nanp[2]} ${nanp[3]}`;
+  const city = /^\+49(30|40|69|89)(\d+)$/.exec(text); // Berlin, Hamburg, Frankfurt, Munich
+  if (city) return `+49 ${city[1]} ${city[2]}`;
+  const match = /^\+(\d{2})(\d{3})(\d+)$/.exec(text);
+  return match ? `+${match[1]} ${match[2]} ${match[3]}` : text;
+}
+
+/** This account's number in the header: grouped to read, plain E.164 in data-number. */
+export function renderMyNumber(number) {
+  const node = $("my-number");
+  node.dataset.number = number || "";
+  setText(node, formatNumber(number));
 }
 
 export function clock(seconds) {
@@ -62,20 +74,26 @@ export function renderDevices(devices, onSignOut) {
   list.replaceChildren(
     ...devices.map((device) => {
       const name = device.name || "Unnamed device";
-      const seen = device.current ? "This device" : `Last seen ${when(device.last_seen_at) || "never"}`;
-      const button = el("button", {
-        type: "button",
-        class: "ghost small",
-        "data-testid": "sign-out-device",
-        "aria-label": `Sign out ${name}`,
-        text: "Sign out",
-      });
-      button.addEventListener("click", () => onSignOut(device));
+      const seen = device.current ? "Active now" : `Last seen ${when(device.last_seen_at) || "never"}`;
+      let action;
+      if (device.current) {
+        // Signing this device out is the header's "Sign out".
+        action = el("span", { class: "badge ok", text: "This device" });
+      } else {
+        action = el("button", {
+          type: "button",
+          class: "ghost small",
+          "data-testid": "sign-out-device",
+          "aria-label": `Sign out ${name}`,
+          text: "Sign out",
+        });
+        action.addEventListener("click", () => onSignOut(device));
+      }
       return el(
         "li",
         { "data-testid": "device-item", "data-device-id": device.device_id, "data-current": String(Boolean(device.current)) },
         el("div", { class: "item-main" }, el("span", { class: "item-title", text: name }), el("span", { class: "muted small", text: seen })),
-        button,
+        action,
       );
     }),
   );
@@ -89,7 +107,7 @@ export function renderContacts(contacts, registered, { onCall, onRemove }) {
       const call = el(
         "button",
         { type: "button", class: "item-main link", "aria-label": `Call ${formatNumber(number)}` },
-        el("span", { class: "item-title", text: formatNumber(number) }),
+        el("span", { class: "item-title number", text: formatNumber(number) }),
         el("span", { class: uses ? "badge ok" : "badge", text: uses ? "Uses Anruf" : "Not on Anruf" }),
       );
       call.addEventListener("click", () => onCall(number));
@@ -112,7 +130,7 @@ export function renderHistory(calls, onCall) {
       const button = el(
         "button",
         { type: "button", class: "item-main link", "aria-label": `Call ${formatNumber(call.peer)}` },
-        el("span", { class: "item-title", text: formatNumber(call.peer) }),
+        el("span", { class: "item-title number", text: formatNumber(call.peer) }),
         el("span", { class: "muted small", text: details }),
       );
       button.addEventListener("click", () => onCall(call.peer));
@@ -158,11 +176,8 @@ export function renderCall(call) {
   setText($("call-peer"), formatNumber(call.peer));
   const ended = call.state === "ended";
   const reason = $("call-end-reason");
+  const words = ended ? callEndText(call) : "";
   if (ended) {
-    const words =
-      call.reason === "error" && call.errorMessage && !call.detail
-        ? call.errorMessage
-        : endReasonText(call.reason, call.detail);
     reason.dataset.reason = call.reason;
     if (call.detail) reason.dataset.detail = call.detail;
     else delete reason.dataset.detail;
@@ -171,7 +186,7 @@ export function renderCall(call) {
     delete reason.dataset.reason;
     setText(reason, "");
   }
-  show(reason, ended);
+  show(reason, ended && Boolean(words) && words !== text);
   const quota = $("quota-warning");
   if (call.quotaSecondsLeft !== null && !ended) {
     setText(quota, `Your minutes run out in ${call.quotaSecondsLeft} seconds.`);
@@ -180,7 +195,8 @@ export function renderCall(call) {
     show(quota, false);
   }
   const connected = call.state === "connected";
-  show($("keypad"), connected);
+  show($("keypad"), connected && call.phoneNetwork);
+  show($("dtmf-log"), call.phoneNetwork && Boolean($("dtmf-log").textContent));
   show($("call-media"), !ended);
   const quality = $("quality");
   const q = connected ? call.quality : "unknown";

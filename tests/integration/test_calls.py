@@ -61,7 +61,7 @@ async def test_each_party_hears_the_other_and_the_call_is_on_record(server: Serv
     assert 3.5 <= record["duration"] <= 5.5
     bob_history = await bob.signaling.history()
     assert bob_history[0]["direction"] == "incoming" and bob_history[0]["missed"] is False
-    cdr = await server.app[CDRS].get(outgoing.call_id)
+    cdr = await server.app[CDRS].get(outgoing.call_id or "")
     assert cdr is not None
     for leg in ("caller", "callee"):
         assert cdr.media[leg]["packets_received"] > 100, cdr.media

@@ -8,6 +8,7 @@ user notices: the screens and states the page shows, and audio in both direction
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 from playwright.async_api import Page, expect
@@ -133,6 +134,8 @@ async def test_browser_calls_a_python_client_and_both_hear_each_other(
     history = page.get_by_test_id("history-item")
     await expect(history.first).to_be_visible(timeout=STATE_TIMEOUT)
     await expect(history.first).to_have_attribute("data-missed", "false")
+    # A call made just now shows today's time of day (hh:mm), not a date.
+    await expect(history.first).to_contain_text(re.compile(r"Outgoing · \d{1,2}:\d{2}"))
     await shots.take(page, "main-with-history")
     await shots.take(page, "main-with-history-phone", phone=True)
 

@@ -47,9 +47,10 @@ export function clock(seconds) {
   return `${mm}:${String(s % 60).padStart(2, "0")}`;
 }
 
-function when(iso) {
-  if (!iso) return "";
-  const date = new Date(iso);
+// Times from the server are Unix seconds.
+function when(seconds) {
+  if (!seconds) return "";
+  const date = new Date(seconds * 1000);
   const sameDay = date.toDateString() === new Date().toDateString();
   return sameDay
     ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })

@@ -14,6 +14,7 @@ Structured values (URIs, name-addr, Via, CSeq) are parsed on access.
 
 from __future__ import annotations
 
+import abc
 import re
 import secrets
 from collections.abc import Iterable, Iterator
@@ -674,12 +675,12 @@ class Headers:
         return f"Headers({self._items!r})"
 
 
-class _Message:
+class _Message(abc.ABC):
     headers: Headers
     body: bytes
 
-    def _start_line(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _start_line(self) -> str: ...
 
     def encode(self) -> bytes:
         """The message on the wire; Content-Length is always written and always right."""

@@ -29,6 +29,7 @@ M       64*T1                        INVITE client after 2xx (RFC 6026 Accepted)
 
 from __future__ import annotations
 
+import abc
 import enum
 import heapq
 import itertools
@@ -174,7 +175,7 @@ def server_key(request: Request) -> TransactionKey:
 # Transactions -------------------------------------------------------------------------
 
 
-class Transaction:
+class Transaction(abc.ABC):
     """Common to the four kinds; ``request`` is the one that created it."""
 
     def __init__(
@@ -203,8 +204,8 @@ class Transaction:
         del self.timers[name]
         return self._timer(name, now)
 
-    def _timer(self, name: str, now: float) -> list[Action]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _timer(self, name: str, now: float) -> list[Action]: ...
 
     def _start(self, name: str, at: float) -> StartTimer:
         self.timers[name] = at

@@ -37,6 +37,7 @@ text our side gave.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import hashlib
 import ipaddress
@@ -384,7 +385,7 @@ ClientHandler = Callable[[Transaction, Response | None, str | None], None]
 # Calls --------------------------------------------------------------------------------
 
 
-class _Call:
+class _Call(abc.ABC):
     """What both directions share: dialog, events, in-dialog requests, re-INVITEs."""
 
     def __init__(self, trunk: SipTrunk, call_id: str, local_tag: str, peer: SipTarget) -> None:
@@ -544,8 +545,8 @@ class _Call:
         self.trunk._respond(txn, response)
         self._retransmit(response, txn.peer)
 
-    def _contact_user(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _contact_user(self) -> str: ...
 
     def _retransmit(self, response: Response, peer: SipTarget) -> None:
         retransmission = AnswerRetransmission(response, peer, self.trunk.settings.timers)
@@ -561,8 +562,8 @@ class _Call:
                 self.trunk._untrack_retransmission(retransmission)
                 self._acked(seq)
 
-    def _acked(self, seq: int) -> None:
-        pass
+    def _acked(self, seq: int) -> None:  # noqa: B027 - a hook; only incoming calls use it
+        """The ACK for our 2xx with CSeq ``seq`` arrived."""
 
     def _no_ack(self, retransmission: AnswerRetransmission) -> None:
         """§13.3.1.4: no ACK for our 2xx within 64*T1: end the dialog with BYE."""
@@ -573,8 +574,8 @@ class _Call:
             self._send_bye("no ACK")
             self._end(None, "timeout", False, "no ACK")
 
-    def _shutdown(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _shutdown(self) -> None: ...
 
 
 class OutboundCall(_Call):

@@ -42,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +130,13 @@ async def relay_child() -> None:
 
 
 class RelayProcess:
-    def __init__(self, loop_kind: str) -> None:
+    """A benchmark's relay child process (``script --relay-child``), driven by JSON lines."""
+
+    def __init__(
+        self, loop_kind: str, script: str = __file__, extra_args: Sequence[str] = ()
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--relay-child", "--loop", loop_kind],
+            [sys.executable, script, "--relay-child", "--loop", loop_kind, *extra_args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -152,9 +156,12 @@ class RelayProcess:
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.call("quit"), 10)
-        self.process.terminate()
-        self.process.wait(10)
+            await asyncio.wait_for(self.call("quit"), 20)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self.process.wait, 10)
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
 
 
 # -- endpoints -------------------------------------------------------------------

@@ -40,7 +40,6 @@ import cProfile
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ if str(REPO) not in sys.path:
 from aiortc import RTCSessionDescription  # noqa: E402
 
 from bench.relay_forwarding import Endpoint as AppEndpoint  # noqa: E402
-from bench.relay_forwarding import new_loop  # noqa: E402
+from bench.relay_forwarding import RelayProcess, new_loop  # noqa: E402
 from voice.ice import restrict_host_addresses  # noqa: E402
 from voice.loadtest.rtp_peer import PlainRtpPeer, opus_tone_payloads  # noqa: E402
 
@@ -115,36 +114,9 @@ async def relay_child() -> None:
             return
 
 
-class RelayProcess:
-    def __init__(self, loop_kind: str, profile: str = "") -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, "--relay-child", "--loop", loop_kind]
-            + (["--profile", profile] if profile else []),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        self._lock = asyncio.Lock()
-
-    async def call(self, op: str, **fields: Any) -> Any:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        async with self._lock:
-            self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
-            self.process.stdin.flush()
-            line = await asyncio.to_thread(self.process.stdout.readline)
-        if not line:
-            raise RuntimeError("the relay process exited")
-        return json.loads(line)
-
-    async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.call("quit"), 20)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            await asyncio.to_thread(self.process.wait, 10)
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+def relay_process(loop_kind: str, profile: str = "") -> RelayProcess:
+    """The relay child of this benchmark (its own ops: RTP legs, transcoding)."""
+    return RelayProcess(loop_kind, __file__, ["--profile", profile] if profile else [])
 
 
 # -- endpoints -------------------------------------------------------------------
@@ -204,7 +176,7 @@ def counters(calls: list[Call]) -> dict[str, int]:
 
 async def climb(mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     codec = "PCMA" if mode == "transcode" else "opus"
-    relay = RelayProcess(args.loop, f"{args.profile}.{mode}" if args.profile else "")
+    relay = relay_process(args.loop, f"{args.profile}.{mode}" if args.profile else "")
     calls: list[Call] = []
     stop = asyncio.Event()
     tick_task = asyncio.create_task(ticker(calls, stop))

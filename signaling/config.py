@@ -100,6 +100,20 @@ class Config:
     #: Requests per second from one source IP before we drop (and 503) them.
     sip_requests_per_second: float = 50.0
 
+    # Several nodes (docs/operations.md)
+    #: redis://HOST:PORT/DB shared by the nodes; empty = one node, in-process bus.
+    redis_url: str = ""
+    #: This node's name in logs and in the cluster; empty = HOST:PORT.
+    node_name: str = ""
+    #: Seconds between a node's heartbeats, and of silence after which it is dead.
+    node_heartbeat: float = 1.0
+    node_dead_after: float = 5.0
+    #: After SIGTERM: how long calls in progress may go on before they are ended.
+    drain_timeout: float = 300.0
+    #: Where relay legs live: "local" (relay_workers on this host) or "registry"
+    #: (relay hosts registered in Redis by `anruf relay`; needs redis_url).
+    relay_source: str = "local"
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

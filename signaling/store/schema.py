@@ -202,6 +202,44 @@ events = sa.Table(
     sa.Index("ix_events_due", "status", "next_attempt_at"),
 )
 
+# -- Several nodes (signaling/cluster) -----------------------------------------
+
+#: Every signaling node that ran: its heartbeat tells the others it is alive.
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("node_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    #: Set on SIGTERM: the node takes no new calls and sends its devices elsewhere.
+    sa.Column("draining", sa.Boolean, nullable=False, server_default=sa.false()),
+    #: Set when the node stopped cleanly, or when another node found it dead.
+    sa.Column("stopped_at", sa.Float, nullable=True),
+)
+
+#: Calls in progress, one row per call, written by the node that holds the call and
+#: removed with the call's record in one transaction. A row whose node died is
+#: ended (failed/node_lost) by a surviving node, or by the node's next start.
+live_calls = sa.Table(
+    "live_calls",
+    metadata,
+    sa.Column("call_id", sa.String(64), primary_key=True),
+    sa.Column("node_id", sa.String(64), nullable=False),
+    sa.Column("caller", sa.String(20), nullable=False),
+    sa.Column("callee", sa.String(20), nullable=False),
+    sa.Column("caller_device", sa.String(64), nullable=False),
+    sa.Column("callee_device", sa.String(64), nullable=True),
+    sa.Column("invited_at", sa.Float, nullable=False),
+    sa.Column("ringing_at", sa.Float, nullable=True),
+    sa.Column("answered_at", sa.Float, nullable=True),
+    #: Devices taking part or ringing (JSON list), told when the call is ended for them.
+    sa.Column("devices", sa.JSON, nullable=False),
+    #: What the CDR needs for rating: operator, bundle, kind (JSON object).
+    sa.Column("rating", sa.JSON, nullable=False),
+    sa.Index("ix_live_calls_node", "node_id"),
+)
+
 __all__ = [
     "bundles",
     "calls",
@@ -209,7 +247,9 @@ __all__ = [
     "devices",
     "events",
     "idempotency_keys",
+    "live_calls",
     "metadata",
+    "nodes",
     "operator_keys",
     "operators",
     "subscribers",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -114,3 +116,41 @@ def require_postgres() -> str:
             pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432 in CI: {exc}")
         pytest.skip(f"PostgreSQL is not running at 127.0.0.1:5432 ({exc})")
     return POSTGRES_URL
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres(prefix: str = "anruf_test") -> AsyncIterator[str]:
+    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
+    import asyncpg
+
+    require_postgres()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin_dsn = POSTGRES_URL.replace("+asyncpg", "").rsplit("/", 1)[0] + "/postgres"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def require_redis(db: int) -> str:
+    """The machine's Redis, logical database ``db`` emptied: absent fails loudly in CI.
+
+    Test modules that run at the same time use different ``db`` numbers.
+    """
+    import redis
+
+    url = f"redis://127.0.0.1:6379/{db}"
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        client.flushdb()
+        client.close()
+    except redis.RedisError as exc:
+        if in_ci():
+            pytest.fail(f"Redis is not reachable at 127.0.0.1:6379 in CI: {exc}")
+        pytest.skip(f"Redis is not running at 127.0.0.1:6379 ({exc})")
+    return url

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
-import asyncpg
 import pytest
 import sqlalchemy as sa
 
@@ -21,7 +19,7 @@ from signaling.keys import DATABASE, DELIVERY
 from signaling.metrics import Metrics
 from signaling.store.database import Database
 from signaling.store.schema import events as events_table
-from tests.conftest import ALICE, BOB, POSTGRES_URL, Server, ServerFactory, require_postgres
+from tests.conftest import ALICE, BOB, Server, ServerFactory, fresh_postgres
 from tests.integration.webhooks import (
     OLD_SECRET,
     SECRET,
@@ -308,17 +306,8 @@ async def test_unprovisioned_numbers_use_the_default_operator(
 
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
-    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
-    require_postgres()
-    name = f"anruf_webhooks_{uuid.uuid4().hex[:12]}"
-    admin_dsn = POSTGRES_URL.replace("+asyncpg", "").rsplit("/", 1)[0] + "/postgres"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_postgres("anruf_webhooks") as url:
+        yield url
 
 
 async def test_two_nodes_on_postgresql_never_send_one_event_at_once(

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from signaling.api import openapi, operator, rest
+from signaling.api import health, openapi, operator, rest
 from signaling.api.problems import problem_middleware
+from signaling.calls.live import LiveCalls
 from signaling.calls.service import CallService
 from signaling.carrier.delivery import EventDelivery
 from signaling.carrier.operators import OperatorStore
 from signaling.carrier.policy import CarrierPolicy
+from signaling.cluster.bus import Bus, LocalBus, Message, RedisBus
+from signaling.cluster.node import Node
 from signaling.config import Config
 from signaling.identity.service import Device, IdentityService, make_sender
 from signaling.keys import (
@@ -22,8 +28,10 @@ from signaling.keys import (
     CONFIG,
     DATABASE,
     DELIVERY,
+    DRAIN_TASK,
     IDENTITY,
     METRICS,
+    NODE,
     OPERATORS,
     POLICY,
     PRESENCE,
@@ -36,7 +44,7 @@ from signaling.sip.trunk import IncomingCall, SipTrunk, trunk_settings
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.web import ROUTES as WEB_ROUTES
-from signaling.ws import close_device, websocket
+from signaling.ws import close_device, dispatch, drain, websocket
 from voice.ice import restrict_host_addresses, set_media_ports
 from voice.relay.relay import Relay
 from voice.relay.transcode import TranscodingRelay
@@ -53,6 +61,7 @@ ROUTES = [
     web.get("/v1/calls", rest.call_history),
     web.get("/v1/ws", websocket),
     web.get("/healthz", rest.healthz),
+    web.get("/readyz", health.readyz),
     web.get("/metrics", metrics_handler),
     web.get("/openapi.json", openapi.openapi_json),
     *operator.ROUTES,
@@ -64,9 +73,9 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=256 * 1024)
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    app[PRESENCE] = Presence()
     app.add_routes(ROUTES)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_cluster)
     app.cleanup_ctx.append(_delivery)
     app.cleanup_ctx.append(_media)
     app.cleanup_ctx.append(_trunk)
@@ -98,6 +107,54 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     app[IDENTITY].on_revoked(revoked)
     yield
     await database.close()
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """This node among the others (signaling/cluster): the bus, presence, heartbeat."""
+    config = app[CONFIG]
+    node = Node(
+        app[DATABASE],
+        name=config.node_name or f"{config.host}:{config.port}",
+        heartbeat=config.node_heartbeat,
+        dead_after=config.node_dead_after,
+    )
+    bus: Bus = (
+        RedisBus(node.node_id, config.redis_url) if config.redis_url else LocalBus(node.node_id)
+    )
+
+    async def on_message(message: Message) -> None:
+        try:
+            await _bus_message(app, message)
+        except Exception:
+            logger.exception("cluster message %s failed", message.get("op"))
+
+    await bus.start(on_message)
+    app[NODE] = node
+    app[PRESENCE] = Presence(bus, node.alive)
+    yield
+    await bus.close()
+
+
+async def _bus_message(app: web.Application, message: Message) -> None:
+    """Messages from other nodes (or this one): to our devices, about our calls."""
+    if await app[PRESENCE].handle(message):
+        return
+    calls = app.get(CALLS)
+    if calls is None:
+        return
+    op = message.get("op")
+    device = str(message.get("device", ""))
+    if op == "device":
+        if message.get("online"):
+            calls.device_connected(device)
+        else:
+            calls.device_disconnected(device)
+    elif op == "input":  # a device on another node, about a call held here
+
+        async def reply(text: str) -> None:
+            await app[PRESENCE].send(device, text)
+
+        await dispatch(app, device, str(message.get("number", "")), str(message["text"]), reply)
 
 
 async def _delivery(app: web.Application) -> AsyncIterator[None]:
@@ -183,17 +240,60 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
         reconnect_grace=config.reconnect_grace,
         policy=app[POLICY],
         trunk=app.get(TRUNK),
+        live=LiveCalls(app[DATABASE]),
     )
 
     def dtmf(leg_id: str, digit: str) -> None:
         app[CALLS].dtmf_received(leg_id, digit)
 
     app[RELAY].on_dtmf = dtmf
+    node = app[NODE]
+    node.on_dead(app[CALLS].end_orphans, app[PRESENCE].forget_node)
+    await node.start()  # from now on other nodes see this one alive
     yield
     await app[CALLS].shutdown()
+    await node.stop()
 
 
 async def _close_websockets(app: web.Application) -> None:
     await app[CALLS].shutdown()
     for link in app[PRESENCE].links():
         await link.close(WSCloseCode.GOING_AWAY, "server shutting down")
+
+
+def drain_on_sigterm(app: web.Application) -> None:
+    """For `anruf serve`: SIGTERM drains (signaling/app.py `drain_node`), a second one stops."""
+
+    async def install(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: _spawn_drain(app))
+
+    app.on_startup.append(install)
+
+
+def _spawn_drain(app: web.Application) -> None:
+    if app[CALLS].draining:
+        logger.info("second SIGTERM: stopping now")
+        os.kill(os.getpid(), signal.SIGINT)  # aiohttp's graceful exit
+        return
+    task = asyncio.get_running_loop().create_task(drain_node(app))
+    app[DRAIN_TASK] = task
+
+
+async def drain_node(app: web.Application) -> None:
+    """Stop taking calls, send the devices elsewhere, let the calls in progress go on
+    (up to drain_timeout), then stop the process."""
+    calls, config = app[CALLS], app[CONFIG]
+    calls.draining = True
+    logger.info(
+        "draining: %d calls in progress, up to %.0f s", calls.active_calls, config.drain_timeout
+    )
+    try:
+        await app[NODE].drain()
+    except Exception:
+        logger.exception("draining: the node's state could not be recorded")
+    await drain(app)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(calls.idle.wait(), config.drain_timeout)
+    logger.info("drained (%d calls left): stopping", calls.active_calls)
+    os.kill(os.getpid(), signal.SIGINT)

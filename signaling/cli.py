@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from signaling.app import create_app
+    from signaling.app import create_app, drain_on_sigterm
     from signaling.config import ConfigError, load_config
 
     overrides = {
@@ -153,7 +153,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     config.data_dir.mkdir(parents=True, exist_ok=True)
     loop = _event_loop(config.event_loop)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None, loop=loop)
+    app = create_app(config)
+    drain_on_sigterm(app)
+    web.run_app(app, host=config.host, port=config.port, print=None, loop=loop)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -11,6 +12,7 @@ if TYPE_CHECKING:
     from signaling.carrier.delivery import EventDelivery
     from signaling.carrier.operators import OperatorStore
     from signaling.carrier.policy import CarrierPolicy
+    from signaling.cluster.node import Node
     from signaling.config import Config
     from signaling.identity.service import IdentityService
     from signaling.metrics import Metrics
@@ -33,3 +35,5 @@ POLICY: web.AppKey[CarrierPolicy] = web.AppKey("policy")
 OPERATORS: web.AppKey[OperatorStore] = web.AppKey("operators")
 DELIVERY: web.AppKey[EventDelivery] = web.AppKey("delivery")
 TRUNK: web.AppKey[SipTrunk] = web.AppKey("trunk")
+NODE: web.AppKey[Node] = web.AppKey("node")
+DRAIN_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("drain_task")

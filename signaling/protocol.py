@@ -31,6 +31,8 @@ class ErrorCode:
     CALL_NOT_FOUND: Final = "call_not_found"
     INVALID_STATE: Final = "invalid_state"
     BAD_SDP: Final = "bad_sdp"
+    #: The server is restarting: reconnect (another node takes over) and try again.
+    DRAINING: Final = "draining"
     INTERNAL: Final = "internal"
 
 

@@ -4,8 +4,10 @@ CallService. Protocol errors are answered with an error message; the socket stay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -20,8 +22,9 @@ logger = logging.getLogger("anruf.ws")
 
 AUTH_TIMEOUT = 10.0
 #: Application close codes (4000-4999 are ours, RFC 6455 section 7.4.2).
-CLOSE_REPLACED = 4000
 CLOSE_UNAUTHENTICATED = 4001
+#: The server is restarting: connect again, and the load balancer picks another node.
+CLOSE_RECONNECT = 4002
 CLOSE_REVOKED = 4003
 #: Messages refused in a row before a flooding device is disconnected.
 FLOOD_LIMIT = 50
@@ -41,6 +44,13 @@ class WebSocketLink:
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
+    if request.app[CALLS].draining:
+        return problem(
+            503,
+            "Service Unavailable",
+            "this server is restarting: connect again (another server takes over)",
+            headers={"Retry-After": "1"},
+        )
     device: Device | None = None
     if "Authorization" in request.headers:
         device = await require_device(request)
@@ -89,12 +99,9 @@ async def _first_message_auth(request: web.Request, ws: web.WebSocketResponse) -
 
 async def _serve(request: web.Request, ws: web.WebSocketResponse, device: Device) -> None:
     app = request.app
-    config, calls, presence, metrics = app[CONFIG], app[CALLS], app[PRESENCE], app[METRICS]
+    config, presence, metrics = app[CONFIG], app[PRESENCE], app[METRICS]
     link = WebSocketLink(ws)
-    previous = presence.attach(device.device_id, device.number, link)
-    if previous is not None:
-        await previous.close(CLOSE_REPLACED, "replaced by a newer connection")
-    calls.device_connected(device.device_id)
+    await presence.attach(device.device_id, device.number, link)
     metrics.connected_devices.set(len(presence))
     await ws.send_str(
         protocol.encode(
@@ -122,51 +129,77 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, device: Device
                 await link.send(protocol.error(protocol.ErrorCode.RATE_LIMITED, "slow down"))
                 continue
             refused = 0
-            await _dispatch(request, link, device, msg.data)
+            await dispatch(app, device.device_id, device.number, msg.data, link.send)
     finally:
-        if presence.detach(device.device_id, device.number, link):
-            calls.device_disconnected(device.device_id)
+        await presence.detach(device.device_id, device.number, link)
         metrics.connected_devices.set(len(presence))
         if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
             logger.info("device %s sent an oversized frame", device.device_id)
 
 
-async def _dispatch(request: web.Request, link: WebSocketLink, device: Device, text: str) -> None:
-    calls = request.app[CALLS]
+async def dispatch(
+    app: web.Application,
+    device_id: str,
+    number: str,
+    text: str,
+    reply: Callable[[str], Awaitable[None]],
+) -> None:
+    """One message from a device. A request about a call another node holds is
+    forwarded there (the "input" bus message), and that node answers the device."""
+    calls = app[CALLS]
     try:
         message = protocol.parse(text)
     except protocol.ProtocolError as exc:
-        request.app[METRICS].ws_errors.labels(code=exc.code).inc()
-        await link.send(protocol.error(exc.code, exc.message, exc.ref))
+        app[METRICS].ws_errors.labels(code=exc.code).inc()
+        await reply(protocol.error(exc.code, exc.message, exc.ref))
         return
+    call_id = getattr(message, "call_id", None)
+    if call_id is not None and not calls.holds(call_id):
+        node = await app[PRESENCE].call_node(call_id)
+        if node is not None and node != app[PRESENCE].node_id:
+            await app[PRESENCE].forward(
+                node, {"op": "input", "device": device_id, "number": number, "text": text}
+            )
+            return
     try:
         match message:
             case protocol.CallInvite():
-                await calls.invite(device.device_id, device.number, message)
+                await calls.invite(device_id, number, message)
             case protocol.CallAccept():
-                await calls.accept(device.device_id, message)
+                await calls.accept(device_id, message)
             case protocol.CallReject():
-                await calls.reject(device.device_id, message)
+                await calls.reject(device_id, message)
             case protocol.CallHangup():
-                await calls.hangup(device.device_id, message)
+                await calls.hangup(device_id, message)
             case protocol.CallDtmf():
-                await calls.dtmf(device.device_id, message)
+                await calls.dtmf(device_id, message)
             case protocol.Ping():
-                await link.send(protocol.encode("pong", ref=message.id))
+                await reply(protocol.encode("pong", ref=message.id))
             case protocol.Auth():
-                await link.send(
-                    protocol.encode("welcome", ref=message.id, device_id=device.device_id)
-                )
+                await reply(protocol.encode("welcome", ref=message.id, device_id=device_id))
     except asyncio.CancelledError:
         raise
     except Exception:
-        logger.exception("device %s: message failed", device.device_id)
-        await link.send(protocol.error(protocol.ErrorCode.INTERNAL, "internal error", message.id))
+        logger.exception("device %s: message failed", device_id)
+        await reply(protocol.error(protocol.ErrorCode.INTERNAL, "internal error", message.id))
 
 
 async def close_device(app: web.Application, device: Device) -> None:
-    """A revoked device loses its connection at once."""
-    link = app[PRESENCE].link(device.device_id)
-    if link is not None:
-        await link.send(protocol.error(protocol.ErrorCode.UNAUTHENTICATED, "device revoked"))
-        await link.close(CLOSE_REVOKED, "revoked")
+    """A revoked device loses its connection at once, on whichever node it is."""
+    await app[PRESENCE].close(
+        device.device_id,
+        CLOSE_REVOKED,
+        "revoked",
+        protocol.error(protocol.ErrorCode.UNAUTHENTICATED, "device revoked"),
+    )
+
+
+async def drain(app: web.Application) -> None:
+    """This node is stopping: its devices are asked to reconnect (to another node)."""
+    presence = app[PRESENCE]
+    for device_id in presence.device_ids():
+        link = presence.link(device_id)
+        if link is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await link.send(protocol.encode("reconnect", reason="draining"))
+                await link.close(CLOSE_RECONNECT, "server restarting: reconnect")

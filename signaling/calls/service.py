@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from signaling import protocol
+from signaling.calls.live import LiveCall, LiveCalls
 from signaling.calls.machine import (
     Accept,
     Busy,
@@ -61,6 +63,9 @@ from voice.relay.relay import LegStats, NoOpusError
 from voice.relay.workers import RelayUnavailable
 
 logger = logging.getLogger("anruf.calls")
+
+#: End detail of calls whose node died.
+NODE_LOST = "node_lost"
 
 
 class MediaRelay(Protocol):
@@ -125,6 +130,8 @@ class _CallContext:
     admission: Admission | None = None
     #: The minute-left warning and the cut when the bundle runs out.
     quota_timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    #: The call has a row in live_calls (removed with its record).
+    live: bool = False
 
     def cancel_timers(self) -> None:
         for timer in (self.ring_timer, *self.quota_timers):
@@ -148,8 +155,15 @@ class CallService:
         reconnect_grace: float,
         policy: CarrierPolicy | None = None,
         trunk: Trunk | None = None,
+        live: LiveCalls | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._live = live
+        #: Set while no call is in progress (a draining node waits for it).
+        self.idle = asyncio.Event()
+        self.idle.set()
+        #: Draining (SIGTERM): no new calls; those in progress go on.
+        self.draining = False
         self._policy = policy
         self._trunk = trunk
         self._presence = presence
@@ -171,6 +185,10 @@ class CallService:
     def active_calls(self) -> int:
         return len(self._calls)
 
+    def holds(self, call_id: str) -> bool:
+        """The call is on this node (its state machine and media legs)."""
+        return call_id in self._calls
+
     # Requests from devices -------------------------------------------------
 
     async def invite(self, device_id: str, number: str, message: protocol.CallInvite) -> None:
@@ -188,6 +206,11 @@ class CallService:
                 device_id, protocol.ErrorCode.INVALID_STATE, "this device is already in a call", ref
             )
             return
+        if self.draining:
+            await self._error(
+                device_id, protocol.ErrorCode.DRAINING, "this server is restarting", ref
+            )
+            return
 
         call = Call(
             call_id=uuid.uuid4().hex,
@@ -198,8 +221,9 @@ class CallService:
             ring_timeout=self._ring_timeout,
         )
         ctx = _CallContext(call, ref, time.monotonic())
-        busy = bool(self._number_calls.get(callee))
+        busy = await self._busy(callee)
         self._register(ctx, device_id)
+        await self._presence.call_started(call.call_id, (number, callee))
         self._metrics.active_calls.set(len(self._calls))
         async with ctx.lock:
             if busy:
@@ -240,6 +264,7 @@ class CallService:
         await self._feed(ctx, Ring(self._clock(), tuple(alerted)))
         if call.state is CallState.RINGING:
             self._start_ring_timer(ctx)
+            await self._write_live(ctx)
             await self._announce_ringing(ctx, devices=len(alerted))
 
     async def _answer_caller(self, ctx: _CallContext, offer_sdp: str) -> bool:
@@ -278,7 +303,7 @@ class CallService:
         """Offer the call to every online device of the callee that is not busy."""
         call = ctx.call
         alerted: list[str] = []
-        for device in self._presence.devices(call.callee):
+        for device in await self._presence.devices(call.callee):
             if device in self._device_calls:  # on this call or another: do not ring it
                 continue
             try:
@@ -387,6 +412,7 @@ class CallService:
     # Connections -----------------------------------------------------------
 
     def device_connected(self, device_id: str) -> None:
+        """The device connected (to this node or another)."""
         timer = self._grace_timers.pop(device_id, None)
         if timer is not None:
             timer.cancel()
@@ -413,7 +439,9 @@ class CallService:
 
     async def _lost(self, call_id: str, device_id: str) -> None:
         ctx = self._calls.get(call_id)
-        if ctx is not None:
+        # A device that came back on another node meanwhile is not lost (the
+        # nodes' "connected" and "disconnected" news may cross).
+        if ctx is not None and not await self._presence.online(device_id):
             async with ctx.lock:
                 await self._feed(ctx, DeviceLost(self._clock(), device_id))
 
@@ -497,6 +525,8 @@ class CallService:
                 await ctx.sip.answer(ctx.sip_answer)  # 200 OK to the network
             await self._event(ctx, "call.answered")
             self._start_quota_timers(ctx)
+            if ctx.live and self._live is not None and call.answered_at is not None:
+                await self._live.answered(call.call_id, effect.device, call.answered_at)
         elif isinstance(effect, Ended):
             await self._finish(ctx, effect)
 
@@ -528,12 +558,15 @@ class CallService:
         for device in list(ctx.legs):
             await self._release(ctx, device)
         self._calls.pop(call.call_id, None)
+        if not self._calls:
+            self.idle.set()
         for number in (call.caller, call.callee):
             calls = self._number_calls.get(number)
             if calls is not None:
                 calls.discard(call.call_id)
                 if not calls:
                     del self._number_calls[number]
+        await self._presence.call_ended(call.call_id, (call.caller, call.callee))
         self._metrics.active_calls.set(len(self._calls))
         self._metrics.call_attempts.labels(outcome=ended.reason.value).inc()
         record = CallRecord(
@@ -550,17 +583,7 @@ class CallService:
             end_detail=ended.detail,
             media=media,
         )
-        also = None
-        if self._policy is not None:
-            record = self._policy.rate(ctx.admission, record)
-            also = self._policy.recorder(ctx.admission, record)
-        try:
-            await self._records.save(record, also)
-        except Exception:
-            logger.exception("call %s: the call record could not be written", call.call_id)
-        else:
-            if self._policy is not None and also is not None:
-                self._policy.committed()
+        await self._save(record, ctx.admission, live=ctx.live)
         logger.info(
             "call %s ended: %s %s (%.1f s)",
             call.call_id,
@@ -596,9 +619,13 @@ class CallService:
             return
         await self._feed(ctx, Ring(self._clock(), (device,)))
         self._start_ring_timer(ctx)
+        await self._write_live(ctx)
 
     async def incoming_from_trunk(self, sip_call: IncomingCall) -> None:
         """An INVITE from the network: ring the called app user's devices."""
+        if self.draining:
+            await sip_call.reject(503, "Service Unavailable")
+            return
         try:
             callee = self._directory.normalise(sip_call.to_number)
         except InvalidNumberError:
@@ -623,8 +650,9 @@ class CallService:
         ctx = _CallContext(call, None, time.monotonic(), sip=sip_call)
         sip_call.on_event = self._trunk_listener(call.call_id)
         sip_call.on_reoffer = self._reoffer_handler(ctx.leg(call.caller_device))
-        busy = bool(self._number_calls.get(callee))
+        busy = await self._busy(callee)
         self._register(ctx, call.caller_device)
+        await self._presence.call_started(call.call_id, (caller, callee))
         self._metrics.active_calls.set(len(self._calls))
         async with ctx.lock:
             if self._policy is not None:
@@ -649,6 +677,7 @@ class CallService:
             if call.state is CallState.RINGING:
                 await sip_call.progress(180)
                 self._start_ring_timer(ctx)
+                await self._write_live(ctx)
                 await self._announce_ringing(ctx, devices=len(alerted))
 
     def _reoffer_handler(self, leg_id: str) -> Callable[[str], Awaitable[str]]:
@@ -775,11 +804,113 @@ class CallService:
             async with ctx.lock:
                 await self._feed(ctx, QuotaExhausted(self._clock(), "bundle_minutes_used"))
 
+    async def _save(self, record: CallRecord, admission: Admission | None, *, live: bool) -> None:
+        """Store the call record, with the operators' events and without the live row."""
+        events = None
+        if self._policy is not None:
+            record = self._policy.rate(admission, record)
+            events = self._policy.recorder(admission, record)
+        live_calls = self._live if live else None
+
+        async def also(conn: Any) -> None:
+            if events is not None:
+                await events(conn)
+            if live_calls is not None:
+                await live_calls.remove(conn, record.call_id)
+
+        try:
+            await self._records.save(record, also)
+        except Exception:
+            logger.exception("call %s: the call record could not be written", record.call_id)
+        else:
+            if self._policy is not None and events is not None:
+                self._policy.committed()
+
+    # Several nodes -----------------------------------------------------------
+
+    async def _busy(self, number: str) -> bool:
+        return bool(self._number_calls.get(number)) or await self._presence.busy(number)
+
+    async def _write_live(self, ctx: _CallContext) -> None:
+        """The call rings: from now on a crash of this node still ends it on record."""
+        if self._live is None or ctx.live:
+            return
+        call = ctx.call
+        admission = ctx.admission
+        rating: dict[str, Any] = {}
+        if admission is not None:
+            rating = {
+                "kind": admission.kind.value,
+                "decision": dataclasses.asdict(admission.decision),
+                "caller_subscribed": admission.caller_subscription is not None,
+                "callee_subscribed": admission.callee_subscription is not None,
+            }
+        try:
+            await self._live.ringing(
+                LiveCall(
+                    call_id=call.call_id,
+                    node_id=self._presence.node_id,
+                    caller=call.caller,
+                    callee=call.callee,
+                    caller_device=call.caller_device,
+                    callee_device=call.callee_device,
+                    invited_at=call.invited_at,
+                    ringing_at=call.ringing_at,
+                    answered_at=call.answered_at,
+                    devices=tuple(sorted(ctx.legs)),
+                    rating=rating,
+                )
+            )
+        except Exception:
+            logger.exception("call %s: the live call could not be recorded", call.call_id)
+        else:
+            ctx.live = True
+
+    async def end_orphans(self, node_id: str, last_seen: float) -> None:
+        """A node died (or this node restarted after a crash): end its calls on
+        record as failed/node_lost, and tell their devices wherever they are now."""
+        if self._live is None:
+            return
+        for live in await self._live.of_node(node_id):
+            ended_at = max(last_seen, live.answered_at or live.invited_at)
+            record = CallRecord(
+                call_id=live.call_id,
+                caller=live.caller,
+                callee=live.callee,
+                caller_device=live.caller_device,
+                callee_device=live.callee_device,
+                invited_at=live.invited_at,
+                ringing_at=live.ringing_at,
+                answered_at=live.answered_at,
+                ended_at=ended_at,
+                end_reason=EndReason.FAILED.value,
+                end_detail=NODE_LOST,
+                media={},
+            )
+            admission = None
+            if self._policy is not None and live.rating:
+                admission = await self._policy.restore(
+                    live.call_id, live.caller, live.callee, live.rating
+                )
+            await self._save(record, admission, live=True)
+            await self._presence.call_ended(live.call_id, (live.caller, live.callee))
+            self._metrics.call_attempts.labels(outcome=EndReason.FAILED.value).inc()
+            logger.warning("call %s ended: its node %s is gone", live.call_id, node_id)
+            ended = protocol.encode(
+                "call.ended",
+                call_id=live.call_id,
+                reason=EndReason.FAILED.value,
+                detail=NODE_LOST,
+            )
+            for device in {live.caller_device, *live.devices}:
+                await self._send(device, ended)
+
     # Helpers ---------------------------------------------------------------
 
     def _register(self, ctx: _CallContext, device_id: str) -> None:
         call = ctx.call
         self._calls[call.call_id] = ctx
+        self.idle.clear()
         self._device_calls.setdefault(device_id, set()).add(call.call_id)
         self._leg_calls[ctx.leg(device_id)] = (call.call_id, device_id)
         for number in (call.caller, call.callee):
@@ -807,13 +938,8 @@ class CallService:
         await self._send(device_id, protocol.error(code, message, ref))
 
     async def _send(self, device_id: str, text: str) -> None:
-        link = self._presence.link(device_id)
-        if link is None:
-            return
-        try:
-            await link.send(text)
-        except (ConnectionError, RuntimeError) as exc:
-            logger.info("device %s: message not delivered: %s", device_id, exc)
+        if not is_trunk_device(device_id):
+            await self._presence.send(device_id, text)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

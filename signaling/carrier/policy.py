@@ -34,6 +34,7 @@ from signaling.carrier.rating import (
 )
 from signaling.store.database import Database
 from signaling.store.schema import bundles, calls, subscribers, usage_thresholds
+from signaling.store.schema import events as event_table
 from voice.loadtest.measure import mos_from_r, r_factor
 
 __all__ = ["Admission", "CarrierPolicy", "Subscription", "UsageReport"]
@@ -196,6 +197,34 @@ class CarrierPolicy:
         reported to the callee's operator."""
         callee_sub = await self.subscription(callee)
         return Admission(call_id, caller, callee, CallKind.PHONE, Decision(True), None, callee_sub)
+
+    async def restore(
+        self, call_id: str, caller: str, callee: str, rating: dict[str, Any]
+    ) -> Admission:
+        """The admission of a call whose node died (from its live_calls row), so the
+        call can still be rated and reported; its events go after the ones sent."""
+        decision = Decision(**rating.get("decision", {"allowed": True}))
+        caller_sub = await self.subscription(caller) if rating.get("caller_subscribed") else None
+        callee_sub = await self.subscription(callee) if rating.get("callee_subscribed") else None
+        admission = Admission(
+            call_id,
+            caller,
+            callee,
+            CallKind(rating.get("kind", CallKind.APP.value)),
+            decision,
+            caller_sub,
+            callee_sub,
+        )
+        async with self._db.read() as conn:
+            for operator_id in admission.operators:
+                last = await conn.scalar(
+                    sa.select(sa.func.max(event_table.c.sequence)).where(
+                        event_table.c.ordering_key == call_id,
+                        event_table.c.operator_id == operator_id,
+                    )
+                )
+                admission.sequences[operator_id] = last or 0
+        return admission
 
     # -- events ----------------------------------------------------------------
 

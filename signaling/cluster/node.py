@@ -1,0 +1,164 @@
+"""This signaling node among the others: heartbeat, who is alive, dead nodes' calls.
+
+Every node has a row in ``nodes`` (signaling/store/schema.py) and refreshes
+its heartbeat every `heartbeat` seconds. A node silent for `dead_after`
+seconds, or one that stopped, is dead: the alive node with the smallest id
+(the others skip the work) marks it stopped, asks the bus to forget its
+devices and calls, and hands its calls in progress (rows in ``live_calls``)
+to `on_dead` to be ended with a recorded reason. A node restarted under the
+same name knows its earlier self is dead and ends that one's calls at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import sqlalchemy as sa
+
+from signaling.store.database import Database
+from signaling.store.schema import live_calls, nodes
+
+log = logging.getLogger("anruf.cluster")
+
+#: on_dead(node_id, last_seen): end the dead node's calls in progress.
+DeadNodeHandler = Callable[[str, float], Awaitable[None]]
+
+
+class Node:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        name: str,
+        heartbeat: float,
+        dead_after: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.node_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.draining = False
+        self._db = db
+        self._heartbeat = heartbeat
+        self._dead_after = dead_after
+        self._clock = clock
+        self._alive: set[str] = {self.node_id}
+        self._task: asyncio.Task[None] | None = None
+        self._forget: list[Callable[[str], Awaitable[None]]] = []
+        self._on_dead: list[DeadNodeHandler] = []
+
+    def on_dead(self, end_calls: DeadNodeHandler, forget: Callable[[str], Awaitable[None]]) -> None:
+        self._on_dead.append(end_calls)
+        self._forget.append(forget)
+
+    def alive(self, node_id: str) -> bool:
+        return node_id in self._alive
+
+    @property
+    def alive_nodes(self) -> frozenset[str]:
+        return frozenset(self._alive)
+
+    async def start(self) -> None:
+        now = self._clock()
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                nodes.insert().values(
+                    node_id=self.node_id, name=self.name, started_at=now, heartbeat_at=now
+                )
+            )
+        log.info("node %s started", self.node_id)
+        await self.beat()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def drain(self) -> None:
+        self.draining = True
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                nodes.update().where(nodes.c.node_id == self.node_id).values(draining=True)
+            )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            async with self._db.transaction() as conn:
+                await conn.execute(
+                    nodes.update()
+                    .where(nodes.c.node_id == self.node_id)
+                    .values(stopped_at=self._clock())
+                )
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("node %s: heartbeat failed", self.node_id)
+
+    async def beat(self) -> None:
+        """Refresh our heartbeat and the alive set; end dead nodes' calls (leader only)."""
+        now = self._clock()
+        cutoff = now - self._dead_after
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                nodes.update()
+                .where(nodes.c.node_id == self.node_id)
+                .values(heartbeat_at=now, draining=self.draining)
+            )
+            rows = await conn.execute(
+                sa.select(nodes.c.node_id, nodes.c.heartbeat_at).where(
+                    nodes.c.stopped_at.is_(None), nodes.c.heartbeat_at >= cutoff
+                )
+            )
+            self._alive = {row.node_id for row in rows} | {self.node_id}
+        if min(self._alive) == self.node_id:
+            await self._bury(now, cutoff)
+
+    async def _bury(self, now: float, cutoff: float) -> None:
+        """Mark silent nodes stopped, forget their registry, end their calls."""
+        dead = sa.or_(
+            nodes.c.heartbeat_at < cutoff,
+            sa.and_(nodes.c.name == self.name, nodes.c.node_id != self.node_id),
+        )
+        async with self._db.transaction() as conn:
+            silent = [
+                row.node_id
+                for row in await conn.execute(
+                    sa.select(nodes.c.node_id).where(nodes.c.stopped_at.is_(None), dead)
+                )
+            ]
+            if silent:
+                await conn.execute(
+                    nodes.update()
+                    .where(nodes.c.node_id.in_(silent))
+                    .values(stopped_at=sa.func.coalesce(nodes.c.stopped_at, now))
+                )
+            orphaned = await conn.execute(
+                sa.select(live_calls.c.node_id, nodes.c.heartbeat_at)
+                .distinct()
+                .select_from(live_calls.outerjoin(nodes, nodes.c.node_id == live_calls.c.node_id))
+                .where(
+                    live_calls.c.node_id != self.node_id,
+                    sa.or_(nodes.c.node_id.is_(None), nodes.c.stopped_at.is_not(None)),
+                )
+            )
+            orphans = [(row.node_id, row.heartbeat_at or now) for row in orphaned]
+        for node_id in silent:
+            log.warning("node %s is gone: forgetting its devices and calls", node_id)
+            for forget in self._forget:
+                await forget(node_id)
+        for node_id, last_seen in orphans:
+            for end_calls in self._on_dead:
+                await end_calls(node_id, min(last_seen, now))
+
+
+__all__ = ["DeadNodeHandler", "Node"]

@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     database_options(operator_create)
     database_options(operator_commands.add_parser("list", help="list the operators"))
 
+    db = commands.add_parser("db", help="the database")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    database_options(
+        db_commands.add_parser("upgrade", help="migrate the schema to this release (as serve does)")
+    )
+
     from voice.loadtest.cli import add_parser as add_loadtest
 
     add_loadtest(commands)
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "operator":
         return _operator(args)
+    if args.command == "db":
+        return _db(args)
     if args.command == "loadtest":
         from voice.loadtest.cli import main as loadtest
 
@@ -205,6 +213,35 @@ async def _operator_command(args: argparse.Namespace, config: Any) -> int:
     for op in found:
         created = datetime.fromtimestamp(op.created_at, UTC).strftime("%Y-%m-%d %H:%M")
         print(f"{op.operator_id}  {created}  {op.name}  webhook: {op.webhook_url or '-'}")
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    """``anruf db upgrade``: run the schema migrations now, not at the next start."""
+    from signaling.config import ConfigError, load_config
+    from signaling.store.database import Database
+    from signaling.store.migrations import LATEST, SchemaVersionError
+
+    overrides = {"data_dir": args.data_dir, "database_url": args.database_url}
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"anruf: {exc}", file=sys.stderr)
+        return 2
+
+    async def upgrade() -> None:
+        database = await Database.open(config.resolved_database_url)
+        await database.close()
+
+    try:
+        asyncio.run(upgrade())
+    except SchemaVersionError as exc:
+        print(f"anruf: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"schema_version": LATEST}))
+    else:
+        print(f"Database schema at version {LATEST}.")
     return 0
 
 

@@ -26,12 +26,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from signaling.store.schema import metadata
+from signaling.store import migrations
 
 log = logging.getLogger("anruf.store")
 
 #: Seconds SQLite waits for a lock held by another process before failing.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+#: Execution option: begin SQLite transactions with BEGIN IMMEDIATE.
+_BEGIN_IMMEDIATE = "anruf_begin_immediate"
 
 
 class Database:
@@ -42,7 +45,11 @@ class Database:
 
     @classmethod
     async def open(cls, url: str) -> Database:
-        """Connect to ``url`` and create any missing tables."""
+        """Connect to ``url`` and bring its schema to the latest version.
+
+        Raises :class:`~signaling.store.migrations.SchemaVersionError` for a
+        database whose schema is newer than this code.
+        """
         parsed = make_url(url)
         kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
@@ -59,9 +66,7 @@ class Database:
             _configure_sqlite(engine)
         db = cls(engine)
         try:
-            async with db.transaction() as conn:
-                await conn.run_sync(metadata.create_all)
-                await conn.run_sync(_add_missing_columns)
+            await migrations.upgrade(db._schema_transaction)
         except BaseException:
             await engine.dispose()
             raise
@@ -82,6 +87,22 @@ class Database:
                 yield conn
 
     @contextlib.asynccontextmanager
+    async def _schema_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that takes SQLite's write lock at once.
+
+        Migrations read the version and then write: with a deferred BEGIN, two
+        processes could both read and then fail to write.
+        """
+        if self.is_sqlite:
+            async with self._write_lock, self.engine.connect() as conn:
+                await conn.execution_options(**{_BEGIN_IMMEDIATE: True})
+                async with conn.begin():
+                    yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads (WAL lets SQLite readers run beside the writer)."""
         async with self.engine.connect() as conn:
@@ -94,30 +115,6 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
-
-
-def _add_missing_columns(conn: sa.Connection) -> None:
-    """Upgrade tables made by an earlier version: add the columns it lacked.
-
-    New columns are nullable or carry a server default, so rows written
-    before the upgrade stay valid.
-    """
-    inspector = sa.inspect(conn)
-    for table in metadata.sorted_tables:
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            kind = column.type.compile(dialect=conn.dialect)
-            default = ""
-            if column.server_default is not None:
-                text = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
-                default = " DEFAULT " + str(text).split(" DEFAULT ", 1)[1].split(" NOT NULL")[0]
-            null = "" if column.nullable or not default else " NOT NULL"
-            conn.exec_driver_sql(
-                f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}{null}'
-            )
-            log.info("database upgraded: %s.%s added", table.name, column.name)
 
 
 def _make_parent_dir(path: str) -> None:
@@ -143,7 +140,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        immediate = conn.get_execution_options().get(_BEGIN_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 __all__ = ["Database"]

@@ -240,6 +240,18 @@ live_calls = sa.Table(
     sa.Index("ix_live_calls_node", "node_id"),
 )
 
+# -- Schema versions (signaling/store/migrations.py) ---------------------------
+
+#: One row per schema version the database went through; the highest is its
+#: version. No migration ever changes this table.
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
 __all__ = [
     "bundles",
     "calls",
@@ -252,6 +264,7 @@ __all__ = [
     "nodes",
     "operator_keys",
     "operators",
+    "schema_migrations",
     "subscribers",
     "usage_thresholds",
     "verifications",

@@ -184,7 +184,20 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
     if config.relay_mode not in ("forward", "transcode"):
         raise ValueError(f"relay_mode must be forward or transcode, not {config.relay_mode!r}")
     relay: Relay | WorkerRelay
-    if config.relay_workers:
+    if config.relay_source not in ("local", "registry"):
+        raise ValueError(f"relay_source must be local or registry, not {config.relay_source!r}")
+    if config.relay_source == "registry":
+        from voice.relay.registry import RedisHostDirectory
+
+        # Legs live on relay hosts (`anruf relay`) found in Redis; least loaded first.
+        relay = WorkerRelay(
+            bind_address=config.media_bind_address,
+            on_leg_failed=leg_failed,
+            hosts=RedisHostDirectory(config.redis_url),
+            discovery_interval=config.relay_heartbeat,
+        )
+        await relay.start()  # reads the registry: fails at startup when Redis cannot be read
+    elif config.relay_workers:
         # Legs live in worker processes that own their sockets, one per core by default.
         relay = WorkerRelay(
             bind_address=config.media_bind_address,

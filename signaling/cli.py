@@ -44,6 +44,25 @@ def main(argv: list[str] | None = None) -> int:
         "--relay-workers", type=int, help="relay processes: -1 one per core (default), 0 in-process"
     )
 
+    relay = commands.add_parser(
+        "relay", help="run a relay host: media for signaling nodes, registered in Redis"
+    )
+    relay.add_argument("--config", type=Path, help="TOML settings file")
+    relay.add_argument("--control", help="HOST:PORT for control connections (127.0.0.1:7400)")
+    relay.add_argument("--control-announce", help="HOST:PORT nodes connect to, if not --control")
+    relay.add_argument("--id", help="this relay host's id in Redis (default: its control address)")
+    relay.add_argument("--redis-url", help="redis://HOST:PORT/DB shared with the signaling nodes")
+    relay.add_argument("--media-bind-address")
+    relay.add_argument("--media-announce-address")
+    relay.add_argument("--media-port-min", type=int)
+    relay.add_argument("--media-port-max", type=int)
+    relay.add_argument("--relay-mode", choices=["forward", "transcode"])
+    relay.add_argument("--capacity", type=int, help="legs before it takes no new calls; 0 no limit")
+    relay.add_argument("--heartbeat", type=float, help="seconds between registrations")
+    relay.add_argument("--ttl", type=float, help="seconds until a registration expires")
+    relay.add_argument("--drain-timeout", type=float, help="seconds calls may go on after SIGTERM")
+    relay.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"])
+
     def client_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--profile-dir", type=Path, default=DEFAULT_PROFILE_DIR)
         p.add_argument(
@@ -108,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("aioice").setLevel(logging.WARNING)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "relay":
+        return _relay(args)
     if args.command == "operator":
         return _operator(args)
     if args.command == "db":
@@ -164,6 +185,89 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     drain_on_sigterm(app)
     web.run_app(app, host=config.host, port=config.port, print=None, loop=loop)
+    return 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    """A relay host until SIGTERM or SIGINT (a second one ends its drain at once)."""
+    import signal
+
+    from redis.exceptions import RedisError
+
+    from signaling.config import ConfigError, load_config
+    from voice.relay.host import HostIdInUse, HostSettings, RelayHost
+    from voice.relay.workers import WorkerSettings
+
+    flags = {
+        "relay_control_listen": args.control,
+        "relay_control_announce": args.control_announce,
+        "relay_host_id": args.id,
+        "redis_url": args.redis_url,
+        "media_bind_address": args.media_bind_address,
+        "media_announce_address": args.media_announce_address,
+        "media_port_min": args.media_port_min,
+        "media_port_max": args.media_port_max,
+        "relay_mode": args.relay_mode,
+        "relay_capacity": args.capacity,
+        "relay_heartbeat": args.heartbeat,
+        "relay_host_ttl": args.ttl,
+        "relay_drain_timeout": args.drain_timeout,
+        "event_loop": args.event_loop,
+    }
+    try:
+        config = load_config(args.config, overrides=flags)
+        if not config.redis_url:
+            raise ConfigError("a relay host registers in Redis: give --redis-url")
+        settings = HostSettings(
+            host_id=config.relay_host_id,
+            control_listen=config.relay_control_listen,
+            control_announce=config.relay_control_announce,
+            redis_url=config.redis_url,
+            media=WorkerSettings(
+                bind_address=config.media_bind_address,
+                announce_address=config.media_announce_address,
+                ice_servers=config.ice_servers,
+                media_timeout=config.media_timeout,
+                connect_timeout=10.0,
+                relay_mode=config.relay_mode,
+                media_ports=(config.media_port_min, config.media_port_max),
+            ),
+            capacity=config.relay_capacity,
+            heartbeat=config.relay_heartbeat,
+            ttl=config.relay_host_ttl,
+            drain_timeout=config.relay_drain_timeout,
+        )
+    except (ConfigError, ValueError) as exc:
+        print(f"anruf: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        host = RelayHost(settings)
+        stop = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                host.stop_now()
+            stop.set()
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal)
+        try:
+            await host.start()
+            await stop.wait()
+            await host.drain()
+        finally:
+            await host.close()
+
+    loop = _event_loop(config.event_loop)
+    try:
+        loop.run_until_complete(run())
+    except (OSError, ValueError, HostIdInUse, RedisError) as exc:
+        print(f"anruf: relay host: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
     return 0
 
 

@@ -114,6 +114,22 @@ class Config:
     #: (relay hosts registered in Redis by `anruf relay`; needs redis_url).
     relay_source: str = "local"
 
+    # Relay hosts: `anruf relay` (docs/architecture.md, "Relay hosts")
+    #: HOST:PORT where a relay host takes control connections from signaling nodes.
+    relay_control_listen: str = "127.0.0.1:7400"
+    #: HOST:PORT the nodes connect to, as registered; empty = relay_control_listen.
+    relay_control_announce: str = ""
+    #: The relay host's id in Redis (key anruf:relay:<id>); empty = its control address.
+    relay_host_id: str = ""
+    #: Legs a relay host holds before it takes no new calls; 0 = no limit.
+    relay_capacity: int = 1000
+    #: Seconds between a relay host's registrations (and nodes' look-ups of them),
+    #: and after which a registration not refreshed expires.
+    relay_heartbeat: float = 1.0
+    relay_host_ttl: float = 3.0
+    #: After SIGTERM: how long a relay host's calls may go on before it stops.
+    relay_drain_timeout: float = 30.0
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -29,6 +29,15 @@ TranscodingRelay) on its own event loop, uvloop when it is installed.
 - The synchronous methods (start_ringback, stop_ringback, bridge, stats,
   active_legs) never wait for a worker: they send a notification, or read
   the parent's own bookkeeping (stats() returns the latest snapshot).
+- Relay hosts (`hosts=`, a HostDirectory such as
+  voice.relay.registry.RedisHostDirectory): instead of spawning processes,
+  the "workers" are TCP control connections to relay hosts (`anruf relay`,
+  voice/relay/host.py, which serves this same protocol with `serve_channel`
+  and `_WorkerServer`). The directory is read every `discovery_interval`: a
+  new host is connected, one whose registration expired or changed is lost
+  like an exited worker (its legs fail with "relay_worker_lost"), and a
+  host is never replaced by us. A host's load is its own report of the legs
+  others hold plus ours; a draining or full host gets no new calls.
 """
 
 from __future__ import annotations
@@ -46,9 +55,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol
 
 from voice.relay.avp import NoCommonCodecError
+from voice.relay.registry import Candidate, HostRecord, choose
 from voice.relay.relay import LegStats, NoOpusError, Relay, UnknownLegError
 
 __all__ = [
@@ -57,6 +67,7 @@ __all__ = [
     "Event",
     "Failure",
     "FrameDecoder",
+    "HostDirectory",
     "ProtocolError",
     "RelayUnavailable",
     "RelayWorkerError",
@@ -66,6 +77,8 @@ __all__ = [
     "encode_message",
     "error_from_wire",
     "error_to_wire",
+    "make_relay",
+    "serve_channel",
     "stats_from_wire",
     "stats_to_wire",
 ]
@@ -80,6 +93,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 STATS_INTERVAL = 1.0
 HANG_TIMEOUT = 10.0
+DISCOVERY_INTERVAL = 1.0
 MAX_FRAME = 1 << 22
 # Final stats of legs lost with their worker, kept for close_leg(); bounded.
 MAX_LOST_LEGS = 10_000
@@ -99,6 +113,14 @@ class RelayWorkerError(RuntimeError):
 
 class ProtocolError(Exception):
     """A control-channel message that cannot be read."""
+
+
+class HostDirectory(Protocol):
+    """Where relay hosts are registered (voice.relay.registry.RedisHostDirectory)."""
+
+    async def hosts(self) -> list[HostRecord]: ...
+
+    async def close(self) -> None: ...
 
 
 def call_id_of(leg_id: str) -> str:
@@ -294,9 +316,32 @@ def _worker_main(conn: Connection, settings: WorkerSettings) -> None:
 
 
 async def _serve(sock: socket.socket, settings: WorkerSettings) -> None:
+    sock.setblocking(False)
+    relay = make_relay(settings)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+
+    def send(message: dict[str, Any]) -> None:
+        if not writer.is_closing():
+            writer.write(encode_message(message))
+
+    worker = _WorkerServer(relay, send)
+    relay.on_leg_failed = worker.leg_failed
+    relay.on_dtmf = worker.dtmf
+    worker.send_ready()
+    try:
+        await serve_channel(reader, worker, settings.stats_interval)
+    finally:
+        await relay.close()
+        with contextlib.suppress(Exception):
+            await writer.drain()
+        writer.close()
+
+
+def make_relay(settings: WorkerSettings) -> Relay:
+    """This process's Relay as the settings ask (its ICE choices are process-wide)."""
     from voice.ice import restrict_host_addresses, set_media_ports
 
-    # aioice's host address choice is process-wide, so each worker makes it for itself.
+    # aioice's host address choice is process-wide, so each process makes it for itself.
     restrict_host_addresses([settings.bind_address])
     set_media_ports(*settings.media_ports)
     relay_class: type[Relay] = Relay
@@ -304,37 +349,28 @@ async def _serve(sock: socket.socket, settings: WorkerSettings) -> None:
         from voice.relay.transcode import TranscodingRelay
 
         relay_class = TranscodingRelay
-    sock.setblocking(False)
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
-
-    def send(message: dict[str, Any]) -> None:
-        if not writer.is_closing():
-            writer.write(encode_message(message))
-
-    def leg_failed(leg_id: str, detail: str) -> None:
-        send({"event": "leg_failed", "args": [leg_id, detail]})
-
-    def dtmf(leg_id: str, digit: str) -> None:
-        send({"event": "dtmf", "args": [leg_id, digit]})
-
-    relay = relay_class(
+    return relay_class(
         bind_address=settings.bind_address,
         announce_address=settings.announce_address,
         ice_servers=settings.ice_servers,
         media_timeout=settings.media_timeout,
-        on_leg_failed=leg_failed,
         connect_timeout=settings.connect_timeout,
     )
-    relay.on_dtmf = dtmf
-    worker = _WorkerServer(relay, send)
-    loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]
-    send({"event": "ready", "args": [os.getpid(), loop_name]})
-    reporter = asyncio.create_task(worker.report_stats(settings.stats_interval))
+
+
+async def serve_channel(
+    reader: asyncio.StreamReader, worker: _WorkerServer, stats_interval: float
+) -> None:
+    """Carry out one control channel's requests until it ends or asks to shut down.
+
+    Raises ProtocolError for bytes that are not control frames.
+    """
+    reporter = asyncio.create_task(worker.report_stats(stats_interval))
     decoder = FrameDecoder()
     try:
         while not worker.stopping:
             data = await reader.read(65536)
-            if not data:  # the parent is gone
+            if not data:  # the other side is gone
                 break
             for message in decoder.feed(data):
                 await worker.handle(message)
@@ -342,14 +378,16 @@ async def _serve(sock: socket.socket, settings: WorkerSettings) -> None:
         reporter.cancel()
         for task in list(worker.tasks):
             task.cancel()
-        await relay.close()
-        with contextlib.suppress(Exception):
-            await writer.drain()
-        writer.close()
 
 
 class _WorkerServer:
-    """Carries out the parent's requests on this process's Relay."""
+    """Carries out one control channel's requests on a Relay.
+
+    A worker process has the Relay to itself. A relay host shares its Relay
+    among several channels (one per signaling node): each channel's leg ids
+    then carry the channel's `prefix` inside the Relay, so channels never see
+    or touch each other's legs, and `admit` may refuse legs of new calls.
+    """
 
     ASYNC_OPS = frozenset(
         {
@@ -363,24 +401,52 @@ class _WorkerServer:
             "update_rtp",
         }
     )
+    NEW_LEG_OPS = frozenset({"answer", "offer", "offer_rtp", "answer_rtp"})
 
-    def __init__(self, relay: Relay, send: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        send: Callable[[dict[str, Any]], None],
+        *,
+        prefix: str = "",
+        admit: Callable[[str], bool] | None = None,
+        owns_relay: bool = True,
+    ) -> None:
         self.relay = relay
         self.send = send
+        self.prefix = prefix
+        self.admit = admit
+        self.owns_relay = owns_relay
+        #: This channel's legs, by the ids the channel uses.
         self.legs: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+
+    def send_ready(self) -> None:
+        loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+        self.send({"event": "ready", "args": [os.getpid(), loop_name]})
+
+    # -- events from the Relay (leg ids as the Relay knows them) --------------------
+
+    def leg_failed(self, leg_id: str, detail: str) -> None:
+        self.send({"event": "leg_failed", "args": [leg_id.removeprefix(self.prefix), detail]})
+
+    def dtmf(self, leg_id: str, digit: str) -> None:
+        self.send({"event": "dtmf", "args": [leg_id.removeprefix(self.prefix), digit]})
+
+    # -- requests ------------------------------------------------------------------
 
     async def handle(self, message: dict[str, Any]) -> None:
         request_id = message.get("id")
         op = str(message.get("op", ""))
         args = message.get("args", [])
+        if not isinstance(args, list):
+            args = [args]
         if op == "shutdown":
             self.stopping = True
             for task in list(self.tasks):
                 task.cancel()
-            await self.relay.close()
-            self.legs.clear()
+            await self.release()
             self._reply(request_id, None)
             return
         if op in self.ASYNC_OPS:
@@ -390,6 +456,18 @@ class _WorkerServer:
             task.add_done_callback(self.tasks.discard)
             return
         await self._run(request_id, op, args)
+
+    async def release(self) -> None:
+        """Close this channel's legs (all of the Relay's, when it owns the Relay)."""
+        legs, self.legs = self.legs, set()
+        if self.owns_relay:
+            await self.relay.close()
+            return
+        for leg_id in sorted(legs):
+            try:
+                await self.relay.close_leg(self.prefix + leg_id)
+            except Exception:
+                logger.exception("closing leg %s", leg_id)
 
     async def _run(self, request_id: object, op: str, args: list[Any]) -> None:
         try:
@@ -408,70 +486,88 @@ class _WorkerServer:
         if request_id is not None:
             self.send({"id": request_id, "result": result})
 
+    def _leg(self, leg_id: object) -> str:
+        """The Relay's id for a leg id of this channel."""
+        if not isinstance(leg_id, str) or not leg_id:
+            raise ValueError(f"a leg id is a non-empty string, not {leg_id!r}"[:200])
+        return self.prefix + leg_id
+
     async def _call(self, op: str, args: list[Any]) -> Any:
         relay = self.relay
-        if op == "answer":
-            leg_id, sdp = args
-            answer = await relay.answer(leg_id, sdp)
-            self.legs.add(leg_id)
-            return answer
-        if op == "offer":
-            (leg_id,) = args
-            offer = await relay.offer(leg_id)
-            self.legs.add(leg_id)
-            return offer
+        if op in self.NEW_LEG_OPS:
+            leg_id = args[0] if args else None
+            inner = self._leg(leg_id)
+            if self.admit is not None and not self.admit(inner):
+                raise RelayUnavailable("this relay host takes no new calls")
+            if op == "answer":
+                _, sdp = args
+                result: Any = await relay.answer(inner, _text(sdp))
+            elif op == "offer":
+                (_,) = args
+                result = await relay.offer(inner)
+            elif op == "offer_rtp":
+                (_,) = args
+                result = await relay.offer_rtp(inner)
+            else:
+                _, sdp = args
+                result = await relay.answer_rtp(inner, _text(sdp))
+            self.legs.add(str(leg_id))
+            return result
         if op == "accept_answer":
             leg_id, sdp = args
-            await relay.accept_answer(leg_id, sdp)
+            await relay.accept_answer(self._leg(leg_id), _text(sdp))
             return None
-        if op == "offer_rtp":
-            (leg_id,) = args
-            offer = await relay.offer_rtp(leg_id)
-            self.legs.add(leg_id)
-            return offer
-        if op == "answer_rtp":
-            leg_id, sdp = args
-            answer = await relay.answer_rtp(leg_id, sdp)
-            self.legs.add(leg_id)
-            return answer
         if op == "accept_rtp_answer":
             leg_id, sdp = args
-            await relay.accept_rtp_answer(leg_id, sdp)
+            await relay.accept_rtp_answer(self._leg(leg_id), _text(sdp))
             return None
         if op == "update_rtp":
             leg_id, sdp = args
-            return await relay.update_rtp(leg_id, sdp)
+            return await relay.update_rtp(self._leg(leg_id), _text(sdp))
         if op == "send_dtmf":
-            relay.send_dtmf(args[0], args[1])
+            leg_id, digits = args
+            relay.send_dtmf(self._leg(leg_id), _text(digits))
             return None
         if op == "close_leg":
             (leg_id,) = args
+            inner = self._leg(leg_id)
             self.legs.discard(leg_id)
-            return stats_to_wire(await relay.close_leg(leg_id))
+            return stats_to_wire(await relay.close_leg(inner))
         if op == "start_ringback":
-            relay.start_ringback(args[0])
+            relay.start_ringback(self._leg(args[0]))
             return None
         if op == "stop_ringback":
-            relay.stop_ringback(args[0])
+            relay.stop_ringback(self._leg(args[0]))
             return None
         if op == "play_notice":
-            relay.play_notice(args[0])
+            relay.play_notice(self._leg(args[0]))
             return None
         if op == "bridge":
-            relay.bridge(args[0], args[1])
+            a, b = args
+            relay.bridge(self._leg(a), self._leg(b))
             return None
         if op == "stats":
-            return stats_to_wire(relay.stats(args[0]))
+            return stats_to_wire(relay.stats(self._leg(args[0])))
         if op == "ping":
             return os.getpid()
-        raise ValueError(f"unknown relay worker operation {op!r}")
+        raise ValueError(f"unknown relay worker operation {op!r}"[:200])
 
     async def report_stats(self, interval: float) -> None:
-        """Every interval: each leg's counters (also the parent's sign that we are alive)."""
+        """Every interval: each leg's counters (also the parent's sign that we are alive).
+
+        The second argument counts every leg of the Relay, this channel's and others'.
+        """
         while True:
-            snapshot = {leg_id: stats_to_wire(self.relay.stats(leg_id)) for leg_id in self.legs}
+            stats = self.relay.stats
+            snapshot = {leg_id: stats_to_wire(stats(self.prefix + leg_id)) for leg_id in self.legs}
             self.send({"event": "stats", "args": [snapshot, self.relay.active_legs]})
             await asyncio.sleep(interval)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, not {type(value).__name__}")
+    return value
 
 
 # -- the parent side -------------------------------------------------------------
@@ -479,26 +575,52 @@ class _WorkerServer:
 
 @dataclass(eq=False)
 class _Worker:
+    """One control channel: to a worker process we spawned, or to a relay host."""
+
     index: int
-    process: BaseProcess
+    process: BaseProcess | None
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     ready: asyncio.Future[int]
     last_seen: float
+    #: The relay host's registration (None for a worker process).
+    host: HostRecord | None = None
     correlator: Correlator = field(default_factory=Correlator)
     waiters: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     legs: set[str] = field(default_factory=set)
     alive: bool = True
     loop: str = ""  # the worker's event loop: "uvloop" or "asyncio"
     reader_task: asyncio.Task[None] | None = None
+    #: A relay host's own process id, from its ready event.
+    remote_pid: int = 0
+    #: Legs others (other signaling nodes) hold on a relay host, as of its latest report.
+    others: int = 0
 
     @property
     def pid(self) -> int:
-        return self.process.pid or 0
+        if self.process is not None:
+            return self.process.pid or 0
+        return self.remote_pid
+
+    @property
+    def name(self) -> str:
+        if self.host is not None:
+            return f"relay host {self.host.id}"
+        return f"relay worker {self.pid}"
 
     @property
     def usable(self) -> bool:
         return self.alive and self.ready.done() and not self.ready.cancelled()
+
+    def candidate(self) -> Candidate:
+        if self.host is None:
+            return Candidate(key=("", self.index), load=len(self.legs))
+        return Candidate(
+            key=(self.host.id, self.index),
+            load=self.others + len(self.legs),
+            capacity=self.host.capacity,
+            accepting=self.host.state == "up",
+        )
 
     def send(self, data: bytes) -> None:
         if self.alive and not self.writer.is_closing():
@@ -520,7 +642,8 @@ class WorkerRelay:
     processes; None: one per core), `relay_mode` ("forward" or "transcode"),
     `start()` to start the workers ahead of the first call (otherwise the
     first answer()/offer() does), `worker_pids`, `worker_of(leg_id)`,
-    `worker_loads` and `fetch_stats()`.
+    `worker_loads` and `fetch_stats()`. With `hosts` the legs live on relay
+    hosts instead (`host_loads`, `host_of(leg_id)`, `host_of_call(call_id)`).
     """
 
     def __init__(
@@ -541,6 +664,8 @@ class WorkerRelay:
         use_uvloop: bool = True,
         media_ports: tuple[int, int] = (0, 0),
         on_dtmf: Callable[[str, str], None] | None = None,
+        hosts: HostDirectory | None = None,
+        discovery_interval: float = DISCOVERY_INTERVAL,
     ) -> None:
         if relay_mode not in ("forward", "transcode"):
             raise ValueError(f"relay_mode must be forward or transcode, not {relay_mode!r}")
@@ -581,6 +706,13 @@ class WorkerRelay:
         self._start_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        #: Relay hosts instead of worker processes (`workers` and the media settings
+        #: are then the hosts' own business).
+        self._directory = hosts
+        self.discovery_interval = discovery_interval
+        self._connecting: set[str] = set()
+        self._index = 0  # numbers the control connections to hosts
+        self._retry_at: dict[str, tuple[float, float]] = {}  # host id: (when, backoff)
 
     # -- introspection ----------------------------------------------------------
 
@@ -608,6 +740,29 @@ class WorkerRelay:
         state = self._legs.get(leg_id)
         return state.worker.pid if state is not None else None
 
+    @property
+    def host_loads(self) -> dict[str, int]:
+        """Relay hosts in service: each one's load (legs, all nodes') as this node sees it."""
+        return {
+            worker.host.id: worker.candidate().load
+            for worker in self._workers
+            if worker.usable and worker.host is not None
+        }
+
+    def host_of_call(self, call_id: str) -> str | None:
+        """Id of the relay host carrying the call, None for no such call (or a worker process)."""
+        worker = self._calls.get(call_id)
+        if worker is None or worker.host is None:
+            return None
+        return worker.host.id
+
+    def host_of(self, leg_id: str) -> str | None:
+        """Id of the relay host holding the leg, None for no such leg (or a worker process)."""
+        state = self._legs.get(leg_id)
+        if state is None or state.worker.host is None:
+            return None
+        return state.worker.host.id
+
     # -- starting and stopping ----------------------------------------------------
 
     async def start(self) -> None:
@@ -622,6 +777,9 @@ class WorkerRelay:
             await asyncio.shield(self._start_task)
 
     async def _start(self) -> None:
+        if self._directory is not None:
+            await self._start_hosts()
+            return
         for index in range(self.workers):
             await self._launch(index)
         self._spawn(self._watch())
@@ -666,6 +824,102 @@ class WorkerRelay:
         worker.reader_task = loop.create_task(self._read(worker))
         return worker
 
+    # -- relay hosts ---------------------------------------------------------------
+
+    async def _start_hosts(self) -> None:
+        """Connect to the hosts registered now; later ones are found every discovery_interval.
+
+        Raises RelayUnavailable when the registry cannot be read at all; no host
+        registered yet is not an error (answer() and offer() raise until one is).
+        """
+        try:
+            await self._discover()
+        except Exception as exc:
+            raise RelayUnavailable(f"relay hosts cannot be read: {exc}") from exc
+        starting = [worker for worker in self._workers if not worker.ready.done()]
+        if starting:
+            await asyncio.wait([worker.ready for worker in starting], timeout=self.start_timeout)
+        self._spawn(self._watch())
+        self._spawn(self._track_hosts())
+        logger.info("relay hosts in service: %s", sorted(self.host_loads))
+
+    async def _track_hosts(self) -> None:
+        assert self._directory is not None
+        while not self._closing:
+            await asyncio.sleep(self.discovery_interval)
+            try:
+                await self._discover()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Hosts stay in service while the registry is out of reach: their
+                # connections (and stats heartbeat) still tell whether they are alive.
+                logger.warning("relay hosts cannot be read: %s", exc)
+
+    async def _discover(self) -> None:
+        """Match the control connections to the registrations: connect, update, drop."""
+        assert self._directory is not None
+        records = {record.id: record for record in await self._directory.hosts()}
+        if self._closing:
+            return
+        connected: set[str] = set()
+        for worker in list(self._workers):
+            host = worker.host
+            if host is None or not worker.alive:
+                continue
+            record = records.get(host.id)
+            if record is None:
+                logger.error("%s: its registration expired", worker.name)
+                self._lose(worker, kill=True)
+            elif (record.control, record.started) != (host.control, host.started):
+                logger.error("%s: registered anew (%s)", worker.name, record.control)
+                self._lose(worker, kill=True)
+            else:
+                worker.host = record
+                connected.add(host.id)
+        now = asyncio.get_running_loop().time()
+        for host_id, record in sorted(records.items()):
+            if host_id in connected or host_id in self._connecting or record.state != "up":
+                continue
+            if self._retry_at.get(host_id, (0.0, 0.0))[0] > now:
+                continue
+            self._connecting.add(host_id)
+            self._spawn(self._connect(record))
+
+    async def _connect(self, record: HostRecord) -> None:
+        loop = asyncio.get_running_loop()
+        worker: _Worker | None = None
+        try:
+            host, port = record.control_address
+            async with asyncio.timeout(self.request_timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+            self._index += 1
+            worker = _Worker(
+                self._index, None, reader, writer, loop.create_future(), loop.time(), host=record
+            )
+            self._workers.append(worker)
+            worker.reader_task = loop.create_task(self._read(worker))
+            await asyncio.wait([worker.ready], timeout=self.start_timeout)
+            if not worker.usable:
+                raise RelayUnavailable("it did not say it is ready")
+        except Exception as exc:
+            if worker is not None:
+                self._lose(worker, kill=True)
+            backoff = min(self._retry_at.get(record.id, (0.0, 0.5))[1] * 2, 30.0)
+            self._retry_at[record.id] = (loop.time() + backoff, backoff)
+            logger.warning(
+                "relay host %s at %s: no control connection (%s); retry in %.0f s",
+                record.id,
+                record.control,
+                exc,
+                backoff,
+            )
+        else:
+            self._retry_at.pop(record.id, None)
+            logger.info("relay host %s at %s in service", record.id, record.control)
+        finally:
+            self._connecting.discard(record.id)
+
     async def close(self) -> None:
         """Stop every worker (its legs close without on_leg_failed); kill any that lingers."""
         if self._closing:
@@ -679,6 +933,9 @@ class WorkerRelay:
             task.cancel()
         workers = list(self._workers)
         await asyncio.gather(*(self._stop(worker) for worker in workers), return_exceptions=True)
+        if self._directory is not None:
+            with contextlib.suppress(Exception):
+                await self._directory.close()
         self._legs.clear()
         self._calls.clear()
         self._call_legs.clear()
@@ -691,7 +948,7 @@ class WorkerRelay:
                 await self._request(worker, "shutdown", timeout=self.stop_timeout)
                 grace = self.stop_timeout
             except Exception as exc:
-                logger.warning("relay worker %d: no clean shutdown: %s", worker.pid, exc)
+                logger.warning("%s: no clean shutdown: %s", worker.name, exc)
         self._lose(worker, kill=False)
         if worker.reader_task is not None:
             worker.reader_task.cancel()
@@ -774,10 +1031,12 @@ class WorkerRelay:
         return state
 
     def _least_loaded(self) -> _Worker:
-        ready = [worker for worker in self._workers if worker.usable]
-        if not ready:
-            raise RelayUnavailable("no relay worker is available")
-        return min(ready, key=lambda worker: (len(worker.legs), worker.index))
+        ready = {worker.candidate(): worker for worker in self._workers if worker.usable}
+        chosen = choose(list(ready))
+        if chosen is None:
+            kind = "relay host" if self._directory is not None else "relay worker"
+            raise RelayUnavailable(f"no {kind} is available")
+        return ready[chosen]
 
     async def _create(self, leg_id: str, state: _LegState, op: str, *args: str) -> str:
         try:
@@ -795,7 +1054,7 @@ class WorkerRelay:
         state = self._legs.get(leg_id)
         if state is None:
             if leg_id in self._lost:
-                raise RelayUnavailable(f"leg {leg_id}: its relay worker exited")
+                raise RelayUnavailable(f"leg {leg_id}: its relay worker is gone")
             raise UnknownLegError(f"unknown leg {leg_id}")
         return state
 
@@ -882,7 +1141,7 @@ class WorkerRelay:
         self, worker: _Worker, op: str, *args: Any, timeout: float | None = None
     ) -> Any:
         if not worker.alive:
-            raise RelayUnavailable(f"relay worker {worker.pid} has exited")
+            raise RelayUnavailable(f"{worker.name} is gone")
         request_id, data = worker.correlator.request(op, *args)
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         worker.waiters[request_id] = waiter
@@ -892,9 +1151,8 @@ class WorkerRelay:
             async with asyncio.timeout(limit):
                 return await waiter
         except TimeoutError:
-            raise RelayUnavailable(
-                f"relay worker {worker.pid} did not answer {op} within {limit:g} s"
-            ) from None
+            message = f"{worker.name} did not answer {op} within {limit:g} s"
+            raise RelayUnavailable(message) from None
         finally:
             worker.waiters.pop(request_id, None)
             worker.correlator.abandon(request_id)
@@ -912,8 +1170,10 @@ class WorkerRelay:
                     self._dispatch(worker, worker.correlator.receive(message))
         except asyncio.CancelledError:
             raise
+        except ProtocolError as exc:
+            logger.error("%s: unreadable control message, dropping it: %s", worker.name, exc)
         except Exception:
-            logger.exception("relay worker %d: control channel failed", worker.pid)
+            logger.exception("%s: control channel failed", worker.name)
         finally:
             self._lose(worker, kill=not self._closing)
 
@@ -930,10 +1190,14 @@ class WorkerRelay:
 
     def _event(self, worker: _Worker, event: Event) -> None:
         if event.name == "stats" and event.args and isinstance(event.args[0], dict):
-            for leg_id, values in event.args[0].items():
+            snapshot = event.args[0]
+            for leg_id, values in snapshot.items():
                 state = self._legs.get(leg_id)
                 if state is not None and state.worker is worker:
                     state.stats = stats_from_wire(values)
+            total = event.args[1] if len(event.args) > 1 else None
+            if isinstance(total, int) and not isinstance(total, bool):
+                worker.others = max(0, total - len(snapshot))
         elif event.name == "leg_failed" and len(event.args) == 2:
             leg_id, detail = str(event.args[0]), str(event.args[1])
             state = self._legs.get(leg_id)
@@ -948,9 +1212,11 @@ class WorkerRelay:
             if state is not None and state.worker is worker:
                 self._dtmf_received(leg_id, str(event.args[1]))
         elif event.name == "ready" and not worker.ready.done():
+            if event.args and isinstance(event.args[0], int) and worker.process is None:
+                worker.remote_pid = event.args[0]
             worker.ready.set_result(worker.pid)
             worker.loop = str(event.args[1]) if len(event.args) > 1 else ""
-            logger.info("relay worker %d (#%d) ready on %s", worker.pid, worker.index, worker.loop)
+            logger.info("%s (#%d) ready on %s", worker.name, worker.index, worker.loop)
 
     def _report_failure(self, leg_id: str, state: _LegState, detail: str) -> None:
         if state.failed or self._closing:
@@ -968,14 +1234,14 @@ class WorkerRelay:
         if not worker.alive:
             return
         worker.alive = False
-        if kill and worker.process.is_alive():
+        if kill and worker.process is not None and worker.process.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGKILL)
         worker.writer.close()
         if not worker.ready.done():
             worker.ready.cancel()
         worker.correlator.abandon_all()
-        error = f"relay worker {worker.pid} has exited"
+        error = f"{worker.name} is gone"
         for waiter in worker.waiters.values():
             if not waiter.done():
                 waiter.set_exception(RelayUnavailable(error))
@@ -996,16 +1262,22 @@ class WorkerRelay:
         if self._closing:
             return
         in_service = worker.ready.done() and not worker.ready.cancelled()
-        logger.error(
-            "relay worker %d (#%d) exited (code %s) holding %d legs",
-            worker.pid,
+        if worker.process is not None:
+            how = f"exited (code {worker.process.exitcode})"
+        else:
+            how = "lost its control connection"
+        stopping = worker.host is not None and worker.host.state != "up" and not lost
+        logger.log(
+            logging.INFO if stopping else logging.ERROR,
+            "%s (#%d) %s holding %d legs",
+            worker.name,
             worker.index,
-            worker.process.exitcode,
+            how,
             len(lost),
         )
         for leg_id, state in lost:
             self._report_failure(leg_id, state, WORKER_LOST)
-        if in_service:
+        if in_service and worker.process is not None:
             # One that never became ready is retried by whoever started it.
             self._spawn(self._replace(worker))
 
@@ -1029,6 +1301,8 @@ class WorkerRelay:
 
     async def _reap(self, worker: _Worker, grace: float | None = None) -> None:
         """Wait for the process to exit and collect it (no zombie); kill it after grace s."""
+        if worker.process is None:
+            return  # a relay host is not ours to stop
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.stop_timeout if grace is None else grace)
         while worker.process.is_alive():
@@ -1048,9 +1322,7 @@ class WorkerRelay:
             for worker in list(self._workers):
                 if worker.usable and now - worker.last_seen > self.hang_timeout:
                     logger.error(
-                        "relay worker %d silent for %.1f s: killing it",
-                        worker.pid,
-                        now - worker.last_seen,
+                        "%s silent for %.1f s: dropping it", worker.name, now - worker.last_seen
                     )
                     self._lose(worker, kill=True)
 

@@ -1,0 +1,292 @@
+"""A relay host: the media relay as a process of its own, for signaling nodes elsewhere.
+
+`anruf relay` runs one of these. It forwards media with one Relay (one core:
+run one per core, each with its own control port and media port range) and:
+
+- takes control connections from signaling nodes on TCP and serves each the
+  same length-prefixed JSON protocol as a relay worker process
+  (voice/relay/workers.py: `serve_channel`, `_WorkerServer`). Several nodes
+  may be connected at once; each connection's legs are its own (their ids
+  carry the connection's prefix inside the Relay), and they are closed when
+  the connection ends.
+- registers itself in Redis (voice/relay/registry.py) every `heartbeat`
+  seconds with its id, control and media addresses, load and capacity; the
+  registration expires `ttl` seconds after the last refresh.
+- on `drain()` (SIGTERM or SIGINT) takes no new calls (its registration
+  says "draining"), lets the calls it carries go on for up to
+  `drain_timeout` seconds, then removes its registration and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from voice.relay.registry import DRAINING, UP, HostRecord, RedisRegistrar, parse_address
+from voice.relay.relay import Relay
+from voice.relay.workers import (
+    ProtocolError,
+    WorkerSettings,
+    _WorkerServer,
+    call_id_of,
+    encode_message,
+    make_relay,
+    serve_channel,
+)
+
+__all__ = ["HostIdInUse", "HostSettings", "RelayHost"]
+
+logger = logging.getLogger(__name__)
+
+
+class HostIdInUse(RuntimeError):
+    """Another relay host is registered under this id."""
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    host_id: str
+    #: HOST:PORT the control listener binds.
+    control_listen: str
+    #: HOST:PORT signaling nodes connect to, as registered; empty = control_listen.
+    control_announce: str
+    redis_url: str
+    media: WorkerSettings
+    #: Legs this host holds before it takes no new calls; 0 = no limit.
+    capacity: int = 1000
+    heartbeat: float = 1.0
+    ttl: float = 3.0
+    drain_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        host, _ = parse_address(self.control_listen)
+        if self.control_announce:
+            parse_address(self.control_announce)
+        elif host in ("0.0.0.0", "::", ""):
+            raise ValueError(
+                f"control address {self.control_listen} is a wildcard: "
+                "give the address nodes reach (relay_control_announce)"
+            )
+        if self.media.relay_mode not in ("forward", "transcode"):
+            raise ValueError(
+                f"relay_mode must be forward or transcode, not {self.media.relay_mode!r}"
+            )
+        if self.capacity < 0:
+            raise ValueError(f"capacity must be 0 (no limit) or more, not {self.capacity}")
+        if self.heartbeat <= 0 or self.ttl <= self.heartbeat:
+            raise ValueError(
+                f"the registration TTL ({self.ttl} s) must exceed "
+                f"the heartbeat ({self.heartbeat} s)"
+            )
+        if self.drain_timeout < 0:
+            raise ValueError(f"drain timeout must be 0 or more, not {self.drain_timeout}")
+
+
+class RelayHost:
+    def __init__(self, settings: HostSettings) -> None:
+        self.settings = settings
+        self.control = settings.control_announce or settings.control_listen
+        self.host_id = settings.host_id or self.control
+        self.draining = False
+        self.started = time.time()
+        self._relay: Relay | None = None
+        self._registrar = RedisRegistrar(settings.redis_url, settings.ttl)
+        self._server: asyncio.Server | None = None
+        self._channels: dict[str, _WorkerServer] = {}
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._next_channel = 0
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stop_now = asyncio.Event()
+        self._closed = False
+        self._registered = False
+
+    @property
+    def relay(self) -> Relay:
+        assert self._relay is not None, "start() first"
+        return self._relay
+
+    @property
+    def port(self) -> int:
+        """The control port bound (useful with port 0)."""
+        assert self._server is not None, "start() first"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Bind, register, and take control connections; HostIdInUse if the id is taken."""
+        current = await self._registrar.current(self.host_id)
+        if current is not None and current.control != self.control:
+            raise HostIdInUse(
+                f"relay host id {self.host_id!r} is registered by the host at {current.control}"
+            )
+        self._relay = make_relay(self.settings.media)
+        self._relay.on_leg_failed = self._leg_failed
+        self._relay.on_dtmf = self._dtmf
+        host, port = parse_address(self.settings.control_listen)
+        self._server = await asyncio.start_server(self._connection, host, port)
+        await self._registrar.register(self.record())
+        self._registered = True
+        self._heartbeat = asyncio.create_task(self._beat())
+        logger.info(
+            "relay host %s: control on %s, media on %s (%s), capacity %d legs",
+            self.host_id,
+            self.control,
+            self.settings.media.announce_address or self.settings.media.bind_address,
+            self.settings.media.relay_mode,
+            self.settings.capacity,
+        )
+
+    # -- registration -----------------------------------------------------------
+
+    def record(self) -> HostRecord:
+        calls = {call_id_of(leg) for leg in self._relay_legs()}
+        return HostRecord(
+            id=self.host_id,
+            control=self.control,
+            media=self.settings.media.announce_address or self.settings.media.bind_address,
+            legs=self.relay.active_legs,
+            calls=len(calls),
+            cores=os.cpu_count() or 1,
+            capacity=self.settings.capacity,
+            state=DRAINING if self.draining else UP,
+            pid=os.getpid(),
+            started=self.started,
+        )
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            try:
+                await self._registrar.register(self.record())
+            except Exception as exc:
+                # The registration expires meanwhile; nodes then stop using this host.
+                logger.warning("relay host %s: registration failed: %s", self.host_id, exc)
+
+    # -- control connections ---------------------------------------------------------
+
+    def _relay_legs(self) -> list[str]:
+        return [channel.prefix + leg for channel in self._channels.values() for leg in channel.legs]
+
+    def _admit(self, leg_id: str) -> bool:
+        """Whether the Relay takes this new leg: always for a call it carries already."""
+        call_id = call_id_of(leg_id)
+        if any(call_id_of(leg) == call_id for leg in self._relay_legs()):
+            return True
+        capacity = self.settings.capacity
+        return not self.draining and (capacity <= 0 or self.relay.active_legs < capacity)
+
+    def _channel_of(self, leg_id: str) -> _WorkerServer | None:
+        prefix, sep, _ = leg_id.partition("/")
+        return self._channels.get(prefix + sep) if sep else None
+
+    def _leg_failed(self, leg_id: str, detail: str) -> None:
+        channel = self._channel_of(leg_id)
+        if channel is not None:
+            channel.leg_failed(leg_id, detail)
+
+    def _dtmf(self, leg_id: str, digit: str) -> None:
+        channel = self._channel_of(leg_id)
+        if channel is not None:
+            channel.dtmf(leg_id, digit)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if self._closed:
+            writer.close()
+            return
+        self._next_channel += 1
+        prefix = f"{self._next_channel}/"  # no ':' in it: call ids stay apart
+
+        def send(message: dict[str, object]) -> None:
+            if not writer.is_closing():
+                writer.write(encode_message(message))
+
+        channel = _WorkerServer(
+            self.relay, send, prefix=prefix, admit=self._admit, owns_relay=False
+        )
+        self._channels[prefix] = channel
+        self._writers.add(writer)
+        logger.info("relay host %s: control connection from %s", self.host_id, peer)
+        try:
+            channel.send_ready()
+            await serve_channel(reader, channel, self.settings.media.stats_interval)
+        except ProtocolError as exc:
+            logger.warning("control connection from %s: %s; closing it", peer, exc)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            logger.exception("control connection from %s failed", peer)
+        finally:
+            legs = len(channel.legs)
+            del self._channels[prefix]
+            self._writers.discard(writer)
+            with contextlib.suppress(Exception):
+                await channel.release()
+            with contextlib.suppress(Exception):
+                await writer.drain()
+            writer.close()
+            logger.info(
+                "relay host %s: control connection from %s closed (%d legs closed)",
+                self.host_id,
+                peer,
+                legs,
+            )
+
+    # -- stopping -----------------------------------------------------------------
+
+    def stop_now(self) -> None:
+        """End a drain at once (a second SIGTERM or SIGINT)."""
+        self._stop_now.set()
+
+    async def drain(self) -> None:
+        """Take no new calls; wait up to drain_timeout for the ones in progress to end."""
+        if not self.draining:
+            self.draining = True
+            logger.info(
+                "relay host %s: draining %d legs (up to %g s)",
+                self.host_id,
+                self.relay.active_legs,
+                self.settings.drain_timeout,
+            )
+            with contextlib.suppress(Exception):
+                await self._registrar.register(self.record())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout
+        while self.relay.active_legs and not self._stop_now.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(0.2, remaining)):
+                    await self._stop_now.wait()
+
+    async def close(self) -> None:
+        """Remove the registration, close every leg and connection, and stop."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        if self._registered:  # never another host's registration under our id
+            try:
+                await self._registrar.remove(self.host_id)
+            except Exception as exc:
+                logger.warning("relay host %s: registration not removed: %s", self.host_id, exc)
+        if self._server is not None:
+            self._server.close()
+        left = self._relay.active_legs if self._relay is not None else 0
+        if self._relay is not None:
+            await self._relay.close()
+        for writer in list(self._writers):
+            writer.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
+        await self._registrar.close()
+        logger.info("relay host %s stopped (%d legs were still open)", self.host_id, left)

@@ -289,4 +289,5 @@ class RelayHost:
                 async with asyncio.timeout(5):
                     await self._server.wait_closed()
         await self._registrar.close()
-        logger.info("relay host %s stopped (%d legs were still open)", self.host_id, left)
+        if self._server is not None:
+            logger.info("relay host %s stopped (%d legs were still open)", self.host_id, left)

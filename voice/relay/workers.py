@@ -833,12 +833,12 @@ class WorkerRelay:
         registered yet is not an error (answer() and offer() raise until one is).
         """
         try:
-            await self._discover()
+            connecting = await self._discover()
         except Exception as exc:
             raise RelayUnavailable(f"relay hosts cannot be read: {exc}") from exc
-        starting = [worker for worker in self._workers if not worker.ready.done()]
-        if starting:
-            await asyncio.wait([worker.ready for worker in starting], timeout=self.start_timeout)
+        if connecting:
+            # Each gives up by itself (request_timeout to connect, start_timeout to be ready).
+            await asyncio.wait(connecting)
         self._spawn(self._watch())
         self._spawn(self._track_hosts())
         logger.info("relay hosts in service: %s", sorted(self.host_loads))
@@ -856,12 +856,15 @@ class WorkerRelay:
                 # connections (and stats heartbeat) still tell whether they are alive.
                 logger.warning("relay hosts cannot be read: %s", exc)
 
-    async def _discover(self) -> None:
-        """Match the control connections to the registrations: connect, update, drop."""
+    async def _discover(self) -> list[asyncio.Task[None]]:
+        """Match the control connections to the registrations: connect, update, drop.
+
+        Returns the connection attempts started.
+        """
         assert self._directory is not None
         records = {record.id: record for record in await self._directory.hosts()}
         if self._closing:
-            return
+            return []
         connected: set[str] = set()
         for worker in list(self._workers):
             host = worker.host
@@ -878,13 +881,15 @@ class WorkerRelay:
                 worker.host = record
                 connected.add(host.id)
         now = asyncio.get_running_loop().time()
+        attempts: list[asyncio.Task[None]] = []
         for host_id, record in sorted(records.items()):
             if host_id in connected or host_id in self._connecting or record.state != "up":
                 continue
             if self._retry_at.get(host_id, (0.0, 0.0))[0] > now:
                 continue
             self._connecting.add(host_id)
-            self._spawn(self._connect(record))
+            attempts.append(self._spawn(self._connect(record)))
+        return attempts
 
     async def _connect(self, record: HostRecord) -> None:
         loop = asyncio.get_running_loop()
@@ -1326,7 +1331,8 @@ class WorkerRelay:
                     )
                     self._lose(worker, kill=True)
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

@@ -495,6 +495,8 @@ class CallService:
         if ctx.call.state is not CallState.ENDED:
             for device in set(ctx.legs) - ctx.call.devices:  # e.g. a ringing device that left
                 await self._release(ctx, device)
+        elif not self._calls:
+            self.idle.set()  # after the devices were told, not before
 
     async def _apply(self, ctx: _CallContext, effect: Effect) -> None:
         call = ctx.call
@@ -558,8 +560,6 @@ class CallService:
         for device in list(ctx.legs):
             await self._release(ctx, device)
         self._calls.pop(call.call_id, None)
-        if not self._calls:
-            self.idle.set()
         for number in (call.caller, call.callee):
             calls = self._number_calls.get(number)
             if calls is not None:

@@ -25,6 +25,10 @@ from signaling.store.schema import live_calls, nodes
 
 log = logging.getLogger("anruf.cluster")
 
+#: Nodes silent for longer than this (seconds) are no longer looked at: their
+#: devices and calls were forgotten long ago.
+FORGOTTEN_AFTER = 86400.0
+
 #: on_dead(node_id, last_seen): end the dead node's calls in progress.
 DeadNodeHandler = Callable[[str, float], Awaitable[None]]
 
@@ -47,6 +51,7 @@ class Node:
         self._dead_after = dead_after
         self._clock = clock
         self._alive: set[str] = {self.node_id}
+        self._dead: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._forget: list[Callable[[str], Awaitable[None]]] = []
         self._on_dead: list[DeadNodeHandler] = []
@@ -56,7 +61,8 @@ class Node:
         self._forget.append(forget)
 
     def alive(self, node_id: str) -> bool:
-        return node_id in self._alive
+        """Not known to be dead: a node that started since our last heartbeat counts."""
+        return node_id not in self._dead
 
     @property
     def alive_nodes(self) -> frozenset[str]:
@@ -114,12 +120,16 @@ class Node:
                 .where(nodes.c.node_id == self.node_id)
                 .values(heartbeat_at=now, draining=self.draining)
             )
-            rows = await conn.execute(
-                sa.select(nodes.c.node_id, nodes.c.heartbeat_at).where(
-                    nodes.c.stopped_at.is_(None), nodes.c.heartbeat_at >= cutoff
+            rows = (
+                await conn.execute(
+                    sa.select(nodes.c.node_id, nodes.c.heartbeat_at, nodes.c.stopped_at).where(
+                        nodes.c.heartbeat_at >= now - FORGOTTEN_AFTER
+                    )
                 )
-            )
-            self._alive = {row.node_id for row in rows} | {self.node_id}
+            ).all()
+        alive = {r.node_id for r in rows if r.stopped_at is None and r.heartbeat_at >= cutoff}
+        self._alive = alive | {self.node_id}
+        self._dead = {row.node_id for row in rows} - self._alive
         if min(self._alive) == self.node_id:
             await self._bury(now, cutoff)
 

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from voice.client.media import MediaEndpoint
-from voice.client.signaling import SignalingClient
+from voice.client.signaling import ServerError, SignalingClient
 
 logger = logging.getLogger("anruf.client")
 
@@ -145,9 +147,20 @@ class Call:
 class Phone:
     """One registered device with its signaling connection."""
 
-    def __init__(self, signaling: SignalingClient, *, ice_servers: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        signaling: SignalingClient,
+        *,
+        ice_servers: Sequence[str] = (),
+        servers: Sequence[str] = (),
+    ) -> None:
         self.signaling = signaling
         self.ice_servers = tuple(ice_servers)
+        #: Servers to fail over to when the connection drops or the server drains,
+        #: in order after the current one (what a load balancer would do).
+        self.servers = list(servers)
+        self._closing = False
+        self._failover: asyncio.Task[None] | None = None
         self.calls: dict[str, Call] = {}
         self._pending: dict[str, Call] = {}  # message id of call.invite -> call
         self._incoming: asyncio.Queue[Call] = asyncio.Queue()
@@ -157,8 +170,15 @@ class Phone:
         self.number = ""
 
     @classmethod
-    async def open(cls, server: str, token: str, *, ice_servers: Sequence[str] = ()) -> Phone:
-        phone = cls(SignalingClient(server, token), ice_servers=ice_servers)
+    async def open(
+        cls,
+        server: str,
+        token: str,
+        *,
+        ice_servers: Sequence[str] = (),
+        servers: Sequence[str] = (),
+    ) -> Phone:
+        phone = cls(SignalingClient(server, token), ice_servers=ice_servers, servers=servers)
         await phone.connect()
         return phone
 
@@ -200,6 +220,29 @@ class Phone:
             pass
         finally:
             self.closed.set()
+            if self.servers and not self._closing:
+                self._failover = asyncio.get_running_loop().create_task(self._fail_over())
+
+    async def _fail_over(self) -> None:
+        """Reconnect to the next server that takes us, the calls in progress kept."""
+        delay = 0.1
+        while not self._closing:
+            current = self.signaling.server
+            order = self.servers[1:] + self.servers[:1]
+            if current in self.servers:
+                at = self.servers.index(current)
+                order = self.servers[at + 1 :] + self.servers[: at + 1]
+            for server in order:
+                self.signaling.server = server.rstrip("/")
+                try:
+                    await self.connect()
+                except (OSError, aiohttp.ClientError, ServerError, TimeoutError) as exc:
+                    logger.info("signaling: %s refused (%s)", server, exc)
+                    continue
+                logger.info("signaling: reconnected to %s", server)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _route(self, message: dict[str, Any]) -> None:
         ref = message.get("ref")
@@ -228,6 +271,9 @@ class Phone:
             self.calls.pop(call.call_id, None)  # the caller keeps its Call object
 
     async def close(self) -> None:
+        self._closing = True
+        if self._failover is not None:
+            self._failover.cancel()
         for call in list(self.calls.values()):
             if call.state != "ended":
                 with contextlib.suppress(Exception):

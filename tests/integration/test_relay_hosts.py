@@ -350,3 +350,36 @@ async def test_bad_input_is_refused_without_harm_to_calls(
     assert await outgoing.ended(timeout=5) == "completed"
     assert "Traceback" not in south.log.read_text()
     liar.close()
+
+
+async def test_a_host_whose_registration_expires_is_dropped_and_used_again_when_back(
+    make_server: ServerFactory, hosts: Hosts
+) -> None:
+    up = await hosts.start("up", (42400, 42499))
+    server = await registry_server(make_server, hosts)
+    relay = relay_of(server)
+    alice, bob = await server.phone(ALICE), await server.phone(BOB)
+    outgoing, incoming = await connect(alice, bob, BOB, 440, 880)
+    assert carrier(relay, incoming, up) is up
+
+    # A stopped (hung) host keeps its connection open but no longer registers: once its
+    # registration expires (long before the silence limit), its call ends.
+    up.process.send_signal(signal.SIGSTOP)
+    try:
+        stopped_at = asyncio.get_running_loop().time()
+        assert await outgoing.ended(timeout=TTL + 5) == "failed"
+        assert asyncio.get_running_loop().time() - stopped_at < relay.hang_timeout
+        assert WORKER_LOST in outgoing.end_detail
+        assert await incoming.ended(timeout=5) == "failed"
+        assert relay.host_loads == {}
+    finally:
+        up.process.send_signal(signal.SIGCONT)
+
+    # Back in service: it registers again and the server uses it without a restart.
+    await wait_for(lambda: "up" in relay.host_loads)
+    outgoing, incoming = await connect(alice, bob, BOB, 523, 659)
+    assert carrier(relay, incoming, up) is up
+    await outgoing.hangup()
+    assert await outgoing.ended(timeout=5) == "completed"
+    record = await hosts.wait_record("up", lambda r: r is not None and r.legs == 0)
+    assert record is not None and record.state == "up"

@@ -27,6 +27,7 @@ const DETAILS = {
   "media:closed_by_device": "The audio connection was closed",
   "media:relay_worker_lost": "The call was interrupted by a server problem",
   server_shutdown: "The service restarted. Please call again",
+  node_lost: "The call was interrupted by a server problem. Please call again",
 };
 
 const REASONS = {
@@ -51,6 +52,7 @@ const ERRORS = {
   call_not_found: "The call is already over",
   rate_limited: "Too many requests. Wait a moment",
   bad_sdp: "Your browser's audio setup was refused",
+  draining: "The service is restarting. Try again in a moment",
 };
 
 /** A sentence for why a call ended: the detail when it says more than the reason. */

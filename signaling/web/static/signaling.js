@@ -3,6 +3,7 @@
 
 const CLOSE_REPLACED = 4000;
 const CLOSE_UNAUTHENTICATED = 4001;
+const CLOSE_RECONNECT = 4002; // the server restarts: connect again now (another takes over)
 const CLOSE_REVOKED = 4003;
 const PING_EVERY_MS = 20000;
 const PONG_WITHIN_MS = 10000;
@@ -84,7 +85,11 @@ export class Signaling extends EventTarget {
       this.emit("status", { online: false });
       return;
     }
-    const delay = Math.min(30000, 500 * 2 ** this.attempt) * (0.8 + Math.random() * 0.4);
+    if (code === CLOSE_RECONNECT) this.attempt = 0;
+    const delay =
+      code === CLOSE_RECONNECT
+        ? 50 + Math.random() * 450
+        : Math.min(30000, 500 * 2 ** this.attempt) * (0.8 + Math.random() * 0.4);
     this.attempt += 1;
     this.retryAt = Date.now() + delay;
     this.retryTimer = setTimeout(() => this.connect(), delay);

@@ -383,3 +383,41 @@ async def test_a_host_whose_registration_expires_is_dropped_and_used_again_when_
     assert await outgoing.ended(timeout=5) == "completed"
     record = await hosts.wait_record("up", lambda r: r is not None and r.legs == 0)
     assert record is not None and record.state == "up"
+
+
+async def test_two_servers_share_a_host_and_each_one_s_legs_are_its_own(
+    make_server: ServerFactory, hosts: Hosts, tmp_path: Path
+) -> None:
+    shared = await hosts.start("shared", (42500, 42599))
+    first = await registry_server(make_server, hosts)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second = await make_server(
+        relay_source="registry",
+        redis_url=hosts.redis_url,
+        relay_heartbeat=HEARTBEAT,
+        data_dir=second_dir,
+    )
+    alice, bob = await first.phone(ALICE), await first.phone(BOB)
+    carol, dave = await second.phone(CAROL), await second.phone(DAVE)
+    one_out, one_in = await connect(alice, bob, BOB, 440, 880)
+    two_out, two_in = await connect(carol, dave, DAVE, 523, 659)
+    assert carrier(relay_of(first), one_in, shared) is shared
+    assert carrier(relay_of(second), two_in, shared) is shared
+
+    # The host counts both servers' legs, and each server sees the other's in the load.
+    await hosts.wait_record("shared", lambda r: r is not None and (r.legs, r.calls) == (4, 2))
+    await wait_for(lambda: relay_of(first).host_loads == {"shared": 4})
+    await wait_for(lambda: relay_of(second).host_loads == {"shared": 4})
+
+    # One server stops: its legs on the host close, the other's call goes on.
+    await second.runner.cleanup()
+    assert await two_out.ended(timeout=5) is not None
+    await hosts.wait_record("shared", lambda r: r is not None and r.legs == 2)
+    await wait_for(lambda: relay_of(first).host_loads == {"shared": 2})
+    one_out.media.mark("talk")  # type: ignore[union-attr]
+    await asyncio.sleep(1.5)
+    assert one_out.state == "connected"
+    assert talk_fraction(one_out, 880) >= 0.9, "the first server's call lost its audio"
+    await one_out.hangup()
+    assert await one_out.ended(timeout=5) == "completed"

@@ -1235,7 +1235,7 @@ class WorkerRelay:
                 logger.exception("on_leg_failed(%s, %s) raised", leg_id, detail)
 
     def _lose(self, worker: _Worker, *, kill: bool) -> None:
-        """The worker is gone (or must be): fail its requests and legs, start another."""
+        """The worker is gone (or must be): fail its requests and legs; replace a process."""
         if not worker.alive:
             return
         worker.alive = False

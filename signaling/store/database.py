@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ class Database:
         if parsed.get_backend_name() == "sqlite":
             path = parsed.database or ""
             if path and path != ":memory:" and not path.startswith("file:"):
-                await asyncio.to_thread(_make_parent_dir, path)
+                await asyncio.to_thread(_prepare_sqlite_file, path)
             else:
                 # An in-memory database exists only on its one connection.
                 kwargs["poolclass"] = StaticPool
@@ -117,8 +119,27 @@ class Database:
         await self.engine.dispose()
 
 
-def _make_parent_dir(path: str) -> None:
-    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+def _prepare_sqlite_file(path: str) -> None:
+    """Create the file (and its directory) in WAL mode, before the engine connects.
+
+    Switching to WAL does not wait for a busy database: processes that create
+    one new file at the same moment could fail there. Here they retry instead;
+    a file already in WAL mode stays so, and the engine's own switch is a no-op.
+    """
+    file = Path(path).expanduser()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        conn = sqlite3.connect(file, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            conn.close()
+        time.sleep(0.01)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

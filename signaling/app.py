@@ -275,11 +275,16 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def drain_on_sigterm(app: web.Application) -> None:
-    """For `anruf serve`: SIGTERM drains (signaling/app.py `drain_node`), a second one stops."""
+    """For `anruf serve`: SIGTERM drains (`drain_node`), a second one stops; a node the
+    others declared dead stops at once (a process manager starts it again)."""
+
+    def stop() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # aiohttp's graceful exit
 
     async def install(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, lambda: _spawn_drain(app))
+        app[NODE].on_fenced(stop)
 
     app.on_startup.append(install)
 

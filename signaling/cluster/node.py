@@ -55,10 +55,18 @@ class Node:
         self._task: asyncio.Task[None] | None = None
         self._forget: list[Callable[[str], Awaitable[None]]] = []
         self._on_dead: list[DeadNodeHandler] = []
+        self._fenced: list[Callable[[], None]] = []
+        #: The others declared this node dead (it was silent for too long).
+        self.fenced = False
 
     def on_dead(self, end_calls: DeadNodeHandler, forget: Callable[[str], Awaitable[None]]) -> None:
         self._on_dead.append(end_calls)
         self._forget.append(forget)
+
+    def on_fenced(self, stop: Callable[[], None]) -> None:
+        """``stop()`` is called if the other nodes declared this one dead: it must stop
+        (its calls were ended on record elsewhere) and be started again."""
+        self._fenced.append(stop)
 
     def alive(self, node_id: str) -> bool:
         """Not known to be dead: a node that started since our last heartbeat counts."""
@@ -101,7 +109,7 @@ class Node:
                 )
 
     async def _run(self) -> None:
-        while True:
+        while not self.fenced:
             await asyncio.sleep(self._heartbeat)
             try:
                 await self.beat()
@@ -115,11 +123,32 @@ class Node:
         now = self._clock()
         cutoff = now - self._dead_after
         async with self._db.transaction() as conn:
-            await conn.execute(
+            beat = await conn.execute(
                 nodes.update()
-                .where(nodes.c.node_id == self.node_id)
+                .where(nodes.c.node_id == self.node_id, nodes.c.stopped_at.is_(None))
                 .values(heartbeat_at=now, draining=self.draining)
             )
+        if beat.rowcount == 0:
+            # Declared dead (we were silent too long): our calls were ended elsewhere.
+            log.critical("node %s was declared dead by the others: stopping", self.node_id)
+            self.fenced = True
+            for fenced in self._fenced:
+                fenced()
+            return
+        async with self._db.transaction() as conn:
+            # An earlier process under our name is dead: we are its replacement.
+            earlier = nodes.c.node_id.in_(
+                sa.select(nodes.c.node_id).where(
+                    nodes.c.name == self.name,
+                    nodes.c.node_id != self.node_id,
+                    nodes.c.stopped_at.is_(None),
+                )
+            )
+            replaced = list(await conn.scalars(sa.select(nodes.c.node_id).where(earlier)))
+            if replaced:
+                await conn.execute(
+                    nodes.update().where(nodes.c.node_id.in_(replaced)).values(stopped_at=now)
+                )
             rows = (
                 await conn.execute(
                     sa.select(nodes.c.node_id, nodes.c.heartbeat_at, nodes.c.stopped_at).where(
@@ -130,20 +159,18 @@ class Node:
         alive = {r.node_id for r in rows if r.stopped_at is None and r.heartbeat_at >= cutoff}
         self._alive = alive | {self.node_id}
         self._dead = {row.node_id for row in rows} - self._alive
-        if min(self._alive) == self.node_id:
-            await self._bury(now, cutoff)
+        if replaced or min(self._alive) == self.node_id:
+            await self._bury(now, cutoff, replaced)
 
-    async def _bury(self, now: float, cutoff: float) -> None:
+    async def _bury(self, now: float, cutoff: float, replaced: list[str]) -> None:
         """Mark silent nodes stopped, forget their registry, end their calls."""
-        dead = sa.or_(
-            nodes.c.heartbeat_at < cutoff,
-            sa.and_(nodes.c.name == self.name, nodes.c.node_id != self.node_id),
-        )
         async with self._db.transaction() as conn:
             silent = [
                 row.node_id
                 for row in await conn.execute(
-                    sa.select(nodes.c.node_id).where(nodes.c.stopped_at.is_(None), dead)
+                    sa.select(nodes.c.node_id).where(
+                        nodes.c.stopped_at.is_(None), nodes.c.heartbeat_at < cutoff
+                    )
                 )
             ]
             if silent:
@@ -162,7 +189,7 @@ class Node:
                 )
             )
             orphans = [(row.node_id, row.heartbeat_at or now) for row in orphaned]
-        for node_id in silent:
+        for node_id in [*replaced, *silent]:
             log.warning("node %s is gone: forgetting its devices and calls", node_id)
             for forget in self._forget:
                 await forget(node_id)

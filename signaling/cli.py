@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--relay-workers", type=int, help="relay processes: -1 one per core (default), 0 in-process"
     )
+    serve.add_argument("--redis-url", help="redis://HOST:PORT/DB shared by several nodes")
+    serve.add_argument("--node-name", help="this node's name in the cluster (default HOST:PORT)")
+    serve.add_argument(
+        "--relay-source", choices=["local", "registry"], help="registry: relay hosts in Redis"
+    )
 
     relay = commands.add_parser(
         "relay", help="run a relay host: media for signaling nodes, registered in Redis"
@@ -173,6 +178,9 @@ def _serve(args: argparse.Namespace) -> int:
             "relay_mode",
             "event_loop",
             "relay_workers",
+            "redis_url",
+            "node_name",
+            "relay_source",
         )
     }
     try:

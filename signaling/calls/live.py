@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from signaling.calls.records import CallRecord
 from signaling.store.database import Database
 from signaling.store.schema import live_calls
 
@@ -31,6 +32,23 @@ class LiveCall:
     devices: tuple[str, ...]
     #: The operator policy's admission, enough to rate the call and tell the operators.
     rating: dict[str, Any]
+
+    def record(self, ended_at: float, reason: str, detail: str) -> CallRecord:
+        """The call's record, ended at ``ended_at`` by someone other than its node."""
+        return CallRecord(
+            call_id=self.call_id,
+            caller=self.caller,
+            callee=self.callee,
+            caller_device=self.caller_device,
+            callee_device=self.callee_device,
+            invited_at=self.invited_at,
+            ringing_at=self.ringing_at,
+            answered_at=self.answered_at,
+            ended_at=max(ended_at, self.answered_at or self.invited_at),
+            end_reason=reason,
+            end_detail=detail,
+            media={},
+        )
 
 
 class LiveCalls:

@@ -872,21 +872,7 @@ class CallService:
         if self._live is None:
             return
         for live in await self._live.of_node(node_id):
-            ended_at = max(last_seen, live.answered_at or live.invited_at)
-            record = CallRecord(
-                call_id=live.call_id,
-                caller=live.caller,
-                callee=live.callee,
-                caller_device=live.caller_device,
-                callee_device=live.callee_device,
-                invited_at=live.invited_at,
-                ringing_at=live.ringing_at,
-                answered_at=live.answered_at,
-                ended_at=ended_at,
-                end_reason=EndReason.FAILED.value,
-                end_detail=NODE_LOST,
-                media={},
-            )
+            record = live.record(last_seen, EndReason.FAILED.value, NODE_LOST)
             admission = None
             if self._policy is not None and live.rating:
                 admission = await self._policy.restore(

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import types
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import sqlalchemy as sa
 
+from signaling.keys import CDRS, DATABASE
+from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.store.schema import calls, live_calls
 from tests.conftest import TEST_CODE, TEST_PREFIX
@@ -135,6 +141,15 @@ class Cluster:
         phone = await Phone.open(node.url, token, servers=[node.url, *others])
         self.phones.append(phone)
         return phone
+
+    @contextlib.asynccontextmanager
+    async def server_view(self) -> AsyncIterator[Any]:
+        """The shared database, shaped like a test Server for tests/integration/provisioning."""
+        db = await Database.open(self.database_url)
+        try:
+            yield types.SimpleNamespace(app={DATABASE: db, CDRS: CallRecordStore(db)})
+        finally:
+            await db.close()
 
     async def records(self) -> list[dict[str, object]]:
         db = await Database.open(self.database_url)

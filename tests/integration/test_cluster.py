@@ -5,6 +5,7 @@ callee with devices on two nodes, a node that drains (SIGTERM) and one that dies
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.conftest import ALICE, BOB, CAROL, fresh_postgres, require_redis
 from tests.integration.cluster import Cluster
+from tests.integration.provisioning import add_bundle, add_operator, add_subscriber, outbox
 from tests.integration.test_calls import RATE, connect, heard
 from voice.audio.analysis import tone_fraction
 
@@ -139,6 +141,10 @@ async def test_when_a_node_dies_its_calls_end_on_record_and_devices_move_on(
     cluster: Cluster,
 ) -> None:
     node_a, node_b = await cluster.start("node-a", "node-b")
+    async with cluster.server_view() as view:
+        operator_id = await add_operator(view)
+        bundle_id = await add_bundle(view, operator_id, increment=(1, 1))
+        await add_subscriber(view, ALICE, operator_id, bundle_id)
     alice = await cluster.phone(ALICE, node_a)
     bob = await cluster.phone(BOB, node_b)
     outgoing, incoming = await connect(alice, bob)  # held on node A
@@ -156,7 +162,18 @@ async def test_when_a_node_dies_its_calls_end_on_record_and_devices_move_on(
     assert record["callee_device"] == bob.device_id
     talk = float(record["ended_at"]) - float(record["answered_at"])  # type: ignore[arg-type]
     assert 1.0 <= talk <= 3.0  # up to the dead node's last heartbeat
+    assert record["operator_id"] == operator_id and record["rated_seconds"] == math.ceil(talk)
     assert await cluster.live_calls() == []
+    async with cluster.server_view() as view:
+        events = [e for e in await outbox(view, operator_id) if e.ordering_key == record["call_id"]]
+    assert [(e.type, e.sequence) for e in events] == [
+        ("call.started", 1),
+        ("call.ringing", 2),
+        ("call.answered", 3),
+        ("call.ended", 4),  # the operator hears of the call's end once, in order
+    ]
+    ended = events[-1].envelope()["data"]
+    assert (ended["end_reason"], ended["end_detail"]) == ("failed", "node_lost")
 
     # Both devices call again through the surviving node.
     outgoing, incoming = await connect(alice, bob)

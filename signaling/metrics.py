@@ -30,6 +30,11 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
             registry=self.registry,
         )
+        self.renegotiations = Counter(
+            "anruf_call_renegotiations",
+            "Devices that moved their call to a new leg (a network change)",
+            registry=self.registry,
+        )
         self.ws_errors = Counter(
             "anruf_ws_errors",
             "Protocol errors sent to devices, by code",

@@ -778,10 +778,13 @@ Message = Request | Response
 # Parsing ------------------------------------------------------------------------------
 
 
-def _head_end(data: bytes) -> tuple[int, int]:
-    """(offset of the blank line, its length), or (-1, 0)."""
-    crlf = data.find(b"\r\n\r\n")
-    lf = data.find(b"\n\n")
+def _head_end(
+    data: bytes | bytearray, start: int = 0, stop: int | None = None
+) -> tuple[int, int]:
+    """(offset of the blank line, its length), or (-1, 0); searched in data[start:stop]."""
+    stop = len(data) if stop is None else stop
+    crlf = data.find(b"\r\n\r\n", start, stop)
+    lf = data.find(b"\n\n", start, stop)
     if crlf >= 0 and (lf < 0 or crlf < lf):
         return crlf, 4
     if lf >= 0:
@@ -967,6 +970,9 @@ class StreamParser:
         self.max_headers = max_headers
         self._buffer = bytearray()
         self._need: int | None = None  # total length of the message being read
+        # Bytes of the buffer already searched for the end of the head: a head that
+        # arrives a byte at a time is searched once, not once per byte.
+        self._searched = 0
 
     def feed(self, data: bytes) -> list[Request | Response | ParseError]:
         self._buffer += data
@@ -976,11 +982,18 @@ class StreamParser:
                 # Keep-alive CRLFs between messages (RFC 5626 §3.5.1) are skipped.
                 while self._buffer[:2] == b"\r\n" or self._buffer[:1] == b"\n":
                     del self._buffer[: 2 if self._buffer[:1] == b"\r" else 1]
-                end, blank = _head_end(bytes(self._buffer[: self.max_size + 4]))
+                    self._searched = 0
+                end, blank = _head_end(
+                    self._buffer,
+                    max(0, self._searched - 3),
+                    min(len(self._buffer), self.max_size + 4),
+                )
                 if end < 0:
                     if len(self._buffer) > self.max_size:
                         raise ParseError(f"message head larger than {self.max_size}", status=513)
+                    self._searched = len(self._buffer)
                     return out
+                self._searched = 0
                 head = bytes(self._buffer[:end])
                 try:
                     message = _parse_head(head, self.max_headers)

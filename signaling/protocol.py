@@ -92,6 +92,14 @@ class CallDtmf(Message):
     digits: str
 
 
+@dataclass(frozen=True)
+class CallRenegotiate(Message):
+    """The device's network changed: a fresh offer from its new address replaces its leg."""
+
+    call_id: str
+    sdp: str
+
+
 def _string(
     data: dict[str, Any], key: str, ref: str | None, *, max_length: int, optional: bool = False
 ) -> str | None:
@@ -134,6 +142,12 @@ def _accept(d: dict[str, Any], ref: str | None) -> Message:
     return CallAccept(ref, _required(d, "call_id", ref), _required(d, "sdp", ref, MAX_SDP_BYTES))
 
 
+def _renegotiate(d: dict[str, Any], ref: str | None) -> Message:
+    return CallRenegotiate(
+        ref, _required(d, "call_id", ref), _required(d, "sdp", ref, MAX_SDP_BYTES)
+    )
+
+
 def _reject(d: dict[str, Any], ref: str | None) -> Message:
     return CallReject(ref, _required(d, "call_id", ref))
 
@@ -159,6 +173,7 @@ _PARSERS = {
     "call.reject": _reject,
     "call.hangup": _hangup,
     "call.dtmf": _dtmf,
+    "call.renegotiate": _renegotiate,
 }
 
 

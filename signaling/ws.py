@@ -173,6 +173,8 @@ async def dispatch(
                 await calls.hangup(device_id, message)
             case protocol.CallDtmf():
                 await calls.dtmf(device_id, message)
+            case protocol.CallRenegotiate():
+                await calls.renegotiate(device_id, message)
             case protocol.Ping():
                 await reply(protocol.encode("pong", ref=message.id))
             case protocol.Auth():

@@ -9,10 +9,12 @@ the one place where we choose them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import ipaddress
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import aioice.ice
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
@@ -21,6 +23,11 @@ from aiortc import RTCConfiguration, RTCIceServer
 logger = logging.getLogger(__name__)
 
 _original_get_host_addresses: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+_chosen: list[str] = []
+#: Addresses for the gathering going on in this context (one endpoint's), if not the default.
+_gathering_on: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "gathering_on", default=None
+)
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:
@@ -32,20 +39,32 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
     by address family as aioice would. An empty sequence restores aioice's
     own interface discovery.
     """
-    chosen = [str(ipaddress.ip_address(address)) for address in addresses]
+    _chosen[:] = [str(ipaddress.ip_address(address)) for address in addresses]
+    _install(_get_host_addresses)
+
+
+@contextlib.contextmanager
+def gathering_on(addresses: Sequence[str]) -> Iterator[None]:
+    """Gather host candidates only on ``addresses`` for what runs inside (one endpoint's
+    offer or answer), e.g. a client whose network changed to a new address."""
+    chosen = tuple(str(ipaddress.ip_address(address)) for address in addresses)
+    token = _gathering_on.set(chosen)
+    try:
+        yield
+    finally:
+        _gathering_on.reset(token)
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    chosen = _gathering_on.get() or _chosen
     if not chosen:
-        _install(_original_get_host_addresses)
-        return
-
-    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [
-            address
-            for address in chosen
-            if (use_ipv4 and ipaddress.ip_address(address).version == 4)
-            or (use_ipv6 and ipaddress.ip_address(address).version == 6)
-        ]
-
-    _install(get_host_addresses)
+        return _original_get_host_addresses(use_ipv4, use_ipv6)
+    return [
+        address
+        for address in chosen
+        if (use_ipv4 and ipaddress.ip_address(address).version == 4)
+        or (use_ipv6 and ipaddress.ip_address(address).version == 6)
+    ]
 
 
 def _install(function: Callable[[bool, bool], list[str]]) -> None:

@@ -66,6 +66,8 @@ logger = logging.getLogger("anruf.calls")
 
 #: End detail of calls whose node died.
 NODE_LOST = "node_lost"
+#: Messages kept for one device while its connection is down (a call's worth).
+MAX_HELD_MESSAGES = 64
 
 
 class MediaRelay(Protocol):
@@ -132,6 +134,8 @@ class _CallContext:
     quota_timers: list[asyncio.TimerHandle] = field(default_factory=list)
     #: The call has a row in live_calls (removed with its record).
     live: bool = False
+    #: Stats of legs a device had before it moved to a new one (call.renegotiate).
+    earlier_stats: dict[str, LegStats] = field(default_factory=dict)
 
     def cancel_timers(self) -> None:
         for timer in (self.ring_timer, *self.quota_timers):
@@ -179,6 +183,9 @@ class CallService:
         self._number_calls: dict[str, set[str]] = {}
         self._leg_calls: dict[str, tuple[str, str]] = {}  # leg id -> (call id, device id)
         self._grace_timers: dict[str, asyncio.TimerHandle] = {}
+        #: Messages for devices whose connection dropped, delivered in order when they are back.
+        self._held: dict[str, list[str]] = {}
+        self._resuming: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -393,6 +400,58 @@ class CallService:
                 return
             self._relay.send_dtmf(trunk_leg, message.digits)
 
+    async def renegotiate(self, device_id: str, message: protocol.CallRenegotiate) -> None:
+        """The device's network changed (new Wi-Fi, mobile data): a fresh leg from its
+        new address takes the old one's place in the bridge; the call goes on."""
+        ctx = await self._find(device_id, message.call_id, message.id)
+        if ctx is None:
+            return
+        async with ctx.lock:
+            call = ctx.call
+            talking = call.state is CallState.CONNECTED and device_id in (
+                call.caller_device,
+                call.callee_device,
+            )
+            waiting = call.state is not CallState.ENDED and device_id == call.caller_device
+            if not (talking or waiting):
+                await self._state_error(device_id, call, message.id)
+                return
+            old_leg = ctx.leg(device_id)
+            new_leg = f"{old_leg.split('~')[0]}~{uuid.uuid4().hex[:8]}"
+            try:
+                answer = await self._relay.answer(new_leg, message.sdp)
+            except NoOpusError:
+                await self._error(device_id, protocol.ErrorCode.BAD_SDP, "no Opus", message.id)
+                return
+            except ValueError as exc:  # RelayUnavailable too: the old leg stays
+                await self._error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
+                return
+            ctx.legs[device_id] = new_leg
+            self._leg_calls[new_leg] = (call.call_id, device_id)
+            self._leg_calls.pop(old_leg, None)
+            if talking:
+                other = call.caller_device
+                if device_id == call.caller_device:
+                    other = call.callee_device or ""
+                self._relay.bridge(new_leg, ctx.leg(other))
+            else:
+                trunk_leg = self._trunk_leg(ctx)
+                if trunk_leg is not None and ctx.ringing_announced:
+                    self._relay.bridge(new_leg, trunk_leg)  # early media from the network
+                else:
+                    self._relay.start_ringback(new_leg)
+            stats = await self._relay.close_leg(old_leg)
+            earlier = ctx.earlier_stats.get(device_id)
+            ctx.earlier_stats[device_id] = stats if earlier is None else earlier.then(stats)
+            self._metrics.renegotiations.inc()
+            logger.info("call %s: device %s moved to a new leg", call.call_id, device_id)
+            await self._send(
+                device_id,
+                protocol.encode(
+                    "call.renegotiated", ref=message.id, call_id=call.call_id, sdp=answer
+                ),
+            )
+
     def _trunk_leg(self, ctx: _CallContext) -> str | None:
         for device, leg in ctx.legs.items():
             if is_trunk_device(device):
@@ -412,11 +471,43 @@ class CallService:
     # Connections -----------------------------------------------------------
 
     def device_connected(self, device_id: str) -> None:
-        """The device connected (to this node or another)."""
+        """The device connected (to this node or another): what it missed while away
+        is delivered in order, then the state of each of its calls held here."""
         timer = self._grace_timers.pop(device_id, None)
         if timer is not None:
             timer.cancel()
             logger.info("device %s is back within the grace period", device_id)
+        if device_id in self._held or device_id in self._device_calls:
+            self._spawn(self._resume(device_id))
+
+    async def _resume(self, device_id: str) -> None:
+        if device_id in self._resuming:
+            return
+        self._resuming.add(device_id)
+        try:
+            held = self._held.setdefault(device_id, [])
+            while held:  # messages queued meanwhile go behind these
+                if not await self._presence.send(device_id, held[0]):
+                    return  # gone again: keep them for the next connection
+                held.pop(0)
+            del self._held[device_id]
+        finally:
+            self._resuming.discard(device_id)
+        for call_id in sorted(self._device_calls.get(device_id, ())):
+            ctx = self._calls.get(call_id)
+            if ctx is not None and ctx.call.state is not CallState.ENDED:
+                await self._send(device_id, self._state_message(ctx, device_id))
+
+    def _state_message(self, ctx: _CallContext, device_id: str) -> str:
+        call = ctx.call
+        outgoing = device_id == call.caller_device
+        return protocol.encode(
+            "call.state",
+            call_id=call.call_id,
+            state=call.state.value,
+            direction="outgoing" if outgoing else "incoming",
+            peer=call.callee if outgoing else call.caller,
+        )
 
     def device_disconnected(self, device_id: str) -> None:
         """The device's last link closed. A device that was only ringing is dropped at
@@ -434,6 +525,7 @@ class CallService:
 
     def _grace_expired(self, device_id: str) -> None:
         self._grace_timers.pop(device_id, None)
+        self._held.pop(device_id, None)
         for call_id in list(self._device_calls.get(device_id, ())):
             self._spawn(self._lost(call_id, device_id))
 
@@ -544,7 +636,9 @@ class CallService:
         if leg is None:
             return None
         self._leg_calls.pop(leg, None)
-        return await self._relay.close_leg(leg)
+        stats = await self._relay.close_leg(leg)
+        earlier = ctx.earlier_stats.pop(device_id, None)
+        return stats if earlier is None else earlier.then(stats)
 
     async def _finish(self, ctx: _CallContext, ended: Ended) -> None:
         call = ctx.call
@@ -924,8 +1018,17 @@ class CallService:
         await self._send(device_id, protocol.error(code, message, ref))
 
     async def _send(self, device_id: str, text: str) -> None:
-        if not is_trunk_device(device_id):
-            await self._presence.send(device_id, text)
+        if is_trunk_device(device_id):
+            return
+        held = self._held.get(device_id)
+        if held is not None:  # earlier messages are still on their way: keep the order
+            if len(held) < MAX_HELD_MESSAGES:
+                held.append(text)
+            return
+        if await self._presence.send(device_id, text):
+            return
+        if device_id in self._grace_timers:  # away, maybe back soon: keep it for then
+            self._held[device_id] = [text]
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

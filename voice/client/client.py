@@ -52,6 +52,11 @@ class Call:
         #: Digits the other party sent (a phone-network party's RFC 4733 events).
         self.dtmf: list[str] = []
         self._dtmf_arrived = asyncio.Event()
+        #: Media of earlier networks (the call moved on with `move`), oldest first.
+        self.earlier_media: list[MediaEndpoint] = []
+        self._moving: asyncio.Future[str] | None = None
+        #: The latest call.state the server sent when this device came back.
+        self.server_state: str | None = None
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -70,6 +75,11 @@ class Call:
             if media is not None:
                 media.mark("connected")
             self._set("connected")
+        elif kind == "call.renegotiated" and self._moving is not None:
+            if not self._moving.done():
+                self._moving.set_result(str(message["sdp"]))
+        elif kind == "call.state":
+            self.server_state = str(message.get("state"))
         elif kind == "call.dtmf":
             self.dtmf.append(str(message.get("digit", "")))
             self._dtmf_arrived.set()
@@ -82,6 +92,8 @@ class Call:
             self.end_reason = message.get("reason")
             self.end_detail = message.get("detail", "")
             await self._end(media)
+        elif kind == "error" and self._moving is not None and not self._moving.done():
+            self._moving.set_exception(ServerError(message.get("code", "error"), str(message)))
         elif kind == "error":
             self.state = "ended"
             self.end_reason = "error"
@@ -120,6 +132,36 @@ class Call:
             raise RuntimeError("only an incoming call taken with Phone.incoming() can be accepted")
         sdp = await self.media.answer(self.incoming_sdp)
         await self.phone.signaling.send("call.accept", call_id=self.call_id, sdp=sdp)
+
+    async def move(self, bind_address: str, timeout: float = 10) -> None:
+        """This device's network changed: its media starts again from ``bind_address``
+        on a fresh leg that the relay swaps into the call (no ICE restart needed)."""
+        old = self.media
+        if self.call_id is None or old is None or self.state == "ended":
+            raise RuntimeError("only a call in progress can move")
+        old.cut()  # the old network is gone
+        media = MediaEndpoint(
+            source=old.source,
+            ice_servers=self.phone.ice_servers,
+            bind_address=bind_address,
+        )
+        self._moving = asyncio.get_running_loop().create_future()
+        try:
+            offer = await media.create_offer()
+            message_id = await self.phone.signaling.send(
+                "call.renegotiate", call_id=self.call_id, sdp=offer
+            )
+            self.phone.expect(message_id, self)
+            answer = await asyncio.wait_for(self._moving, timeout)
+            await media.accept_answer(answer)
+        except BaseException:
+            await media.close()
+            raise
+        finally:
+            self._moving = None
+        self.earlier_media.append(old)
+        self.media = media
+        await old.close()  # the relay has closed its side already
 
     async def send_dtmf(self, digits: str) -> None:
         """Send digits to the other party (a call with a phone number)."""
@@ -163,6 +205,7 @@ class Phone:
         self._failover: asyncio.Task[None] | None = None
         self.calls: dict[str, Call] = {}
         self._pending: dict[str, Call] = {}  # message id of call.invite -> call
+        self._replies: dict[str, Call] = {}  # message id of another request -> call
         self._incoming: asyncio.Queue[Call] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
@@ -207,6 +250,10 @@ class Phone:
         call = await asyncio.wait_for(self._incoming.get(), timeout)
         call.media = MediaEndpoint(source=source, record=record, ice_servers=self.ice_servers)
         return call
+
+    def expect(self, message_id: str, call: Call) -> None:
+        """Replies to ``message_id`` (by ``ref``) belong to ``call``."""
+        self._replies[message_id] = call
 
     async def _read(self) -> None:
         try:
@@ -260,6 +307,8 @@ class Phone:
             self.calls[call.call_id] = call
             await self._incoming.put(call)
             return
+        elif ref is not None and ref in self._replies:
+            call = self._replies.pop(ref)
         elif "call_id" in message:
             call = self.calls.get(message["call_id"])
         if call is None:

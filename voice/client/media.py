@@ -20,7 +20,7 @@ from av import AudioFrame
 from voice.audio.analysis import dominant_frequency
 from voice.audio.sources import parse_source, resample
 from voice.audio.wav import write_wav
-from voice.ice import ice_configuration
+from voice.ice import gathering_on, ice_configuration
 
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960
@@ -43,6 +43,8 @@ class SourceTrack(MediaStreamTrack):
         self._source = parse_source(spec)
         self._start: float | None = None
         self._timestamp = 0
+        #: Sends silence (a path that no longer carries the device's audio).
+        self.muted = False
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
@@ -57,6 +59,8 @@ class SourceTrack(MediaStreamTrack):
             if wait > 0:
                 await asyncio.sleep(wait)
         samples = self._source.read(FRAME_SAMPLES)
+        if self.muted:
+            samples = np.zeros_like(samples)
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = self._timestamp
@@ -71,7 +75,11 @@ class MediaEndpoint:
         source: str = "silence",
         record: Path | None = None,
         ice_servers: Sequence[str] = (),
+        bind_address: str | None = None,
     ) -> None:
+        self.source = source
+        #: The local address this endpoint's media uses (None: the process's default).
+        self.bind_address = bind_address
         self._track = SourceTrack(source)
         self._record = record
         self._pc = RTCPeerConnection(configuration=ice_configuration(tuple(ice_servers)))
@@ -86,6 +94,11 @@ class MediaEndpoint:
         self._closed = False
         self.markers: dict[str, int] = {}
 
+    def cut(self) -> None:
+        """The network under this endpoint went away: nothing it sends is heard any more
+        (its DTLS session is not closed, as a lost network would not close it)."""
+        self._track.muted = True
+
     @property
     def connection_state(self) -> str:
         return str(self._pc.connectionState)
@@ -95,8 +108,14 @@ class MediaEndpoint:
     async def create_offer(self) -> str:
         """Caller side: a sendrecv Opus audio offer playing the source."""
         self._pc.addTrack(self._track)
-        await self._pc.setLocalDescription(await self._pc.createOffer())
+        with self._gathering():
+            await self._pc.setLocalDescription(await self._pc.createOffer())
         return str(self._pc.localDescription.sdp)
+
+    def _gathering(self) -> contextlib.AbstractContextManager[None]:
+        if self.bind_address is None:
+            return contextlib.nullcontext()
+        return gathering_on([self.bind_address])
 
     async def accept_answer(self, sdp: str) -> None:
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
@@ -105,7 +124,8 @@ class MediaEndpoint:
         """Callee side: answer an offer, sending the source back."""
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         self._pc.addTrack(self._track)
-        await self._pc.setLocalDescription(await self._pc.createAnswer())
+        with self._gathering():
+            await self._pc.setLocalDescription(await self._pc.createAnswer())
         return str(self._pc.localDescription.sdp)
 
     # -- receiving ---------------------------------------------------------

@@ -64,6 +64,20 @@ class LegStats:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def then(self, later: LegStats) -> LegStats:
+        """One device's legs in turn (its leg was replaced mid-call): counts add up,
+        jitter is the worse, the round trip the latest known."""
+        return LegStats(
+            packets_received=self.packets_received + later.packets_received,
+            packets_sent=self.packets_sent + later.packets_sent,
+            packets_lost=self.packets_lost + later.packets_lost,
+            bytes_received=self.bytes_received + later.bytes_received,
+            bytes_sent=self.bytes_sent + later.bytes_sent,
+            jitter_ms=max(self.jitter_ms, later.jitter_ms),
+            rtt_ms=later.rtt_ms if later.rtt_ms is not None else self.rtt_ms,
+            packets_dropped=self.packets_dropped + later.packets_dropped,
+        )
+
 
 class Relay:
     def __init__(

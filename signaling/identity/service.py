@@ -52,6 +52,52 @@ MAX_TOKEN_LENGTH = 128
 DELIVERY_RETRY_AFTER = 30.0
 #: Stays under SQLite's host-parameter limit on old builds (999).
 _IN_CHUNK = 500
+#: Expired codes and sends older than SEND_WINDOW are deleted at most this often
+#: (by the next code request), not one number at a time.
+PRUNE_INTERVAL = 600.0
+
+# The registration path's statements, built once with bind parameters: building
+# them anew for every request cost more of a node's CPU than executing them
+# (bench/registrations.py; docs/performance.md).
+
+#: Records a code send if the number had fewer than :limit in the window.
+_RECORD_SEND = code_sends.insert().from_select(
+    ["number", "sent_at"],
+    sa.select(sa.bindparam("number", type_=sa.String), sa.bindparam("now", type_=sa.Float)).where(
+        sa.select(sa.func.count())
+        .select_from(code_sends)
+        .where(
+            code_sends.c.number == sa.bindparam("number", type_=sa.String),
+            code_sends.c.sent_at > sa.bindparam("window_start", type_=sa.Float),
+        )
+        .scalar_subquery()
+        < sa.bindparam("limit", type_=sa.Integer)
+    ),
+)
+#: Spends one attempt on the number's unexpired code and returns it.
+_SPEND_ATTEMPT = (
+    verifications.update()
+    .where(
+        verifications.c.number == sa.bindparam("spend_number"),
+        verifications.c.attempts_left > 0,
+        verifications.c.expires_at > sa.bindparam("now"),
+    )
+    .values(attempts_left=verifications.c.attempts_left - 1)
+    .returning(verifications.c.code_hash, verifications.c.attempts_left)
+)
+_DELETE_CODE = verifications.delete().where(verifications.c.number == sa.bindparam("code_number"))
+_other = devices.alias("other")
+#: Inserts a device and returns how many other active devices its number has.
+_INSERT_DEVICE = devices.insert().returning(
+    sa.select(sa.func.count())
+    .select_from(_other)
+    .where(
+        _other.c.number == sa.bindparam("other_number", type_=sa.String),
+        _other.c.revoked_at.is_(None),
+        _other.c.device_id != sa.bindparam("new_device_id", type_=sa.String),
+    )
+    .scalar_subquery()
+)
 
 
 @dataclass(frozen=True)
@@ -152,6 +198,8 @@ class IdentityService:
         self._clock = clock
         self._listeners: list[Callable[[Device], None]] = []
         self._registration_hooks: list[RegistrationHook] = []
+        self._pruned_at = float("-inf")
+        self._store_code = _code_upsert(db.engine.dialect.name)
 
     def add_registration_hook(self, hook: RegistrationHook) -> None:
         """``hook`` writes in each registration's transaction (the operator's
@@ -183,46 +231,52 @@ class IdentityService:
         if self.is_test_number(number):
             return number, ttl
         now = self._clock()
+        if now - self._pruned_at >= PRUNE_INTERVAL:
+            self._pruned_at = now
+            await self.prune()
         code = codes.generate_code()
+        limit = self._config.code_sends_per_hour
+        window_start = now - SEND_WINDOW
+        too_many: TooManySends | None = None
         async with self._db.transaction() as conn:
-            window_start = now - SEND_WINDOW
-            await conn.execute(
-                code_sends.delete().where(
-                    code_sends.c.number == number, code_sends.c.sent_at <= window_start
-                )
+            # One statement counts the number's sends in the window and, if that is
+            # under the limit, records this one.
+            recorded = await conn.execute(
+                _RECORD_SEND,
+                {"number": number, "now": now, "window_start": window_start, "limit": limit},
             )
-            sent = (
-                (
-                    await conn.execute(
-                        sa.select(code_sends.c.sent_at)
-                        .where(code_sends.c.number == number)
-                        .order_by(code_sends.c.sent_at)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            limit = self._config.code_sends_per_hour
-            if len(sent) >= limit:
-                # The window frees a slot when the oldest counted send ages out.
-                oldest = sent[len(sent) - limit] if limit > 0 else now
-                retry_after = max(1.0, oldest + SEND_WINDOW - now)
-                too_many: TooManySends | None = TooManySends(
-                    f"at most {limit} codes per hour may be sent to a number",
-                    retry_after=retry_after,
+            if recorded.rowcount == 1:
+                await conn.execute(
+                    self._store_code,
+                    {
+                        "number": number,
+                        "code_hash": codes.hash_code(code),
+                        "created_at": now,
+                        "expires_at": now + ttl,
+                        "attempts_left": self._config.code_attempts,
+                    },
                 )
             else:
-                too_many = None
-                await conn.execute(code_sends.insert().values(number=number, sent_at=now))
-                await conn.execute(verifications.delete().where(verifications.c.number == number))
-                await conn.execute(
-                    verifications.insert().values(
-                        number=number,
-                        code_hash=codes.hash_code(code),
-                        created_at=now,
-                        expires_at=now + ttl,
-                        attempts_left=self._config.code_attempts,
+                sent = (
+                    (
+                        await conn.execute(
+                            sa.select(code_sends.c.sent_at)
+                            .where(
+                                code_sends.c.number == number,
+                                code_sends.c.sent_at > window_start,
+                            )
+                            .order_by(code_sends.c.sent_at)
+                        )
                     )
+                    .scalars()
+                    .all()
+                )
+                # The window frees a slot when the oldest counted send ages out.
+                oldest = sent[len(sent) - limit] if 0 < limit <= len(sent) else now
+                retry_after = max(1.0, oldest + SEND_WINDOW - now)
+                too_many = TooManySends(
+                    f"at most {limit} codes per hour may be sent to a number",
+                    retry_after=retry_after,
                 )
         if too_many is not None:
             raise too_many
@@ -258,42 +312,23 @@ class IdentityService:
         error: IdentityError | None = None
         result: tuple[Device, str] | None = None
         async with self._db.transaction() as conn:
-            row = (
-                await conn.execute(sa.select(verifications).where(verifications.c.number == number))
+            # Spend an attempt and read the code in one conditional statement, so
+            # concurrent guesses on several nodes cannot exceed the allowance.
+            spent = (
+                await conn.execute(_SPEND_ATTEMPT, {"spend_number": number, "now": now})
             ).first()
-            if row is None:
-                error = CodeExpired("no code is pending for this number; request a new one")
-            elif row.expires_at <= now:
-                await conn.execute(verifications.delete().where(verifications.c.number == number))
-                error = CodeExpired("the code has expired; request a new one")
-            elif row.attempts_left <= 0:
+            if spent is None:
+                error = await self._no_attempt_left(conn, number, now)
+            elif codes.verify_code(code, spent.code_hash):
+                await conn.execute(_DELETE_CODE, {"code_number": number})
+                result = await self._add_device(conn, number, name)
+            elif spent.attempts_left <= 0:
                 error = TooManyAttempts("too many wrong codes; request a new one")
             else:
-                # Spend the attempt first, conditionally, so concurrent guesses
-                # on several nodes cannot exceed the allowance.
-                spent = await conn.execute(
-                    verifications.update()
-                    .where(
-                        verifications.c.number == number,
-                        verifications.c.code_hash == row.code_hash,
-                        verifications.c.attempts_left > 0,
-                    )
-                    .values(attempts_left=verifications.c.attempts_left - 1)
+                left = spent.attempts_left
+                error = WrongCode(
+                    f"the code is not correct; {left} attempt(s) left", attempts_left=left
                 )
-                if spent.rowcount != 1:
-                    error = TooManyAttempts("too many wrong codes; request a new one")
-                elif codes.verify_code(code, row.code_hash):
-                    await conn.execute(
-                        verifications.delete().where(verifications.c.number == number)
-                    )
-                    result = await self._add_device(conn, number, name)
-                elif row.attempts_left - 1 <= 0:
-                    error = TooManyAttempts("too many wrong codes; request a new one")
-                else:
-                    left = row.attempts_left - 1
-                    error = WrongCode(
-                        f"the code is not correct; {left} attempt(s) left", attempts_left=left
-                    )
         # Raised after the commit: a wrong guess must still use up an attempt.
         if error is not None:
             raise error
@@ -305,6 +340,20 @@ class IdentityService:
         for hook in self._registration_hooks:
             hook.committed()
 
+    async def _no_attempt_left(self, conn: Any, number: str, now: float) -> IdentityError:
+        """Why no attempt could be spent: no code, an expired one (deleted), or none left."""
+        row = (
+            await conn.execute(
+                sa.select(verifications.c.expires_at).where(verifications.c.number == number)
+            )
+        ).first()
+        if row is None:
+            return CodeExpired("no code is pending for this number; request a new one")
+        if row.expires_at <= now:
+            await conn.execute(verifications.delete().where(verifications.c.number == number))
+            return CodeExpired("the code has expired; request a new one")
+        return TooManyAttempts("too many wrong codes; request a new one")
+
     async def _add_device(self, conn: Any, number: str, name: str) -> tuple[Device, str]:
         token = codes.generate_token()
         device = Device(
@@ -314,21 +363,21 @@ class IdentityService:
             created_at=self._clock(),
             last_seen_at=None,
         )
+        # The number's other active devices are counted by the INSERT itself (a
+        # subquery in RETURNING: one round trip fewer per registration).
         previous = await conn.scalar(
-            sa.select(sa.func.count()).where(
-                devices.c.number == number, devices.c.revoked_at.is_(None)
-            )
-        )
-        await conn.execute(
-            devices.insert().values(
-                device_id=device.device_id,
-                number=number,
-                name=name,
-                token_hash=codes.hash_token(token),
-                created_at=device.created_at,
-                last_seen_at=None,
-                revoked_at=None,
-            )
+            _INSERT_DEVICE,
+            {
+                "device_id": device.device_id,
+                "number": number,
+                "name": name,
+                "token_hash": codes.hash_token(token),
+                "created_at": device.created_at,
+                "last_seen_at": None,
+                "revoked_at": None,
+                "other_number": number,
+                "new_device_id": device.device_id,
+            },
         )
         for hook in self._registration_hooks:
             await hook.device_added(conn, device, int(previous or 0))
@@ -454,6 +503,23 @@ class IdentityService:
         async with self._db.transaction() as conn:
             await conn.execute(verifications.delete().where(verifications.c.expires_at <= now))
             await conn.execute(code_sends.delete().where(code_sends.c.sent_at <= now - SEND_WINDOW))
+
+
+def _code_upsert(dialect: str) -> Any:
+    """Inserts a number's code, replacing any outstanding one (and its attempts)."""
+    upsert: Any
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    else:
+        raise RuntimeError(f"no upsert for the {dialect} database")
+    statement = upsert(verifications)
+    replaced = ("code_hash", "created_at", "expires_at", "attempts_left")
+    return statement.on_conflict_do_update(
+        index_elements=[verifications.c.number],
+        set_={key: statement.excluded[key] for key in replaced},
+    )
 
 
 def _device(row: Any) -> Device:

@@ -17,7 +17,7 @@ from signaling.calls.live import LiveCalls
 from signaling.calls.service import CallService
 from signaling.carrier.delivery import EventDelivery
 from signaling.carrier.operators import OperatorStore
-from signaling.carrier.policy import CarrierPolicy
+from signaling.carrier.policy import CarrierPolicy, FraudRules
 from signaling.cluster.bus import Bus, LocalBus, Message, RedisBus
 from signaling.cluster.node import Node
 from signaling.config import Config
@@ -96,7 +96,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     )
     app[IDENTITY] = IdentityService(database, config, sender)
     app[CDRS] = CallRecordStore(database)
-    app[POLICY] = CarrierPolicy(database)
+    app[POLICY] = CarrierPolicy(database, rules=FraudRules.from_config(config))
     app[OPERATORS] = OperatorStore(database, default_region=config.default_region)
     app[IDENTITY].add_registration_hook(app[POLICY])
     app[POLICY].on_events(lambda: notify_delivery(app))

@@ -130,6 +130,14 @@ class Config:
     #: After SIGTERM: how long a relay host's calls may go on before it stops.
     relay_drain_timeout: float = 30.0
 
+    # Toll-fraud guards on calls to phone numbers (signaling/carrier/policy.py)
+    #: E.164 prefixes no call may reach whatever the bundle (premium rate, e.g. "+49900").
+    blocked_destinations: tuple[str, ...] = ()
+    #: Calls and talk minutes to phone numbers per subscriber and rolling hour, for
+    #: bundles that set none of their own; 0 = no limit.
+    max_phone_calls_per_hour: int = 0
+    max_phone_minutes_per_hour: int = 0
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -41,6 +41,7 @@ from signaling.carrier.operators import (
     MAX_INCREMENT,
     MAX_MINUTES,
     MAX_NAME,
+    MAX_PER_HOUR,
     MAX_PERIOD_SECONDS,
     MAX_SUBSCRIBER_PAGE,
     MAX_URL,
@@ -56,7 +57,7 @@ from signaling.carrier.operators import (
     check_url,
     request_fingerprint,
 )
-from signaling.carrier.rating import Increment
+from signaling.carrier.rating import MAX_PREFIXES, Increment, check_prefix
 from signaling.keys import OPERATORS, POLICY
 
 log = logging.getLogger("anruf.api.operator")
@@ -113,6 +114,21 @@ IncrementText = Annotated[
     Field(description='"first/next" seconds, e.g. "60/1"'),
 ]
 RawNumber = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Prefix = Annotated[
+    str,
+    StringConstraints(pattern=r"^\+[1-9][0-9]{0,14}$"),
+    AfterValidator(check_prefix),
+    Field(description='an E.164 prefix: "+" and 1 to 15 digits, e.g. "+49" or "+43676"'),
+]
+Destinations = Annotated[
+    list[Prefix],
+    Field(
+        max_length=MAX_PREFIXES,
+        description="E.164 prefixes that calls to phone numbers may reach; "
+        "empty: any destination (calls between Anruf users are not affected)",
+    ),
+]
+PerHour = Annotated[int, Field(ge=0, le=MAX_PER_HOUR)]
 Region = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]
 
 
@@ -140,6 +156,16 @@ class BundleCreate(_Body):
     fair_use_minutes: Minutes | None = Field(
         default=None, description="minutes of all calls per period; null: no cap"
     )
+    allowed_destinations: Destinations = []
+    max_phone_calls_per_hour: PerHour | None = Field(
+        default=None,
+        description="calls to phone numbers per rolling hour; null: the deployment's default",
+    )
+    max_phone_minutes_per_hour: PerHour | None = Field(
+        default=None,
+        description="talk minutes to phone numbers per rolling hour; "
+        "null: the deployment's default",
+    )
 
 
 class BundleUpdate(_Body):
@@ -149,6 +175,9 @@ class BundleUpdate(_Body):
     period: Period = _unchanged()
     increment: IncrementBody | IncrementText = _unchanged()
     fair_use_minutes: Minutes | None = _unchanged()
+    allowed_destinations: Destinations = _unchanged()
+    max_phone_calls_per_hour: PerHour | None = _unchanged()
+    max_phone_minutes_per_hour: PerHour | None = _unchanged()
 
 
 class SubscriberCreate(_Body):
@@ -212,6 +241,9 @@ class BundleOut(_Out):
     period: Literal["monthly"] | int
     increment: IncrementOut
     fair_use_minutes: int | None
+    allowed_destinations: list[str] = Field(description="empty: any destination")
+    max_phone_calls_per_hour: int | None = Field(description="null: the deployment's default")
+    max_phone_minutes_per_hour: int | None = Field(description="null: the deployment's default")
     created_at: float
     updated_at: float
     retired_at: float | None
@@ -523,6 +555,9 @@ def _bundle_out(bundle: OperatorBundle) -> BundleOut:
         period="monthly" if spec.period_seconds is None else spec.period_seconds,
         increment=IncrementOut(first=spec.increment.first, next=spec.increment.next),
         fair_use_minutes=spec.fair_use_minutes,
+        allowed_destinations=list(spec.allowed_destinations),
+        max_phone_calls_per_hour=spec.max_phone_calls_per_hour,
+        max_phone_minutes_per_hour=spec.max_phone_minutes_per_hour,
         created_at=bundle.created_at,
         updated_at=bundle.updated_at,
         retired_at=bundle.retired_at,
@@ -573,6 +608,8 @@ def _spec_fields(body: BundleCreate | BundleUpdate, fields: Iterable[str]) -> di
             changes["period_seconds"] = None if value == "monthly" else value
         elif field == "increment":
             changes["increment"] = _increment(value)
+        elif field == "allowed_destinations":
+            changes[field] = tuple(dict.fromkeys(value))  # in order, each once
         else:
             changes[field] = value
     return changes

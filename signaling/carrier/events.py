@@ -41,6 +41,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "call.quota_warning",
     "call.ended",
     "usage.threshold",
+    "fraud.alert",
     "sms.send",
 )
 

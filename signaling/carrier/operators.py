@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signaling.carrier.events import StoredEvent
 from signaling.carrier.policy import bundle_from_row
-from signaling.carrier.rating import Bundle, Increment
+from signaling.carrier.rating import MAX_PREFIXES, Bundle, Increment, check_prefix
 from signaling.identity.codes import hash_token
 from signaling.identity.numbers import InvalidNumber, normalise
 from signaling.store.database import Database
@@ -64,6 +64,8 @@ MAX_URL = 512
 MAX_MINUTES = 1_000_000
 MAX_INCREMENT = 3600
 MAX_PERIOD_SECONDS = 366 * 24 * 3600
+#: Upper bound of a bundle's calls or minutes to phone numbers per hour.
+MAX_PER_HOUR = 100_000
 MAX_SUBSCRIBER_PAGE = 500
 
 #: Per minute started: 60 s for any answered call, then every 60 s started.
@@ -233,6 +235,12 @@ class BundleSpec:
     increment: Increment = DEFAULT_INCREMENT
     #: Minutes of all calls per period beyond which calls stop; None: no cap.
     fair_use_minutes: int | None = None
+    #: E.164 prefixes calls to phone numbers may reach; empty: any destination.
+    allowed_destinations: tuple[str, ...] = ()
+    #: Calls and talk minutes to phone numbers per rolling hour; None: the
+    #: deployment's default.
+    max_phone_calls_per_hour: int | None = None
+    max_phone_minutes_per_hour: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.name) <= MAX_NAME:
@@ -247,6 +255,14 @@ class BundleSpec:
             raise ValueError(f"billing increments must be from 1 to {MAX_INCREMENT} seconds")
         if self.fair_use_minutes is not None and not 0 <= self.fair_use_minutes <= MAX_MINUTES:
             raise ValueError(f"fair_use_minutes must be from 0 to {MAX_MINUTES}")
+        if len(self.allowed_destinations) > MAX_PREFIXES:
+            raise ValueError(f"allowed_destinations holds at most {MAX_PREFIXES} prefixes")
+        for prefix in self.allowed_destinations:
+            check_prefix(prefix)
+        for name in ("max_phone_calls_per_hour", "max_phone_minutes_per_hour"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_PER_HOUR:
+                raise ValueError(f"{name} must be from 0 to {MAX_PER_HOUR}")
 
 
 @dataclass(frozen=True)
@@ -271,6 +287,9 @@ class OperatorBundle:
             increment=self.spec.increment,
             period_seconds=self.spec.period_seconds,
             fair_use_minutes=self.spec.fair_use_minutes,
+            allowed_destinations=self.spec.allowed_destinations,
+            max_phone_calls_per_hour=self.spec.max_phone_calls_per_hour,
+            max_phone_minutes_per_hour=self.spec.max_phone_minutes_per_hour,
         )
 
 
@@ -353,6 +372,9 @@ def _bundle(row: Any) -> OperatorBundle:
             period_seconds=terms.period_seconds,
             increment=terms.increment,
             fair_use_minutes=terms.fair_use_minutes,
+            allowed_destinations=terms.allowed_destinations,
+            max_phone_calls_per_hour=terms.max_phone_calls_per_hour,
+            max_phone_minutes_per_hour=terms.max_phone_minutes_per_hour,
         ),
         created_at=m["created_at"],
         updated_at=m["updated_at"],
@@ -382,6 +404,9 @@ def _spec_values(spec: BundleSpec) -> dict[str, Any]:
         "increment_first": spec.increment.first,
         "increment_next": spec.increment.next,
         "fair_use_minutes": spec.fair_use_minutes,
+        "allowed_destinations": ",".join(spec.allowed_destinations),
+        "max_phone_calls_per_hour": spec.max_phone_calls_per_hour,
+        "max_phone_minutes_per_hour": spec.max_phone_minutes_per_hour,
     }
 
 

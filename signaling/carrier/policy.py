@@ -5,10 +5,18 @@ out the usage of the current period from the call records, decides at
 invite time with `signaling.carrier.rating.authorize`, and at the end rates
 the call and writes the operator's events in the same transaction as the
 call record.
+
+Calls to phone numbers also pass the toll-fraud guards (FraudRules and the
+bundle's terms): the destination must be inside the bundle's allow-list and
+outside the deployment's block list, and the subscriber's calls and talk
+minutes to phone numbers in the last hour (call records plus calls in
+progress) must be below the velocity limits. A refusal raises a fraud.alert
+to the operator, at most one per subscriber and rule per hour.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,22 +30,30 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from signaling.calls.records import CallRecord
 from signaling.carrier import events
 from signaling.carrier.rating import (
+    VELOCITY_WINDOW,
     Bundle,
     CallKind,
     Decision,
     Increment,
+    Recent,
     Usage,
+    VelocityLimits,
     authorize,
+    check_prefix,
     crossed_thresholds,
+    destination_refusal,
     period_bounds,
     rated_seconds,
+    talk_in_window,
+    velocity_limits,
+    velocity_refusal,
 )
 from signaling.store.database import Database
-from signaling.store.schema import bundles, calls, subscribers, usage_thresholds
+from signaling.store.schema import bundles, calls, live_calls, subscribers, usage_thresholds
 from signaling.store.schema import events as event_table
 from voice.loadtest.measure import mos_from_r, r_factor
 
-__all__ = ["Admission", "CarrierPolicy", "Subscription", "UsageReport"]
+__all__ = ["Admission", "CarrierPolicy", "FraudRules", "Subscription", "UsageReport"]
 
 log = logging.getLogger("anruf.carrier")
 
@@ -95,7 +111,44 @@ def bundle_from_row(row: Any) -> Bundle:
         increment=Increment(row["increment_first"], row["increment_next"]),
         period_seconds=row["period_seconds"],
         fair_use_minutes=row["fair_use_minutes"],
+        allowed_destinations=tuple(p for p in (row["allowed_destinations"] or "").split(",") if p),
+        max_phone_calls_per_hour=row["max_phone_calls_per_hour"],
+        max_phone_minutes_per_hour=row["max_phone_minutes_per_hour"],
     )
+
+
+#: End reasons of calls refused at setup: they never reached the network, so the
+#: velocity limits do not count them.
+_REFUSED_AT_SETUP = ("not_allowed", "quota_exhausted")
+
+
+@dataclass(frozen=True)
+class FraudRules:
+    """The deployment's toll-fraud settings (the bundles add their own terms)."""
+
+    #: E.164 prefixes no call may reach (premium rate), whatever the bundle.
+    blocked_destinations: tuple[str, ...] = ()
+    #: Velocity limits for bundles that set none of their own.
+    default_limits: VelocityLimits = field(default_factory=VelocityLimits)
+
+    def __post_init__(self) -> None:
+        for prefix in self.blocked_destinations:
+            check_prefix(prefix)
+
+    @classmethod
+    def from_config(cls, config: Any) -> FraudRules:
+        """From the settings blocked_destinations, max_phone_calls_per_hour and
+        max_phone_minutes_per_hour (a signaling.config.Config)."""
+        try:
+            return cls(
+                tuple(config.blocked_destinations),
+                VelocityLimits(
+                    config.max_phone_calls_per_hour or None,
+                    config.max_phone_minutes_per_hour or None,
+                ),
+            )
+        except ValueError as exc:
+            raise ValueError(f"setting blocked_destinations: {exc}") from exc
 
 
 @dataclass
@@ -128,9 +181,15 @@ class Admission:
 
 
 class CarrierPolicy:
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+        rules: FraudRules | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self.rules = rules if rules is not None else FraudRules()
         self._listeners: list[Callable[[], None]] = []
 
     def on_events(self, listener: Callable[[], None]) -> None:
@@ -190,7 +249,128 @@ class CarrierPolicy:
             decision = authorize(
                 caller_sub.bundle, report.usage, kind, suspended=caller_sub.suspended
             )
+            if decision.allowed and kind is CallKind.PHONE:
+                refusal = await self._screen(call_id, caller_sub, callee)
+                if refusal is not None:
+                    decision = Decision(False, refusal, decision.billable)
         return Admission(call_id, caller, callee, kind, decision, caller_sub, callee_sub)
+
+    # -- toll-fraud guards -------------------------------------------------------
+
+    async def _screen(self, call_id: str, sub: Subscription, callee: str) -> str | None:
+        """Why a call of ``sub`` to the phone number ``callee`` is refused, or None;
+        a refusal raises a fraud.alert (at most one per rule and window)."""
+        bundle = sub.bundle
+        limits = velocity_limits(bundle, self.rules.default_limits)
+        rule = destination_refusal(
+            callee, bundle.allowed_destinations, self.rules.blocked_destinations
+        )
+        recent: Recent | None = None
+        if rule is None and (limits.max_calls is not None or limits.max_minutes is not None):
+            recent = await self.recent_phone_calls(sub.number)
+            rule = velocity_refusal(limits, recent)
+        if rule is None:
+            return None
+        if recent is None:
+            recent = await self.recent_phone_calls(sub.number)
+        log.warning("call %s of %s to %s refused: %s", call_id, sub.number, callee, rule)
+        await self._alert(sub, rule, callee, call_id, limits, recent)
+        return rule
+
+    async def recent_phone_calls(
+        self, number: str, now: float | None = None, conn: AsyncConnection | None = None
+    ) -> Recent:
+        """``number``'s calls to phone numbers in the last VELOCITY_WINDOW seconds:
+        those placed (not refused at setup) from the call records plus the calls in
+        progress on any node, and their talk time inside the window."""
+        now = self._clock() if now is None else now
+        since = now - VELOCITY_WINDOW
+        ended = sa.select(
+            calls.c.invited_at, calls.c.answered_at, calls.c.ended_at, calls.c.end_reason
+        ).where(
+            calls.c.caller == number,
+            calls.c.kind == CallKind.PHONE.value,
+            sa.or_(calls.c.invited_at >= since, calls.c.ended_at > since),
+        )
+        going = sa.select(
+            live_calls.c.invited_at, live_calls.c.answered_at, live_calls.c.rating
+        ).where(live_calls.c.caller == number)
+        async with contextlib.AsyncExitStack() as stack:
+            reader = conn if conn is not None else await stack.enter_async_context(self._db.read())
+            records = (await reader.execute(ended)).all()
+            in_progress = (await reader.execute(going)).all()
+        placed = 0
+        talk = 0.0
+        for invited_at, answered_at, ended_at, end_reason in records:
+            if end_reason in _REFUSED_AT_SETUP and answered_at is None:
+                continue
+            placed += invited_at >= since
+            talk += talk_in_window(answered_at, ended_at, since)
+        for invited_at, answered_at, rating in in_progress:
+            if (rating or {}).get("kind") != CallKind.PHONE.value:
+                continue
+            placed += invited_at >= since
+            talk += talk_in_window(answered_at, max(now, answered_at or now), since)
+        return Recent(placed, talk)
+
+    async def _alert(
+        self,
+        sub: Subscription,
+        rule: str,
+        destination: str,
+        call_id: str,
+        limits: VelocityLimits,
+        recent: Recent,
+    ) -> bool:
+        """fraud.alert to the subscriber's operator, unless one for this rule went
+        out in the last window; True if one was written."""
+        now = self._clock()
+        try:
+            async with self._db.transaction() as conn:
+                if await self._alerted(conn, sub, rule, now):
+                    return False
+                await events.append(
+                    conn,
+                    operator_id=sub.operator_id,
+                    type="fraud.alert",
+                    ordering_key=sub.number,
+                    now=now,
+                    data={
+                        "number": sub.number,
+                        "rule": rule,
+                        "destination": destination,
+                        "call_id": call_id,
+                        "bundle_id": sub.bundle.bundle_id,
+                        "at": round(now, 3),
+                        "window_seconds": VELOCITY_WINDOW,
+                        "limits": limits.as_dict(),
+                        "counts": recent.as_dict(),
+                        "allowed_destinations": list(sub.bundle.allowed_destinations),
+                    },
+                )
+        except sa.exc.IntegrityError:
+            # Another node wrote an event of this number at the same moment (the
+            # sequence is taken): that node's alert, or the next refusal's, tells.
+            log.info("fraud alert for %s (%s) not written: concurrent event", sub.number, rule)
+            return False
+        self._committed()
+        return True
+
+    async def _alerted(
+        self, conn: AsyncConnection, sub: Subscription, rule: str, now: float
+    ) -> bool:
+        """Was a fraud.alert for ``rule`` raised for this number in the last window?"""
+        found = await conn.scalar(
+            sa.select(sa.func.count()).where(
+                event_table.c.operator_id == sub.operator_id,
+                event_table.c.ordering_key == sub.number,
+                event_table.c.type == "fraud.alert",
+                event_table.c.created_at > now - VELOCITY_WINDOW,
+                # The body is canonical JSON (sorted keys, no spaces).
+                event_table.c.body.contains(f'"rule":"{rule}"', autoescape=True),
+            )
+        )
+        return bool(found)
 
     async def admit_inbound(self, call_id: str, caller: str, callee: str) -> Admission:
         """A call from the phone network to an app user: free for the callee, and

@@ -10,6 +10,14 @@ minutes of all calls in a period.
     rated_seconds(61, Increment(60, 60)) == 120
     max_talk_seconds(300, Increment(60, 60)) == 300
     period_bounds(activated_at, now, None) -> the monthly period holding now
+
+Toll-fraud guards on calls to phone numbers: a bundle may list the
+destinations (E.164 prefixes) its calls may reach, a deployment may block
+prefixes for everyone (premium rate), and a subscriber's calls and talk
+minutes to phone numbers per rolling hour may be capped (velocity):
+
+    destination_refusal("+436760000001", allowed=("+49",), blocked=()) == "destination_not_allowed"
+    velocity_refusal(VelocityLimits(max_calls=3), Recent(calls=3)) == "velocity_exceeded"
 """
 
 from __future__ import annotations
@@ -21,17 +29,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 __all__ = [
+    "MAX_PREFIXES",
     "THRESHOLDS",
+    "VELOCITY_WINDOW",
     "Bundle",
     "CallKind",
     "Decision",
     "Increment",
+    "Recent",
     "Usage",
+    "VelocityLimits",
     "authorize",
+    "check_prefix",
     "crossed_thresholds",
+    "destination_refusal",
     "max_talk_seconds",
     "period_bounds",
     "rated_seconds",
+    "talk_in_window",
+    "velocity_limits",
+    "velocity_refusal",
 ]
 
 #: Usage shares (percent of the bundle's phone minutes) that raise usage.threshold.
@@ -71,6 +88,12 @@ class Bundle:
     period_seconds: int | None = None
     #: Minutes of all calls (app and phone) per period; None: no cap.
     fair_use_minutes: int | None = None
+    #: E.164 prefixes calls to phone numbers may reach; empty: any destination.
+    allowed_destinations: tuple[str, ...] = ()
+    #: Calls to phone numbers per rolling hour; None: the deployment's default.
+    max_phone_calls_per_hour: int | None = None
+    #: Talk minutes to phone numbers per rolling hour; None: the deployment's default.
+    max_phone_minutes_per_hour: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,3 +190,105 @@ def crossed_thresholds(bundle: Bundle, before: int, after: int) -> list[int]:
     if total <= 0:
         return []
     return [p for p in THRESHOLDS if before * 100 < p * total <= after * 100]
+
+
+# -- Toll-fraud guards -------------------------------------------------------------
+
+#: Velocity limits count calls to phone numbers in this rolling window (seconds);
+#: at most one fraud alert per subscriber and rule is raised per window.
+VELOCITY_WINDOW = 3600
+
+#: At most this many prefixes in an allow-list or the deployment's block list.
+MAX_PREFIXES = 50
+
+_DIGITS = frozenset("0123456789")
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is an E.164 prefix ("+", a country code digit 1-9, at most
+    15 digits in all), else ValueError."""
+    digits = prefix[1:]
+    if (
+        not prefix.startswith("+")
+        or not 1 <= len(digits) <= 15
+        or not set(digits) <= _DIGITS
+        or digits[0] == "0"
+    ):
+        raise ValueError(
+            f"{prefix!r} is not an E.164 prefix: a plus, then 1 to 15 digits not starting with 0"
+        )
+    return prefix
+
+
+def destination_refusal(
+    number: str, allowed: tuple[str, ...], blocked: tuple[str, ...]
+) -> str | None:
+    """Why a call to the phone number ``number`` is refused, or None.
+
+    ``blocked`` (the deployment's list) wins over ``allowed`` (the bundle's):
+    "destination_blocked"; a number outside a non-empty ``allowed`` is
+    "destination_not_allowed".
+    """
+    if any(number.startswith(prefix) for prefix in blocked):
+        return "destination_blocked"
+    if allowed and not any(number.startswith(prefix) for prefix in allowed):
+        return "destination_not_allowed"
+    return None
+
+
+@dataclass(frozen=True)
+class VelocityLimits:
+    """Calls and talk minutes to phone numbers per rolling hour (None: no limit)."""
+
+    max_calls: int | None = None
+    max_minutes: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {
+            "max_phone_calls_per_hour": self.max_calls,
+            "max_phone_minutes_per_hour": self.max_minutes,
+        }
+
+
+@dataclass(frozen=True)
+class Recent:
+    """A subscriber's calls to phone numbers in the window: those placed (ended or
+    in progress) and their talk time inside the window."""
+
+    calls: int = 0
+    talk_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"phone_calls": self.calls, "phone_minutes": round(self.talk_seconds / 60, 2)}
+
+
+def velocity_limits(bundle: Bundle, default: VelocityLimits) -> VelocityLimits:
+    """The bundle's limits, each falling back to the deployment's ``default``
+    (a default of 0 or less is no limit)."""
+
+    def pick(own: int | None, fallback: int | None) -> int | None:
+        if own is not None:
+            return own
+        return fallback if fallback is not None and fallback > 0 else None
+
+    return VelocityLimits(
+        pick(bundle.max_phone_calls_per_hour, default.max_calls),
+        pick(bundle.max_phone_minutes_per_hour, default.max_minutes),
+    )
+
+
+def talk_in_window(answered_at: float | None, ended_at: float, since: float) -> float:
+    """Seconds of a call's talk (answered_at..ended_at) at or after ``since``."""
+    if answered_at is None:
+        return 0.0
+    return max(0.0, ended_at - max(answered_at, since))
+
+
+def velocity_refusal(limits: VelocityLimits, recent: Recent) -> str | None:
+    """The refusal "velocity_exceeded" if one more call to a phone number would go
+    beyond ``limits`` (the calls are used up, or the minutes are), else None."""
+    if limits.max_calls is not None and recent.calls >= limits.max_calls:
+        return "velocity_exceeded"
+    if limits.max_minutes is not None and recent.talk_seconds >= limits.max_minutes * 60:
+        return "velocity_exceeded"
+    return None

@@ -223,6 +223,20 @@ def _nodes(conn: sa.Connection) -> None:
     )
 
 
+def _fraud_guards(conn: sa.Connection) -> None:
+    """Version 4: toll-fraud guards on bundles (destination allow-list, velocity).
+
+    Existing bundles reach any destination and take the deployment's velocity
+    defaults, as before.
+    """
+    for column in (
+        sa.Column("allowed_destinations", sa.String(1024), nullable=False, server_default=""),
+        sa.Column("max_phone_calls_per_hour", sa.Integer, nullable=True),
+        sa.Column("max_phone_minutes_per_hour", sa.Integer, nullable=True),
+    ):
+        _add_column(conn, "bundles", column)
+
+
 #: The first version; a database older than the version table is at least this.
 BASELINE = 1
 
@@ -231,6 +245,7 @@ BASELINE = 1
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "carrier: operators, bundles, subscribers, events; rating on calls", _carrier),
     Migration(3, "nodes: nodes and live_calls", _nodes),
+    Migration(4, "fraud guards: destinations and velocity limits on bundles", _fraud_guards),
 )
 
 #: The version this code writes and reads.

@@ -130,6 +130,12 @@ bundles = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("retired_at", sa.Float, nullable=True),
+    #: Toll-fraud guards on calls to phone numbers (schema version 4): the E.164
+    #: prefixes they may reach, comma-separated ("" = any destination), and the
+    #: calls and talk minutes per rolling hour (null: the deployment's default).
+    sa.Column("allowed_destinations", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("max_phone_calls_per_hour", sa.Integer, nullable=True),
+    sa.Column("max_phone_minutes_per_hour", sa.Integer, nullable=True),
     sa.Index("ix_bundles_operator", "operator_id"),
 )
 

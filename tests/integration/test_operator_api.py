@@ -22,7 +22,7 @@ from openapi_spec_validator import validate
 
 from signaling.carrier import events
 from signaling.carrier.operators import NewOperator
-from signaling.keys import DATABASE, OPERATORS
+from signaling.keys import DATABASE, OPERATORS, POLICY
 from signaling.store.schema import operators
 from tests.conftest import ALICE, BOB, Server, ServerFactory, require_postgres
 from tests.integration.webhooks import Receiver
@@ -300,6 +300,68 @@ async def test_bundle_lifecycle(server: Server, session: aiohttp.ClientSession) 
     ]
 
 
+async def test_bundle_fraud_guards(server: Server, session: aiohttp.ClientSession) -> None:
+    op = await client_of(server, session)
+    plain = (await op.post("/bundles", TALK_100)).body
+    assert plain["allowed_destinations"] == []  # any destination
+    assert plain["max_phone_calls_per_hour"] is None  # the deployment's default
+    assert plain["max_phone_minutes_per_hour"] is None
+
+    created = await op.post(
+        "/bundles",
+        {**TALK_100, "allowed_destinations": ["+49", "+43676", "+49"],
+         "max_phone_calls_per_hour": 10, "max_phone_minutes_per_hour": 0},
+    )  # fmt: skip
+    assert created.status == 201, created.body
+    bundle = created.body
+    assert bundle["allowed_destinations"] == ["+49", "+43676"]  # each once, in order
+    assert (bundle["max_phone_calls_per_hour"], bundle["max_phone_minutes_per_hour"]) == (10, 0)
+    path = f"/bundles/{bundle['bundle_id']}"
+    assert (await op.get(path)).body == bundle
+
+    # Only what a PATCH names changes; null falls back to the deployment's default.
+    changed = await op.patch(
+        path, {"allowed_destinations": ["+41"], "max_phone_calls_per_hour": None}
+    )
+    assert changed.status == 200, changed.body
+    assert changed.body["allowed_destinations"] == ["+41"]
+    assert changed.body["max_phone_calls_per_hour"] is None
+    assert changed.body["max_phone_minutes_per_hour"] == 0
+    cleared = await op.patch(path, {"allowed_destinations": []})
+    assert cleared.body["allowed_destinations"] == [] and cleared.body["phone_minutes"] == 100
+    assert (await op.get(path)).body == cleared.body
+
+    # The call policy rates with what the API stored.
+    subscriber = {"number": ALICE, "bundle_id": bundle["bundle_id"]}
+    assert (await op.post("/subscribers", subscriber)).status == 201
+    await op.patch(path, {"allowed_destinations": ["+49"], "max_phone_minutes_per_hour": 45})
+    subscription = await server.app[POLICY].subscription(ALICE)
+    assert subscription is not None
+    assert subscription.bundle.allowed_destinations == ("+49",)
+    assert subscription.bundle.max_phone_minutes_per_hour == 45
+
+    for body in (
+        {"allowed_destinations": ["49"]},  # no plus
+        {"allowed_destinations": ["+049"]},  # no country code starts with 0
+        {"allowed_destinations": ["+49 177"]},
+        {"allowed_destinations": ["+" + "1" * 16]},  # longer than a number
+        {"allowed_destinations": ["+"]},
+        {"allowed_destinations": "+49"},  # a list
+        {"allowed_destinations": [49]},
+        {"allowed_destinations": None},  # [] for any destination
+        {"allowed_destinations": [f"+{n}" for n in range(1, 52)]},  # more than 50
+        {"max_phone_calls_per_hour": -1},
+        {"max_phone_minutes_per_hour": 100_001},
+        {"max_phone_calls_per_hour": "10"},
+    ):
+        for answer in (await op.post("/bundles", {**TALK_100, **body}), await op.patch(path, body)):
+            problem = assert_problem(answer, 400, "invalid_body")
+            assert problem["errors"] and problem["errors"][0]["field"].startswith(
+                next(iter(body))
+            ), (body, problem)
+    assert (await op.get(path)).body["allowed_destinations"] == ["+49"]  # unchanged
+
+
 async def test_subscriber_lifecycle(server: Server, session: aiohttp.ClientSession) -> None:
     op = await client_of(server, session)
     talk = (await op.post("/bundles", TALK_100)).body["bundle_id"]
@@ -547,6 +609,12 @@ async def test_openapi_covers_every_operator_route(
     schema = create["requestBody"]["content"]["application/json"]["schema"]
     assert schema == {"$ref": "#/components/schemas/BundleCreate"}
     assert "phone_minutes" in document["components"]["schemas"]["BundleCreate"]["required"]
+    guards = document["components"]["schemas"]["BundleCreate"]["properties"]
+    assert guards["allowed_destinations"]["items"]["pattern"] == r"^\+[1-9][0-9]{0,14}$"
+    assert guards["allowed_destinations"]["maxItems"] == 50
+    out = document["components"]["schemas"]["BundleOut"]["properties"]
+    assert {"allowed_destinations", "max_phone_calls_per_hour"} <= set(out)
+    assert "fraud.alert" in json.dumps(document)
     assert "/v1/devices" in document["paths"] and "/v1/ws" in document["paths"]
 
 

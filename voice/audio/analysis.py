@@ -55,20 +55,3 @@ def tone_fraction(
             hits += 1
     return hits / count
 
-
-def longest_silence(
-    samples: np.ndarray, rate: int, window: float = 0.01, threshold: float = 0.01
-) -> float:
-    """Seconds of the longest run of silent `window`s (RMS below `threshold` of full
-    scale): how long a listener heard nothing, e.g. while a call moved networks."""
-    size = max(1, round(window * rate))
-    count = len(samples) // size
-    if count == 0:
-        return 0.0
-    frames = samples[: count * size].astype(np.float64).reshape(count, size) / 32768.0
-    loud = np.sqrt(np.mean(frames * frames, axis=1)) >= threshold
-    longest = run = 0
-    for is_loud in loud:
-        run = 0 if is_loud else run + 1
-        longest = max(longest, run)
-    return longest * size / rate

@@ -29,6 +29,8 @@ TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 # Tone detection looks back this far: long enough to tell 425 Hz from 440 Hz.
 DETECTION_WINDOW = 4800
 DETECTION_TOLERANCE_HZ = 8.0
+#: A received frame is audible from this RMS (1 % of full scale) on.
+AUDIBLE_RMS = 0.01 * 32768
 # Received audio falling this far behind the wall clock is a gap: fill it.
 GAP_SLACK = 3 * FRAME_SAMPLES
 
@@ -89,6 +91,8 @@ class MediaEndpoint:
         self._length = 0
         # (end position in samples, monotonic arrival) of each received frame.
         self._arrivals: list[tuple[int, float]] = []
+        # Arrival (monotonic) of each received frame with audible sound in it.
+        self._audible: list[float] = []
         self._new_audio = asyncio.Event()
         self._receive_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -154,7 +158,25 @@ class MediaEndpoint:
         self._chunks.append(samples)
         self._length += samples.size
         self._arrivals.append((self._length, arrival))
+        if samples.size and np.sqrt(np.mean(samples.astype(np.float64) ** 2)) >= AUDIBLE_RMS:
+            self._audible.append(arrival)
         self._new_audio.set()
+
+    def longest_pause(self, since: float, until: float) -> float:
+        """Seconds of the longest wait between two audible frames arriving in the time
+        from ``since`` to ``until`` (monotonic), counted from the last audible frame
+        before ``since``: what a listener heard as a gap, at frame resolution."""
+        longest = 0.0
+        previous: float | None = None
+        for arrival in self._audible:
+            if arrival > until:
+                break
+            if previous is not None and arrival >= since:
+                longest = max(longest, arrival - previous)
+            previous = arrival
+        if previous is not None and previous < until:
+            longest = max(longest, until - max(previous, since))
+        return longest
 
     def mark(self, label: str) -> None:
         """Remember the current received-sample position (wall clock) under `label`."""

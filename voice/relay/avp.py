@@ -206,7 +206,7 @@ def _audio_section(
         if attribute in Direction._value2member_map_ and not value:
             direction = Direction(attribute)
         elif attribute == "ptime":
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, OverflowError):  # "1e400", "inf"
                 ptime = int(float(value))
         elif attribute == "rtpmap":
             number, _, encoding = value.partition(" ")

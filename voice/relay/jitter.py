@@ -100,6 +100,8 @@ class JitterBuffer:
 
     def flush(self) -> list[Slot]:
         """Everything held, in order (holes concealed); the buffer stays in sequence."""
+        if self._next is None:
+            return []  # nothing was pushed since the start or a reset
         return self._release(0)
 
     def reset(self) -> None:

@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from signaling.carrier.policy import bundle_from_row
 from signaling.identity.codes import hash_token
 from signaling.store.database import Database
 from signaling.store.migrations import LATEST, MIGRATIONS, SchemaVersionError, schema_migrations
-from signaling.store.schema import metadata
+from signaling.store.schema import bundles, metadata
 from tests.conftest import ALICE, BOB, ServerFactory, fresh_postgres
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "schema"
@@ -218,6 +219,30 @@ async def test_previous_version_is_upgraded_in_place(
         assert [(c["call_id"], c["direction"], c["peer"]) for c in calls] == [
             ("c-old", "incoming", ALICE)
         ]
+
+
+async def test_bundles_of_version_3_keep_their_terms_and_get_no_guards(url: str) -> None:
+    """Migration 4: bundles gain the toll-fraud guards, off for existing ones."""
+    await make_old_database(url, 3)
+    async with raw_engine(url) as engine, engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO bundles (bundle_id, operator_id, name, app_calls_included, "
+                "phone_minutes, increment_first, increment_next, created_at, updated_at) "
+                "VALUES ('b-old', 'op-old', 'Talk 100', true, 100, 60, 60, 1000.0, 1000.0)"
+            )
+        )
+    db = await Database.open(url)
+    try:
+        async with db.read() as conn:
+            row = (await conn.execute(sa.select(bundles))).one()._mapping
+        bundle = bundle_from_row(row)
+    finally:
+        await db.close()
+    assert await applied(url) == [3, 4]
+    assert (bundle.bundle_id, bundle.phone_minutes, bundle.increment.first) == ("b-old", 100, 60)
+    assert bundle.allowed_destinations == ()  # any destination
+    assert bundle.max_phone_calls_per_hour is None and bundle.max_phone_minutes_per_hour is None
 
 
 async def test_newer_database_is_refused(url: str) -> None:

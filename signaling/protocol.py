@@ -183,6 +183,9 @@ def parse(text: str | bytes) -> Message:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        # A few thousand nested brackets fit in one frame and exhaust the decoder.
+        raise ProtocolError(ErrorCode.BAD_JSON, "JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message must be a JSON object")
     raw_id = data.get("id")

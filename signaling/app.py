@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from signaling.api import health, openapi, operator, rest
+from signaling.api import health, limits, openapi, operator, rest
 from signaling.api.problems import problem_middleware
 from signaling.calls.live import LiveCalls
 from signaling.calls.service import CallService
@@ -73,6 +73,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=256 * 1024)
     app[CONFIG] = config
     app[METRICS] = Metrics()
+    limits.install(app)  # rate limits and overload protection (signaling/api/limits.py)
     app.add_routes(ROUTES)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_cluster)

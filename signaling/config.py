@@ -138,6 +138,30 @@ class Config:
     max_phone_calls_per_hour: int = 0
     max_phone_minutes_per_hour: int = 0
 
+    # Abuse and overload limits (signaling/api/limits.py, docs/protocol.md, docs/sip.md)
+    #: IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client;
+    #: empty = the peer address is the source.
+    trusted_proxies: tuple[str, ...] = ()
+    #: POST /v1/verification per source address (codes sent cost money).
+    source_code_sends_per_hour: float = 30.0
+    source_code_send_burst: int = 10
+    #: POST /v1/devices (code attempts) per source address, across numbers.
+    source_code_attempts_per_hour: float = 60.0
+    source_code_attempt_burst: int = 20
+    #: call.invite per device.
+    call_attempts_per_minute: float = 10.0
+    call_attempt_burst: int = 5
+    #: A SIP source over sip_requests_per_second for this many seconds is blocked
+    #: (its datagrams and connections dropped unparsed) for sip_block_seconds;
+    #: 0 = never block. Sources in sip_accepted_sources are never blocked.
+    sip_block_after: float = 2.0
+    sip_block_seconds: float = 60.0
+    #: Calls in progress on this node before new ones are refused; 0 = no limit.
+    max_calls: int = 0
+    #: Event-loop lag (seconds) above which this node is overloaded: new calls are
+    #: refused and HTTP requests get 503 (not health and metrics); 0 = never.
+    overload_loop_lag: float = 0.25
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

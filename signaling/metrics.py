@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from signaling.keys import METRICS
+
+if TYPE_CHECKING:
+    from signaling.sip.trunk import SipTrunk
 
 
 class Metrics:
@@ -59,6 +67,72 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 600.0, 3600.0, 86400.0),
             registry=self.registry,
         )
+        # Abuse and overload (signaling/api/limits.py)
+        self.rate_limited = Counter(
+            "anruf_rate_limited",
+            "Requests refused by a rate limit, by limit (verification_source, "
+            "verification_number, registration_source, registration_number, call_attempts)",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.calls_refused = Counter(
+            "anruf_calls_refused",
+            "New calls refused because this node is at capacity, by cause "
+            "(max_calls, loop_lag) and direction (app, trunk)",
+            ["cause", "direction"],
+            registry=self.registry,
+        )
+        self.http_overload_refusals = Counter(
+            "anruf_http_overload_refusals",
+            "HTTP requests answered 503 while the event loop lagged",
+            registry=self.registry,
+        )
+        self.loop_lag = Gauge(
+            "anruf_event_loop_lag_seconds",
+            "Latest event-loop lag sample (how late a timer fired)",
+            registry=self.registry,
+        )
+        self.overloaded = Gauge(
+            "anruf_overloaded",
+            "1 while the event-loop lag is above overload_loop_lag",
+            registry=self.registry,
+        )
+        #: The SIP trunk whose counters /metrics exports (set once it runs).
+        self.trunk: SipTrunk | None = None
+        self.registry.register(_TrunkCollector(self))
+
+
+class _TrunkCollector(Collector):
+    """The SIP trunk's counters (``SipTrunk.stats``) and block list, read at scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        trunk = self._metrics.trunk
+        if trunk is None:
+            return
+        events = CounterMetricFamily(
+            "anruf_sip_events",
+            "SIP trunk counters by event (docs/sip.md, Counters): requests_blocked are "
+            "messages dropped unparsed from blocked sources, sources_blocked the blocks",
+            labels=["event"],
+        )
+        for name, value in sorted(trunk.stats.items()):
+            events.add_metric([name], value)
+        yield events
+        yield GaugeMetricFamily(
+            "anruf_sip_blocked_sources",
+            "Source addresses on the SIP block list",
+            value=len(trunk.blocked_sources()),
+        )
+        yield GaugeMetricFamily(
+            "anruf_sip_active_calls", "Calls on the SIP trunk", value=trunk.active_calls
+        )
+        yield GaugeMetricFamily("anruf_sip_trunk_up", "1 while the trunk is up", value=trunk.up)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from signaling import protocol
 from signaling.api.auth import require_device
+from signaling.api.limits import admit_call_attempt
 from signaling.api.problems import problem
 from signaling.identity.service import Device
 from signaling.keys import CALLS, CONFIG, IDENTITY, METRICS, PRESENCE
@@ -164,7 +165,8 @@ async def dispatch(
     try:
         match message:
             case protocol.CallInvite():
-                await calls.invite(device_id, number, message)
+                if await admit_call_attempt(app, device_id, message.id, reply):
+                    await calls.invite(device_id, number, message)
             case protocol.CallAccept():
                 await calls.accept(device_id, message)
             case protocol.CallReject():

@@ -30,6 +30,8 @@ logger = logging.getLogger("anruf.sip")
 DatagramHandler = Callable[[bytes, SipTarget], None]
 StreamHandler = Callable[[Request | Response | ParseError, SipTarget], None]
 ErrorHandler = Callable[[SipTarget], None]
+#: May a TCP connection from this host be kept? (False: closed, its bytes unparsed.)
+PeerFilter = Callable[[str], bool]
 
 #: How long a TCP connect to a peer may take before its messages are given up.
 CONNECT_TIMEOUT = 5.0
@@ -59,6 +61,9 @@ class _Stream(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         host, port = self.transport.get_extra_info("peername")[:2]
         self.peer = SipTarget("tcp", str(host), int(port))
+        if not self.owner.admit_peer(self.peer.host):
+            transport.close()
+            return
         if len(self.owner.connections) >= self.owner.max_connections:
             logger.warning(
                 "SIP TCP: %d connections, closing one from %s",
@@ -71,6 +76,9 @@ class _Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.transport is not None
+        if not self.owner.admit_peer(self.peer.host):
+            self.transport.close()  # blocked since it connected
+            return
         try:
             items = self.parser.feed(data)
         except ParseError as exc:
@@ -104,6 +112,7 @@ class SipTransport:
         max_message_bytes: int,
         max_headers: int = DEFAULT_MAX_HEADERS,
         max_connections: int = 256,
+        admit_peer: PeerFilter | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -114,6 +123,7 @@ class SipTransport:
         self.max_message_bytes = max_message_bytes
         self.max_headers = max_headers
         self.max_connections = max_connections
+        self.admit_peer: PeerFilter = admit_peer or (lambda host: True)
         self.connections: dict[tuple[str, int], _Stream] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None

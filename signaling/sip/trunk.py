@@ -47,12 +47,13 @@ import re
 import secrets
 import time
 import urllib.parse
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from signaling.ratelimit import TokenBucket
+from signaling.ratelimit import FloodGuard, TokenBucket
+from signaling.ratelimit import Verdict as RateVerdict
 from signaling.sip.dialog import AnswerRetransmission, Dialog, DialogState
 from signaling.sip.digest import (
     DigestChallenger,
@@ -193,6 +194,11 @@ class TrunkSettings:
     options_interval: float = 30.0
     max_message_bytes: int = 16384
     requests_per_second_per_source: float = 50.0
+    #: A source over its request rate for this many seconds is blocked (everything
+    #: it sends dropped unparsed) for ``block_seconds``; 0 = never. Accepted sources
+    #: (the SBC) are only rate-limited, never blocked.
+    block_after: float = 2.0
+    block_seconds: float = 60.0
     timers: TimerValues = DEFAULT_TIMERS
     user_agent: str = "Anruf"
     #: Lifetime of our digest nonces (an older nonce gets a stale=true challenge).
@@ -247,6 +253,10 @@ class TrunkSettings:
         for name, value in positive.items():
             if not value > 0 or math.isinf(value):
                 raise SettingsError(name, f"{value} must be a positive number")
+        if self.block_after < 0 or math.isinf(self.block_after):
+            raise SettingsError("block_after", f"{self.block_after} must be >= 0")
+        if not self.block_seconds > 0 or math.isinf(self.block_seconds):
+            raise SettingsError("block_seconds", f"{self.block_seconds} must be a positive number")
         if self.options_interval < 0 or math.isinf(self.options_interval):
             raise SettingsError("options_interval", f"{self.options_interval} must be >= 0")
         if not 1024 <= self.max_message_bytes <= 65535:
@@ -273,6 +283,8 @@ _CONFIG_NAMES = {
     "options_interval": "sip_options_interval",
     "max_message_bytes": "sip_max_message_bytes",
     "requests_per_second_per_source": "sip_requests_per_second",
+    "block_after": "sip_block_after",
+    "block_seconds": "sip_block_seconds",
 }
 
 
@@ -313,6 +325,8 @@ def trunk_settings(config: Config) -> TrunkSettings | None:
             options_interval=config.sip_options_interval,
             max_message_bytes=config.sip_max_message_bytes,
             requests_per_second_per_source=config.sip_requests_per_second,
+            block_after=config.sip_block_after,
+            block_seconds=config.sip_block_seconds,
         )
     except SettingsError as exc:
         name = _CONFIG_NAMES.get(exc.field, exc.field)
@@ -854,16 +868,21 @@ class IncomingCall(_Call):
         self.state = "answered"
         self._retransmit(response, self._txn.peer)
 
-    async def reject(self, status: int, reason: str = "") -> None:
+    async def reject(
+        self, status: int, reason: str = "", *, retry_after: int | None = None
+    ) -> None:
         """A final failure response (404, 480, 486, 503, 603 …); ``reason`` is its
-        reason phrase when given."""
+        reason phrase when given; ``retry_after`` adds a Retry-After header (seconds)."""
         if self.ended:
             return
         if self.state != "ringing":
             raise CallError(f"reject() in state {self.state}: use bye()")
         if not 300 <= status <= 699:
             raise ValueError(f"{status} is not a failure status")
-        self.trunk._respond(self._txn, self._response(status, reason or None))
+        response = self._response(status, reason or None)
+        if retry_after is not None:
+            response.headers.add("Retry-After", str(max(0, int(retry_after))))
+        self.trunk._respond(self._txn, response)
         self._end(status, "rejected", False, reason)
 
     async def bye(self, reason: str = "") -> None:
@@ -950,10 +969,15 @@ class SipTrunk:
         self._handlers: dict[Transaction, ClientHandler] = {}
         self._incoming: dict[InviteServerTransaction, IncomingCall] = {}
         self._retransmissions: dict[AnswerRetransmission, _Call] = {}
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._last_503: dict[str, float] = {}
         rate = settings.requests_per_second_per_source
-        self._bucket_args = (rate, max(1, math.ceil(2 * rate)))
+        self._guard = FloodGuard(
+            rate,
+            max(1, math.ceil(2 * rate)),
+            block_after=settings.block_after,
+            block_seconds=settings.block_seconds,
+            max_keys=_MAX_TRACKED_SOURCES,
+        )
         cps = settings.max_calls_per_second
         self._cps = TokenBucket(cps, max(1, math.ceil(cps)))
         self._targets = {target: _TargetState() for target in settings.sbc}
@@ -985,6 +1009,7 @@ class SipTrunk:
             on_stream=self._on_stream,
             on_error=self._on_transport_error,
             max_message_bytes=s.max_message_bytes,
+            admit_peer=self._peer_admitted,
         )
         await self._transport.start()
         self._started = True
@@ -1025,6 +1050,10 @@ class SipTrunk:
     @property
     def active_calls(self) -> int:
         return len(self._active)
+
+    def blocked_sources(self) -> list[str]:
+        """Source addresses on the block list now (expired blocks are lifted)."""
+        return self._guard.blocked_keys(self._clock())
 
     # calls out
 
@@ -1141,16 +1170,29 @@ class SipTrunk:
         return known
 
     def _admit(self, host: str, now: float) -> bool:
-        """The per-source token bucket for requests (rate, burst 2 s of it)."""
-        bucket = self._buckets.get(host)
-        if bucket is None:
-            bucket = TokenBucket(*self._bucket_args)
-            self._buckets[host] = bucket
-            if len(self._buckets) > _MAX_TRACKED_SOURCES:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(host)
-        return bucket.allow(now)
+        """The per-source token bucket for requests (rate, burst 2 s of it); a source
+        that is not accepted and stays over it for ``block_after`` gets blocked."""
+        verdict = self._guard.check(host, now, may_block=not self._accepted(host))
+        if verdict is RateVerdict.BLOCKED:
+            self.stats["sources_blocked"] += 1
+            logger.warning(
+                "SIP: %s flooded us for %.1f s: blocked for %.0f s",
+                host,
+                self.settings.block_after,
+                self.settings.block_seconds,
+            )
+        return verdict is RateVerdict.ALLOWED
+
+    def _blocked(self, host: str, now: float) -> bool:
+        """``host`` is on the block list: what it sends is dropped unparsed (counted)."""
+        if self._guard.blocked_until(host, now) is None:
+            return False
+        self.stats["requests_blocked"] += 1
+        return True
+
+    def _peer_admitted(self, host: str) -> bool:
+        """For the transport: may ``host`` keep (or open) a TCP connection?"""
+        return self._guard.blocked_until(host, self._clock()) is None
 
     def _on_datagram(self, data: bytes, source: SipTarget) -> None:
         try:
@@ -1168,10 +1210,12 @@ class SipTrunk:
             logger.exception("SIP: error handling a message from %s", source)
 
     def _datagram(self, data: bytes, source: SipTarget) -> None:
+        now = self._clock()
+        if self._blocked(source.host, now):
+            return
         self.stats["messages_received"] += 1
         if not data.strip(b"\r\n"):
             return  # keep-alive
-        now = self._clock()
         if not data.lstrip(b"\r\n").startswith(b"SIP/") and not self._admit(source.host, now):
             self._rate_limited(data, source, now)
             return
@@ -1183,11 +1227,13 @@ class SipTrunk:
         self._on_message(message, source, now)
 
     def _stream(self, item: Request | Response | ParseError, source: SipTarget) -> None:
+        now = self._clock()
+        if self._blocked(source.host, now):
+            return
         self.stats["messages_received"] += 1
         if isinstance(item, ParseError):
             self._malformed(item, source)
             return
-        now = self._clock()
         if isinstance(item, Request) and not self._admit(source.host, now):
             self._rate_limited(item, source, now)
             return

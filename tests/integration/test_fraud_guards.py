@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from signaling.keys import CDRS, DATABASE
 from signaling.store.schema import bundles
 from signaling.store.schema import events as events_table
-from tests.conftest import ALICE, Server, ServerFactory
+from tests.conftest import ALICE, Server, ServerFactory, fresh_postgres
 from tests.integration.provisioning import add_bundle, add_subscriber
 from tests.integration.sipp import SCENARIOS, Sipp, free_port, sipp_binary
 from tests.integration.test_trunk_calls import trunk_up
@@ -68,6 +68,16 @@ class TracedSipp(Sipp):
         return re.findall(r"^INVITE sip:(\+?[0-9]+)@", text, flags=re.MULTILINE)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The server's SQLite default (""), or a database of its own on PostgreSQL."""
+    if request.param == "sqlite":
+        yield ""
+    else:
+        async with fresh_postgres("anruf_fraud") as url:
+            yield url
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     r = await Receiver().start()
@@ -76,7 +86,11 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 async def trunk_server(
-    make_server: ServerFactory, receiver: Receiver, sbc_port: int, **terms: Any
+    make_server: ServerFactory,
+    receiver: Receiver,
+    sbc_port: int,
+    database_url: str = "",
+    **terms: Any,
 ) -> Server:
     """A server whose trunk points at ``sbc_port``; Alice on a bundle with ``terms``,
     her operator's webhook at ``receiver``."""
@@ -86,6 +100,7 @@ async def trunk_server(
         sip_accepted_sources=("127.0.0.1",),
         sip_options_interval=0.0,  # SIPp would take an OPTIONS for its one call
         blocked_destinations=("+881", "+882"),
+        database_url=database_url,
         **FAST,
     )
     await add_operator(server.app[DATABASE], OPERATOR, webhook_url=receiver.url + "/events")
@@ -165,10 +180,12 @@ async def test_calls_outside_the_bundles_destinations_never_reach_the_network(
 
 
 async def test_beyond_the_velocity_limit_calls_are_refused_and_alerted_once(
-    make_server: ServerFactory, receiver: Receiver, tmp_path: Path
+    make_server: ServerFactory, receiver: Receiver, tmp_path: Path, database_url: str
 ) -> None:
     sbc_port = free_port()
-    server = await trunk_server(make_server, receiver, sbc_port, max_phone_calls_per_hour=1)
+    server = await trunk_server(
+        make_server, receiver, sbc_port, database_url, max_phone_calls_per_hour=1
+    )
     network = TracedSipp("trunk_uas_echo.xml", port=sbc_port, workdir=tmp_path)
     try:
         await trunk_up(server)

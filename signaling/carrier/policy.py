@@ -17,6 +17,7 @@ to the operator, at most one per subscriber and rule per hour.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -121,6 +122,11 @@ def bundle_from_row(row: Any) -> Bundle:
 #: velocity limits do not count them.
 _REFUSED_AT_SETUP = ("not_allowed", "quota_exhausted")
 
+#: A call to a phone number admitted here counts against the velocity limits from
+#: its admission; its live_calls row (written once the INVITE is out) takes over
+#: within seconds, so the admission itself is remembered this long at most.
+PENDING_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class FraudRules:
@@ -190,6 +196,11 @@ class CarrierPolicy:
         self._db = db
         self._clock = clock
         self.rules = rules if rules is not None else FraudRules()
+        #: Number -> call id -> (order, time) of its calls to phone numbers admitted
+        #: here and not yet in live_calls or the records: simultaneous calls of one
+        #: subscriber count each other, in the order they were admitted.
+        self._pending: dict[str, dict[str, tuple[int, float]]] = {}
+        self._order = itertools.count()
         self._listeners: list[Callable[[], None]] = []
 
     def on_events(self, listener: Callable[[], None]) -> None:
@@ -262,38 +273,80 @@ class CarrierPolicy:
         a refusal raises a fraud.alert (at most one per rule and window)."""
         bundle = sub.bundle
         limits = velocity_limits(bundle, self.rules.default_limits)
+        # Before any await: a call admitted at the same time sees this one.
+        self._pending.setdefault(sub.number, {})[call_id] = (next(self._order), self._clock())
         rule = destination_refusal(
             callee, bundle.allowed_destinations, self.rules.blocked_destinations
         )
         recent: Recent | None = None
         if rule is None and (limits.max_calls is not None or limits.max_minutes is not None):
-            recent = await self.recent_phone_calls(sub.number)
+            recent = await self.recent_phone_calls(sub.number, before=call_id)
             rule = velocity_refusal(limits, recent)
         if rule is None:
             return None
+        self._settled(sub.number, call_id)
         if recent is None:
             recent = await self.recent_phone_calls(sub.number)
         log.warning("call %s of %s to %s refused: %s", call_id, sub.number, callee, rule)
         await self._alert(sub, rule, callee, call_id, limits, recent)
         return rule
 
+    def _settled(self, number: str, call_id: str) -> None:
+        """The call was refused, or has its record: no longer pending."""
+        pending = self._pending.get(number)
+        if pending is not None:
+            pending.pop(call_id, None)
+            if not pending:
+                del self._pending[number]
+
+    def _pending_before(self, number: str, call_id: str | None, known: set[str], now: float) -> int:
+        """Calls of ``number`` admitted here before ``call_id`` (all, for None)
+        that are neither in live_calls nor in the records yet."""
+        pending = self._pending.get(number)
+        if not pending:
+            return 0
+        for stale in [c for c, (_, at) in pending.items() if now - at > PENDING_SECONDS]:
+            del pending[stale]
+        own = pending.get(call_id, (None, 0.0))[0] if call_id is not None else None
+        count = sum(
+            1
+            for other, (order, _) in pending.items()
+            if other != call_id and other not in known and (own is None or order < own)
+        )
+        if not pending:
+            del self._pending[number]
+        return count
+
     async def recent_phone_calls(
-        self, number: str, now: float | None = None, conn: AsyncConnection | None = None
+        self,
+        number: str,
+        now: float | None = None,
+        conn: AsyncConnection | None = None,
+        *,
+        before: str | None = None,
     ) -> Recent:
         """``number``'s calls to phone numbers in the last VELOCITY_WINDOW seconds:
         those placed (not refused at setup) from the call records plus the calls in
-        progress on any node, and their talk time inside the window."""
+        progress on any node (and those this node admitted before the call
+        ``before`` that are not on record yet), and their talk time inside the window."""
         now = self._clock() if now is None else now
         since = now - VELOCITY_WINDOW
         ended = sa.select(
-            calls.c.invited_at, calls.c.answered_at, calls.c.ended_at, calls.c.end_reason
+            calls.c.call_id,
+            calls.c.invited_at,
+            calls.c.answered_at,
+            calls.c.ended_at,
+            calls.c.end_reason,
         ).where(
             calls.c.caller == number,
             calls.c.kind == CallKind.PHONE.value,
             sa.or_(calls.c.invited_at >= since, calls.c.ended_at > since),
         )
         going = sa.select(
-            live_calls.c.invited_at, live_calls.c.answered_at, live_calls.c.rating
+            live_calls.c.call_id,
+            live_calls.c.invited_at,
+            live_calls.c.answered_at,
+            live_calls.c.rating,
         ).where(live_calls.c.caller == number)
         async with contextlib.AsyncExitStack() as stack:
             reader = conn if conn is not None else await stack.enter_async_context(self._db.read())
@@ -301,16 +354,20 @@ class CarrierPolicy:
             in_progress = (await reader.execute(going)).all()
         placed = 0
         talk = 0.0
-        for invited_at, answered_at, ended_at, end_reason in records:
+        known: set[str] = set()
+        for call_id, invited_at, answered_at, ended_at, end_reason in records:
+            known.add(call_id)
             if end_reason in _REFUSED_AT_SETUP and answered_at is None:
                 continue
             placed += invited_at >= since
             talk += talk_in_window(answered_at, ended_at, since)
-        for invited_at, answered_at, rating in in_progress:
+        for call_id, invited_at, answered_at, rating in in_progress:
+            known.add(call_id)
             if (rating or {}).get("kind") != CallKind.PHONE.value:
                 continue
             placed += invited_at >= since
             talk += talk_in_window(answered_at, max(now, answered_at or now), since)
+        placed += self._pending_before(number, before, known, now)
         return Recent(placed, talk)
 
     async def _alert(
@@ -454,6 +511,8 @@ class CarrierPolicy:
         if admission is None:
             return record
         sub = admission.caller_subscription
+        if sub is not None and admission.kind is CallKind.PHONE:
+            self._settled(sub.number, admission.call_id)
         billable = admission.decision.billable
         if sub is None:
             seconds = math.ceil(record.duration)

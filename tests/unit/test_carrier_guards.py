@@ -4,6 +4,7 @@ fraud.alert at most once per subscriber, rule and window)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from signaling.calls.live import LiveCall, LiveCalls
 from signaling.calls.records import CallRecord
 from signaling.carrier.operators import MAX_PER_HOUR, BundleSpec, OperatorStore
-from signaling.carrier.policy import CarrierPolicy, FraudRules
+from signaling.carrier.policy import PENDING_SECONDS, CarrierPolicy, FraudRules
 from signaling.carrier.rating import (
     MAX_PREFIXES,
     VELOCITY_WINDOW,
@@ -272,7 +273,7 @@ async def test_a_destination_outside_the_bundles_list_is_refused_and_alerted_onc
         "at": round(clock.now - 60, 3),
         "window_seconds": VELOCITY_WINDOW,
         "limits": {"max_phone_calls_per_hour": None, "max_phone_minutes_per_hour": None},
-        "counts": {"phone_calls": 0, "phone_minutes": 0.0},
+        "counts": {"phone_calls": 1, "phone_minutes": 0.0},  # c1, admitted a moment ago
         "allowed_destinations": ["+49"],
     }
     assert len(committed) == 2  # the delivery was woken for each alert
@@ -326,7 +327,8 @@ async def test_the_velocity_limit_counts_records_and_calls_in_progress(
         "max_phone_calls_per_hour": 2,
         "max_phone_minutes_per_hour": 2,
     }
-    assert data["counts"] == {"phone_calls": 2, "phone_minutes": 2.02}  # type: ignore[index]
+    # The one on record, the one in progress, and c1, admitted a moment ago.
+    assert data["counts"] == {"phone_calls": 3, "phone_minutes": 2.02}  # type: ignore[index]
 
 
 async def test_quota_and_suspension_come_before_the_guards(
@@ -361,3 +363,27 @@ async def test_the_store_round_trips_the_guards(store: OperatorStore, clock: Clo
     assert read.spec == changed.spec
     assert read.spec.allowed_destinations == () and read.spec.max_phone_minutes_per_hour == 30
     assert read.rating().max_phone_calls_per_hour == 12
+
+
+async def test_simultaneous_calls_count_each_other_until_they_are_on_record(
+    store: OperatorStore, db: Database, clock: Clock
+) -> None:
+    await provision(store, clock, BundleSpec("Talk", True, 100, max_phone_calls_per_hour=2))
+    policy = CarrierPolicy(db, clock=clock)
+    # Three devices dial at once: two are admitted, one is refused.
+    admissions = await asyncio.gather(
+        *(policy.admit(f"c{n}", ALICE, GERMAN_LANDLINE, CallKind.PHONE) for n in range(3))
+    )
+    assert sorted(a.decision.reason for a in admissions) == ["", "", "velocity_exceeded"]
+    admitted = [a for a in admissions if a.decision.allowed]
+
+    # One ends before it reached the network: its record, unanswered and refused
+    # by nobody, still counts; the other is still pending here.
+    ended = record(admitted[0].call_id, clock.now, answered_after=None, reason="failed")
+    await CallRecordStore(db).save(policy.rate(admitted[0], ended))
+    assert (await policy.recent_phone_calls(ALICE)).calls == 2
+
+    # A pending admission is forgotten once live_calls has had time to take over.
+    clock.now += PENDING_SECONDS + 1
+    assert (await policy.recent_phone_calls(ALICE)).calls == 1
+    assert (await policy.admit("c3", ALICE, GERMAN_LANDLINE, CallKind.PHONE)).decision.allowed

@@ -131,7 +131,7 @@ class Config:
     relay_drain_timeout: float = 30.0
 
     # Toll-fraud guards on calls to phone numbers (signaling/carrier/policy.py)
-    #: E.164 prefixes no call may reach whatever the bundle (premium rate, e.g. "+49900").
+    #: E.164 prefixes no call may reach whatever the bundle (e.g. "+881" satellite).
     blocked_destinations: tuple[str, ...] = ()
     #: Calls and talk minutes to phone numbers per subscriber and rolling hour, for
     #: bundles that set none of their own; 0 = no limit.

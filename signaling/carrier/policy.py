@@ -49,6 +49,7 @@ from signaling.carrier.rating import (
     velocity_limits,
     velocity_refusal,
 )
+from signaling.config import Config
 from signaling.store.database import Database
 from signaling.store.schema import bundles, calls, live_calls, subscribers, usage_thresholds
 from signaling.store.schema import events as event_table
@@ -132,7 +133,8 @@ PENDING_SECONDS = 60.0
 class FraudRules:
     """The deployment's toll-fraud settings (the bundles add their own terms)."""
 
-    #: E.164 prefixes no call may reach (premium rate), whatever the bundle.
+    #: E.164 prefixes no call may reach whatever the bundle (e.g. satellite networks;
+    #: premium-rate numbers are refused by the numbering plan already).
     blocked_destinations: tuple[str, ...] = ()
     #: Velocity limits for bundles that set none of their own.
     default_limits: VelocityLimits = field(default_factory=VelocityLimits)
@@ -142,9 +144,9 @@ class FraudRules:
             check_prefix(prefix)
 
     @classmethod
-    def from_config(cls, config: Any) -> FraudRules:
+    def from_config(cls, config: Config) -> FraudRules:
         """From the settings blocked_destinations, max_phone_calls_per_hour and
-        max_phone_minutes_per_hour (a signaling.config.Config)."""
+        max_phone_minutes_per_hour."""
         try:
             return cls(
                 tuple(config.blocked_destinations),

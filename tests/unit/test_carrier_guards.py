@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -29,6 +28,7 @@ from signaling.carrier.rating import (
     velocity_limits,
     velocity_refusal,
 )
+from signaling.config import load_config
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.store.schema import events
@@ -112,18 +112,17 @@ def test_velocity(limits: VelocityLimits, recent: Recent, refusal: str | None) -
 
 
 def test_the_deployments_rules_come_from_its_settings_and_are_checked() -> None:
-    config = SimpleNamespace(
-        blocked_destinations=("+49900", "+49137"),
-        max_phone_calls_per_hour=0,
-        max_phone_minutes_per_hour=90,
-    )
-    rules = FraudRules.from_config(config)
-    assert rules.blocked_destinations == ("+49900", "+49137")
-    assert rules.default_limits == VelocityLimits(None, 90)
+    environ = {
+        "ANRUF_BLOCKED_DESTINATIONS": "+881, +882",
+        "ANRUF_MAX_PHONE_MINUTES_PER_HOUR": "90",
+    }
+    rules = FraudRules.from_config(load_config(environ=environ))
+    assert rules.blocked_destinations == ("+881", "+882")
+    assert rules.default_limits == VelocityLimits(None, 90)  # calls: 0 is no limit
+    assert FraudRules.from_config(load_config(environ={})) == FraudRules()
+    bad = load_config(environ={"ANRUF_BLOCKED_DESTINATIONS": "+881,0900"})
     with pytest.raises(ValueError, match=r"blocked_destinations: '0900' is not an E\.164 prefix"):
-        FraudRules.from_config(
-            SimpleNamespace(**{**vars(config), "blocked_destinations": ("0900",)})
-        )
+        FraudRules.from_config(bad)
 
 
 def test_bundle_terms_are_checked() -> None:

@@ -37,7 +37,9 @@ class WebSocketLink:
 
     async def send(self, text: str) -> None:
         if not self._ws.closed:
-            await self._ws.send_str(text)
+            # A device gone mid-reply: its read loop ends and presence lets it go.
+            with contextlib.suppress(ConnectionResetError):
+                await self._ws.send_str(text)
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code=code, message=reason.encode())
@@ -74,7 +76,9 @@ async def _first_message_auth(request: web.Request, ws: web.WebSocketResponse) -
     try:
         msg = await ws.receive(timeout=AUTH_TIMEOUT)
     except TimeoutError:
-        await ws.send_str(protocol.error(protocol.ErrorCode.UNAUTHENTICATED, "authenticate first"))
+        await WebSocketLink(ws).send(
+            protocol.error(protocol.ErrorCode.UNAUTHENTICATED, "authenticate first")
+        )
         await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"unauthenticated")
         return None
     if msg.type != WSMsgType.TEXT:
@@ -91,7 +95,7 @@ async def _first_message_auth(request: web.Request, ws: web.WebSocketResponse) -
     if isinstance(message, protocol.Auth):
         device = await request.app[IDENTITY].authenticate(message.token)
     if device is None:
-        await ws.send_str(
+        await WebSocketLink(ws).send(
             protocol.error(protocol.ErrorCode.UNAUTHENTICATED, "unknown or revoked credential", ref)
         )
         await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"unauthenticated")
@@ -104,7 +108,7 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, device: Device
     link = WebSocketLink(ws)
     await presence.attach(device.device_id, device.number, link)
     metrics.connected_devices.set(len(presence))
-    await ws.send_str(
+    await link.send(
         protocol.encode(
             "welcome",
             protocol=protocol.PROTOCOL_VERSION,

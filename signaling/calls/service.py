@@ -68,6 +68,8 @@ logger = logging.getLogger("anruf.calls")
 NODE_LOST = "node_lost"
 #: Messages kept for one device while its connection is down (a call's worth).
 MAX_HELD_MESSAGES = 64
+#: How long the end of a dead node's call waits for its devices to reconnect.
+ORPHAN_NOTICE_SECONDS = 60.0
 
 
 class MediaRelay(Protocol):
@@ -995,8 +997,9 @@ class CallService:
                 reason=EndReason.FAILED.value,
                 detail=NODE_LOST,
             )
-            for device in {live.caller_device, *live.devices}:
-                await self._send(device, ended)
+            for device in {live.caller_device, *live.devices} - {""}:
+                if not is_trunk_device(device):  # its devices may still be reconnecting
+                    await self._send_or_hold(device, ended, ORPHAN_NOTICE_SECONDS)
 
     # Helpers ---------------------------------------------------------------
 
@@ -1042,6 +1045,17 @@ class CallService:
             return
         if device_id in self._grace_timers:  # away, maybe back soon: keep it for then
             self._held[device_id] = [text]
+
+    async def _send_or_hold(self, device_id: str, text: str, hold_for: float) -> None:
+        """Send, or keep ``text`` for when the device is back (for ``hold_for`` seconds)."""
+        if device_id in self._held or not await self._presence.send(device_id, text):
+            self._held.setdefault(device_id, []).append(text)
+
+            def expire() -> None:
+                if device_id not in self._resuming and device_id not in self._grace_timers:
+                    self._held.pop(device_id, None)
+
+            asyncio.get_running_loop().call_later(hold_for, expire)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

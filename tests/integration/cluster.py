@@ -42,7 +42,14 @@ def free_port() -> int:
 
 
 class NodeProcess:
-    def __init__(self, name: str, tmp_path: Path, database_url: str, redis_url: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        tmp_path: Path,
+        database_url: str,
+        redis_url: str,
+        **more: str,
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -59,12 +66,18 @@ class NodeProcess:
             "test_code": TEST_CODE,
             "media_bind_address": "127.0.0.1",
             **NODE_SETTINGS,
+            **more,
         }
         env.update({f"ANRUF_{key.upper()}": value for key, value in settings.items()})
-        with self.log.open("w") as log:
+        self._env = env
+        self.start()
+
+    def start(self) -> None:
+        """Run the node (again: same name, port and data)."""
+        with self.log.open("a") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "signaling.cli", "serve"],
-                env=env,
+                env=self._env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -23,6 +23,7 @@ const DETAILS = {
   bad_sdp_in_answer: "The call could not be set up",
   connection_lost: "The connection was lost",
   relay_unavailable: "The service is busy. Try again later",
+  overloaded: "The service is busy right now. Try again in a moment",
   "media:ice_failed": "No audio connection could be made",
   "media:dtls_failed": "The secure audio connection failed",
   "media:media_timeout": "The audio stopped",
@@ -129,6 +130,10 @@ export function signInErrorText(error) {
       return `Too many codes were sent to this number.${retry}`;
     case "rate_limited":
       return `Too many attempts.${retry}`;
+    case "too_many_requests":
+      return `Too many attempts from your network.${retry}`;
+    case "overloaded":
+      return "The service is busy right now. Try again in a moment.";
     case "code_delivery_failed":
       return "We couldn't send the code just now. Try again in a moment.";
     case "invalid_body":

@@ -61,10 +61,14 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def postgres_cpu() -> dict[int, float]:
+def postgres_cpu(database: str | None = None) -> dict[int, float]:
     """CPU seconds of every process named postgres alive now (the server and its
     backends, if PostgreSQL runs on this machine), by pid: utime + stime, plus
-    cutime + cstime, in which the postmaster collects the backends that ended."""
+    cutime + cstime, in which the postmaster collects the backends that ended.
+
+    With ``database``, only the backends connected to it (named in their command
+    line), so other users of the same server are not counted; backends that end
+    between two readings are then missed."""
     found: dict[int, float] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -73,6 +77,10 @@ def postgres_cpu() -> dict[int, float]:
             with open(f"/proc/{entry.name}/comm") as comm:
                 if comm.read().strip() != "postgres":
                     continue
+            if database is not None:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                    if f" {database} ".encode() not in cmdline.read():
+                        continue
             with open(f"/proc/{entry.name}/stat") as stat:
                 text = stat.read()
         except OSError:
@@ -234,6 +242,16 @@ class Node:
             return ""
         text = self.log_path.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the bench like Ctrl-C, through its cleanup (nodes, database)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def workdir() -> tempfile.TemporaryDirectory[str]:

@@ -126,6 +126,12 @@ async def run_audit(tmp_path: Path, cycles: int, load_seconds: float, pairs: int
         webhook_backoff_max="1",
         reconnect_grace="3",
         test_number_prefix=TEST_RANGE,
+        # One client stands for many users: the per-source and per-device limits
+        # would otherwise be what is measured.
+        source_code_attempts_per_hour="1000000",
+        source_code_attempt_burst="1000",
+        call_attempts_per_minute="6000",
+        call_attempt_burst="100",
     )
     audit = Audit(cycles=cycles)
     phones: list[tuple[Phone, Phone]] = []

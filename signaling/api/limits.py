@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -53,6 +54,9 @@ OVERLOAD_RETRY_AFTER = 2
 OVERLOAD_HOLD = 1.0
 #: Seconds between event-loop lag samples.
 SAMPLE_INTERVAL = 0.1
+#: The loop lags when the median of this many latest samples is over the limit: a
+#: sustained lag (a saturated loop is late at every sample), not one slow callback.
+LAG_WINDOW = 5
 #: Never refused for overload: what load balancers and monitoring ask.
 UNGUARDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 #: Sources and devices each limiter remembers (least recently seen forgotten first).
@@ -95,7 +99,8 @@ def client_address(peer: str, forwarded_for: str | None, trusted: tuple[Network,
 
 class LoadGuard:
     """Is this node at capacity? ``max_calls`` calls in progress (0: no limit) or an
-    event-loop lag above ``loop_lag_limit`` (0: never), sampled by ``run()``."""
+    event-loop lag above ``loop_lag_limit`` (0: never): the median of the latest
+    ``LAG_WINDOW`` samples taken by ``run()``, and for ``hold`` seconds after that."""
 
     def __init__(
         self,
@@ -111,15 +116,20 @@ class LoadGuard:
         self.interval = interval
         self.hold = hold
         self.lag = 0.0
+        self._samples: deque[float] = deque(maxlen=LAG_WINDOW)
         self._metrics = metrics
         self._slow_until = -math.inf
 
     def note_lag(self, lag: float, now: float) -> None:
         """One sample: how late a timer of ``interval`` fired, at ``now``."""
         self.lag = max(0.0, lag)
-        if self.loop_lag_limit > 0 and self.lag > self.loop_lag_limit:
+        self._samples.append(self.lag)
+        # The median of the window, a missing sample (just started) counting as 0.
+        window = sorted([*self._samples, *[0.0] * (LAG_WINDOW - len(self._samples))])
+        level = window[LAG_WINDOW // 2]
+        if self.loop_lag_limit > 0 and level > self.loop_lag_limit:
             if now >= self._slow_until:
-                logger.warning("overloaded: the event loop lags %.3f s", self.lag)
+                logger.warning("overloaded: the event loop lags %.3f s", level)
             self._slow_until = now + self.hold
         if self._metrics is not None:
             self._metrics.loop_lag.set(self.lag)

@@ -169,7 +169,7 @@ async def dispatch(
     try:
         match message:
             case protocol.CallInvite():
-                if await admit_call_attempt(app, device_id, message.id, reply):
+                if await admit_call_attempt(app, device_id, number, message.id, reply):
                     await calls.invite(device_id, number, message)
             case protocol.CallAccept():
                 await calls.accept(device_id, message)

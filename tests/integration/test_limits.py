@@ -5,10 +5,12 @@ clear error, recovers after its window and is counted in /metrics."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
 import aiohttp
+import pytest
 
 from signaling.api.limits import LIMITS
 from tests.conftest import ALICE, CAROL, Server, ServerFactory
@@ -156,37 +158,69 @@ async def test_code_attempts_per_source_across_numbers(make_server: ServerFactor
     assert metric(text, "anruf_rate_limited_total", limit="registration_source") == 1
 
 
+async def register_with_sent_code(
+    server: Server, caplog: pytest.LogCaptureFixture, raw_number: str
+) -> str:
+    """A device for a number that is not a test number: the code from the SMS log."""
+    caplog.set_level(logging.INFO, logger="anruf.sms")
+    async with aiohttp.ClientSession() as session:
+        body = {"number": raw_number}
+        assert (await post(session, server.url + "/v1/verification", body))[0] == 202
+        found = [
+            r.getMessage().rsplit(": ", 1)[1]
+            for r in caplog.records
+            if r.name == "anruf.sms" and raw_number in r.getMessage()
+        ]
+        body = {"number": raw_number, "code": found[-1]}
+        status, device, _ = await post(session, server.url + "/v1/devices", body)
+        assert status == 201, device
+        return str(device["token"])
+
+
+async def invite(client: SignalingClient, to: str) -> dict[str, Any]:
+    """call.invite; the reply to it (call.ended, call.progress or error)."""
+    ref = await client.send("call.invite", to=to, sdp="v=0")
+    while True:
+        message = await client.receive(timeout=5)
+        if message.get("ref") == ref:
+            return message
+
+
 async def test_call_attempts_per_device_are_limited_and_recover(
-    make_server: ServerFactory,
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     # One call every 2 s, bursts of 2.
-    server = await make_server(call_attempts_per_minute=30.0, call_attempt_burst=2)
-    client = SignalingClient(server.url, await server.register(ALICE))
+    server = await make_server(
+        test_number_prefix=TEST_ONLY, call_attempts_per_minute=30.0, call_attempt_burst=2
+    )
+    client = SignalingClient(server.url, await register_with_sent_code(server, caplog, ALICE))
     try:
         await client.connect()
 
-        async def invite() -> dict[str, Any]:
-            ref = await client.send("call.invite", to=CAROL, sdp="v=0")
-            while True:
-                message = await client.receive(timeout=5)
-                if message.get("ref") == ref:
-                    return message
-
         # Carol has no device: the first two are settled as unavailable.
         for _ in range(2):
-            reply = await invite()
+            reply = await invite(client, CAROL)
             assert reply["type"] == "call.ended" and reply["reason"] == "unavailable", reply
-        refused = await invite()
+        refused = await invite(client, CAROL)
         assert refused["type"] == "error" and refused["code"] == "rate_limited", refused
         assert "try again in" in refused["message"]
         # The connection stays up and other messages are served.
         pong_ref = await client.send("ping")
         assert (await client.receive(timeout=5)) == {"type": "pong", "ref": pong_ref}
         await asyncio.sleep(2.1)
-        reply = await invite()
+        reply = await invite(client, CAROL)
         assert reply["type"] == "call.ended", reply
     finally:
         await client.close()
+    # A test number's device is exempt (load tests place calls back to back).
+    tester = SignalingClient(server.url, await server.register(TEST_ONLY))
+    try:
+        await tester.connect()
+        for _ in range(4):
+            reply = await invite(tester, CAROL)
+            assert reply["type"] == "call.ended", reply
+    finally:
+        await tester.close()
     text = await metrics(server)
     assert metric(text, "anruf_rate_limited_total", limit="call_attempts") == 1
     assert metric(text, "anruf_ws_errors_total", code="rate_limited") == 1

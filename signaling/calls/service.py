@@ -828,11 +828,25 @@ class CallService:
                 return
             if isinstance(event, Progress):
                 if event.sdp:  # early media: the caller hears the network from now on
-                    await self._relay.accept_rtp_answer(leg, event.sdp)
-                    self._relay.bridge(ctx.leg(call.caller_device), leg)
+                    try:
+                        await self._relay.accept_rtp_answer(leg, event.sdp)
+                    except ValueError as exc:
+                        logger.info("call %s: unusable early media SDP: %s", call_id, exc)
+                    else:
+                        self._relay.bridge(ctx.leg(call.caller_device), leg)
                 await self._announce_ringing(ctx, status=event.status)
             elif isinstance(event, Answered):
-                await self._relay.accept_rtp_answer(leg, event.sdp)
+                try:
+                    await self._relay.accept_rtp_answer(leg, event.sdp)
+                except RelayUnavailable as exc:
+                    logger.warning("call %s: no media relay: %s", call_id, exc)
+                    await self._feed(ctx, Fail(now, "relay_unavailable"))
+                    return
+                except ValueError as exc:
+                    # The network answered with no usable SDP: the call cannot go on.
+                    logger.info("call %s: unusable answer from the network: %s", call_id, exc)
+                    await self._feed(ctx, Fail(now, "bad_sdp_in_answer"))
+                    return
                 await self._announce_ringing(ctx, status=200)
                 await self._feed(ctx, Accept(now, device))
 

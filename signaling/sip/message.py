@@ -778,9 +778,7 @@ Message = Request | Response
 # Parsing ------------------------------------------------------------------------------
 
 
-def _head_end(
-    data: bytes | bytearray, start: int = 0, stop: int | None = None
-) -> tuple[int, int]:
+def _head_end(data: bytes | bytearray, start: int = 0, stop: int | None = None) -> tuple[int, int]:
     """(offset of the blank line, its length), or (-1, 0); searched in data[start:stop]."""
     stop = len(data) if stop is None else stop
     crlf = data.find(b"\r\n\r\n", start, stop)

@@ -562,6 +562,13 @@ class TransactionLayer:
     def transport_error(self, txn: Transaction, now: float) -> list[Action]:
         return self._actions(txn.transport_error(now))
 
+    def abandon(self, txn: Transaction) -> list[Action]:
+        """The TU gives up on ``txn`` (§9.1: a cancelled INVITE that got no final
+        response within 64*T1): it ends at once, without telling the TU more."""
+        if txn.state is State.TERMINATED:
+            return []
+        return self._actions(txn._terminate())
+
     def find_invite(self, cancel: Request) -> InviteServerTransaction | None:
         """The INVITE server transaction a CANCEL is for (§9.2)."""
         key = server_key(cancel)

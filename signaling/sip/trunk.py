@@ -764,9 +764,15 @@ class OutboundCall(_Call):
         self.trunk._start_client(cancel, self.peer, lambda txn, response, timer: None)
         # §9.1: no final response to the INVITE within 64*T1: consider it cancelled.
         self._cancel_timer = self.trunk._later(
-            self.trunk.settings.timers.timeout,
-            lambda: self._end(487, "cancel", False, self._cancel_reason or ""),
+            self.trunk.settings.timers.timeout, self._cancel_expired
         )
+
+    def _cancel_expired(self) -> None:
+        # The INVITE transaction, stuck in Proceeding, ends with the call: else it
+        # and its handler would be kept for as long as the process runs.
+        if self._invite_txn is not None:
+            self.trunk._run(self.trunk._layer.abandon(self._invite_txn))
+        self._end(487, "cancel", False, self._cancel_reason or "")
 
     async def cancel(self, reason: str = "") -> None:
         """CANCEL (with an RFC 3326 Reason when ``reason``) before the final response;
@@ -1656,6 +1662,10 @@ class SipTrunk:
             return
         if request.contact is None:
             self._reply(txn, request, 400, headers=[("Warning", '399 anruf "missing Contact"')])
+            return
+        if not request.from_addr.tag:
+            # RFC 3261 §8.1.1.3: no dialog can be made without it.
+            self._reply(txn, request, 400, headers=[("Warning", '399 anruf "missing From tag"')])
             return
         if len(self._active) >= s.max_concurrent_calls:
             self.stats["invites_refused"] += 1

@@ -204,8 +204,10 @@ def _save() -> None:
             old.unlink()
     seen: set[bytes] = set()
     index = 0
+
     def first_line(d: bytes) -> str:
         return d.split(b"\r\n", 1)[0].decode(errors="replace")
+
     for label, data in sip_capture:
         direction, ours, theirs = label.split("-")
         normalised = _normalise(data, {int(ours): TRUNK_PORT, int(theirs): PEER_PORT})

@@ -274,3 +274,32 @@ async def test_a_call_to_a_phone_number_offers_the_keypad(
         assert await far_end.finished(timeout=10) == 0, far_end.errors()
     finally:
         far_end.stop()
+
+
+async def test_a_browser_call_moves_to_a_new_peer_connection_and_goes_on(
+    web_server: Server, signed_in_page: SignedInPage
+) -> None:
+    page = await signed_in_page(ALICE)
+    bob = await web_server.phone(BOB)
+    await dial(page, BOB)
+    incoming = await bob.incoming(timeout=10, source="tone:880")
+    await incoming.accept()
+    await call_state(page, "connected")
+    await asyncio.sleep(1.0)
+    assert await page.evaluate("anrufDebug.renegotiate()") is True  # as on a new network
+    async with asyncio.timeout(10):
+        while await page.evaluate("anrufDebug.renegotiations()") < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    assert incoming.media is not None
+    incoming.media.mark("moved")
+    await asyncio.sleep(1.0)
+    before = await audio_stats(page)  # the new peer connection's inbound audio
+    await asyncio.sleep(1.5)
+    after = await audio_stats(page)
+    assert after["packetsReceived"] > before["packetsReceived"] > 0, (before, after)
+    assert after["totalAudioEnergy"] > before["totalAudioEnergy"], (before, after)
+    await call_state(page, "connected")
+    await incoming.hangup()
+    assert await incoming.ended(timeout=5) == "completed"
+    moved = heard(incoming, start="moved")
+    assert tone_fraction(moved[RATE // 2 :], RATE, MIC_TONE) >= 0.8, "bob lost the browser"

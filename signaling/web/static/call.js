@@ -3,6 +3,8 @@
 
 import { gathered, inboundAudio, microphone, peerConnection, QualityMeter } from "./media.js";
 
+const RENEGOTIATE_TIMEOUT_MS = 5000;
+
 export class Call extends EventTarget {
   constructor(signaling, { peer, outgoing, callId = null, offer = "", phoneNetwork = false }) {
     super();
@@ -27,6 +29,8 @@ export class Call extends EventTarget {
     this.lastStats = { packetsReceived: 0, totalAudioEnergy: 0, bytesReceived: 0 };
     this.qualityMeter = new QualityMeter();
     this.statsTimer = null;
+    this.nextPc = null; // a new peer connection waiting for call.renegotiated
+    this.renegotiations = 0;
   }
 
   changed() {
@@ -78,11 +82,7 @@ export class Call extends EventTarget {
       this.release();
       return;
     }
-    this.pc = peerConnection();
-    this.pc.addEventListener("track", (event) => {
-      const stream = event.streams[0] || new MediaStream([event.track]);
-      this.dispatchEvent(new CustomEvent("remote", { detail: stream }));
-    });
+    this.pc = this.newPeerConnection();
     if (remoteOffer) await this.pc.setRemoteDescription({ type: "offer", sdp: remoteOffer });
     for (const track of this.stream.getAudioTracks()) {
       track.enabled = !this.muted;
@@ -90,6 +90,68 @@ export class Call extends EventTarget {
     }
     this.dispatchEvent(new CustomEvent("local", { detail: this.stream }));
     this.statsTimer = setInterval(() => this.measure(true), 2000);
+  }
+
+  newPeerConnection() {
+    const pc = peerConnection();
+    pc.addEventListener("track", (event) => {
+      const stream = event.streams[0] || new MediaStream([event.track]);
+      this.dispatchEvent(new CustomEvent("remote", { detail: stream }));
+    });
+    // The relay cannot do an ICE restart: when our path to it breaks (a new network),
+    // a new peer connection from where we are now replaces this one (call.renegotiate).
+    let lost = null;
+    pc.addEventListener("iceconnectionstatechange", () => {
+      if (pc !== this.pc) return;
+      clearTimeout(lost);
+      if (pc.iceConnectionState === "failed") this.renegotiate();
+      else if (pc.iceConnectionState === "disconnected") lost = setTimeout(() => this.renegotiate(), 1000);
+    });
+    return pc;
+  }
+
+  /** Move the call to a new peer connection (the network changed); the call goes on. */
+  async renegotiate() {
+    const talking = this.state === "connected" || (this.outgoing && this.state === "ringing");
+    if (!talking || !this.callId || !this.stream || this.nextPc) return false;
+    const pc = this.newPeerConnection();
+    this.nextPc = pc;
+    try {
+      for (const track of this.stream.getAudioTracks()) pc.addTrack(track, this.stream);
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      if (!this.active || this.nextPc !== pc) throw new Error("the call ended meanwhile");
+      const sent = this.signaling.send("call.renegotiate", { call_id: this.callId, sdp: pc.localDescription.sdp });
+      if (sent === null) throw new Error("offline");
+      setTimeout(() => {
+        if (this.nextPc !== pc) return; // answered meanwhile
+        this.nextPc = null; // refused or lost: the next path change tries again
+        pc.close();
+      }, RENEGOTIATE_TIMEOUT_MS);
+      return true;
+    } catch {
+      if (this.nextPc === pc) this.nextPc = null;
+      pc.close();
+      return false;
+    }
+  }
+
+  async renegotiated(sdp) {
+    const pc = this.nextPc;
+    if (!pc) return;
+    this.nextPc = null;
+    try {
+      await pc.setRemoteDescription({ type: "answer", sdp });
+    } catch (error) {
+      pc.close();
+      return;
+    }
+    const old = this.pc;
+    this.pc = pc;
+    this.renegotiations += 1;
+    this.qualityMeter = new QualityMeter();
+    if (old) old.close();
+    this.changed();
   }
 
   fail(error) {
@@ -199,6 +261,9 @@ export class Call extends EventTarget {
         this.quotaSecondsLeft = Number(message.seconds_left) || 0;
         this.changed();
         break;
+      case "call.renegotiated":
+        await this.renegotiated(message.sdp);
+        break;
       case "call.dtmf":
         this.dispatchEvent(new CustomEvent("dtmf", { detail: String(message.digit || "") }));
         break;
@@ -229,6 +294,8 @@ export class Call extends EventTarget {
 
   release() {
     clearInterval(this.statsTimer);
+    if (this.nextPc) this.nextPc.close();
+    this.nextPc = null;
     if (this.stream) for (const track of this.stream.getTracks()) track.stop();
     if (this.pc) {
       const pc = this.pc;

@@ -479,6 +479,13 @@ window.anrufDebug = {
   ws() {
     return signaling && signaling.open ? "open" : "closed";
   },
+  /** As after a network change: the call moves to a new peer connection. */
+  async renegotiate() {
+    return call ? call.renegotiate() : false;
+  },
+  renegotiations() {
+    return call ? call.renegotiations : 0;
+  },
 };
 
 // ---------------------------------------------------------------- start

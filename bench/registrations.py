@@ -35,10 +35,14 @@ exactly as many devices as registrations succeeded.
 
 Settings for the bench (said so in the output): code_sends_per_hour stays at the
 default 5 (each number asks once), relay_workers 0 (no media is relayed),
-test_number_prefix +49177009 with test_code 246810. There is no per-IP limit on
-the REST endpoints. The load generators share the machine's cores with the nodes
-and PostgreSQL, so a node's figure on a dedicated core is extrapolated from its
-CPU per registration. The last line of output is a JSON object with all figures.
+test_number_prefix +49177009 with test_code 246810. The bench stands where a load
+balancer would: trusted_proxies is 127.0.0.1 and each registration carries
+X-Forwarded-For with an address of its own from 198.18.0.0/15 (RFC 2544's
+benchmarking range; only a header, no packet goes there), so the per-source code
+limits are checked as in production but each phone is its own source. The load
+generators share the machine's cores with the nodes and PostgreSQL, so a node's
+figure on a dedicated core is extrapolated from its CPU per registration. The
+last line of output is a JSON object with all figures.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import multiprocessing
 import statistics
@@ -79,6 +84,8 @@ from bench._nodes import (  # noqa: E402
 
 KINDS = ("healthz", "register", "register-test")
 CODE_MARK = "verification code for "
+#: Where the bench says its phones are (X-Forwarded-For): RFC 2544's benchmarking range.
+BENCH_SOURCES = ipaddress.ip_network("198.18.0.0/15")
 
 
 # -- the load generator (child processes) --------------------------------------
@@ -196,8 +203,10 @@ async def _drive(spec: WorkerSpec, ready: Any, go: Any, window: Any) -> WorkerRe
             number = NUMBER_FORMAT.format(index)
             if tail is not None:
                 tail.expect(number)
+            # As behind a load balancer: each phone is a source of its own.
+            source = {"X-Forwarded-For": str(BENCH_SOURCES[index % BENCH_SOURCES.num_addresses])}
             async with session.post(
-                first_url + "/v1/verification", json={"number": number}
+                first_url + "/v1/verification", json={"number": number}, headers=source
             ) as response:
                 body = await response.json()
                 if response.status != 202 or body.get("number") != number:
@@ -205,7 +214,9 @@ async def _drive(spec: WorkerSpec, ready: Any, go: Any, window: Any) -> WorkerRe
                     return False
             code = TEST_CODE if tail is None else await tail.wait(number)
             async with session.post(
-                second_url + "/v1/devices", json={"number": number, "code": code, "name": "bench"}
+                second_url + "/v1/devices",
+                json={"number": number, "code": code, "name": "bench"},
+                headers=source,
             ) as response:
                 body = await response.json()
                 if (
@@ -394,6 +405,7 @@ def start_nodes(count: int, database_url: str, tmp: Path, profile: bool = False)
         "test_number_prefix": TEST_PREFIX,
         "test_code": TEST_CODE,
         "code_sends_per_hour": "5",
+        "trusted_proxies": "127.0.0.1",
         "relay_workers": "0",
         "sms_sender": "console",
     }
@@ -434,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"machine: {multiprocessing.cpu_count()} cores; {machine_load()}")
     print(
-        "settings: code_sends_per_hour 5 (each number asks once), relay_workers 0, "
+        "settings: code_sends_per_hour 5 (each number asks once), trusted_proxies 127.0.0.1 "
+        "(each registration's own X-Forwarded-For from 198.18.0.0/15), relay_workers 0, "
         f"sms_sender console, test_number_prefix {TEST_PREFIX} test_code {TEST_CODE}; "
         f"{args.workers} load-generator processes on the same cores"
     )

@@ -9,13 +9,14 @@ import dataclasses
 import getpass
 import ipaddress
 import json
-import logging
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from signaling import logs
 
 DEFAULT_PROFILE_DIR = Path(os.environ.get("ANRUF_PROFILE_DIR", "~/.config/anruf")).expanduser()
 
@@ -124,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     add_loadtest(commands)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:  # ICE pair checks are debugging detail
-        logging.getLogger("aioice").setLevel(logging.WARNING)
+    logs.configure(args.verbose)
     if args.command == "serve":
         return _serve(args)
     if args.command == "relay":

@@ -215,13 +215,13 @@ class CarrierPolicy:
 
     # -- registrations (signaling.identity.service.RegistrationHook) -------------
 
-    async def device_added(self, conn: AsyncConnection, device: Any, other_devices: int) -> None:
+    async def device_added(self, conn: AsyncConnection, device: Any, other_devices: int) -> bool:
         """subscriber.verified: a number verified on a new device. A new device
         while others were active, or right after the last was signed out, is what
         a SIM swap looks like, so the operator sees the device count."""
         sub = await self.subscription(device.number, conn)
         if sub is None:
-            return
+            return False  # nobody to tell: no wake-up of the delivery worker
         await events.append(
             conn,
             operator_id=sub.operator_id,
@@ -237,6 +237,7 @@ class CarrierPolicy:
                 "status": sub.status,
             },
         )
+        return True
 
     def committed(self) -> None:
         """Events were committed (a call record, a registration): wake the delivery."""

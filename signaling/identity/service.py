@@ -177,11 +177,12 @@ class DeviceNotFound(IdentityError):
 
 
 class RegistrationHook(Protocol):
-    async def device_added(self, conn: Any, device: Device, other_devices: int) -> None:
-        """In the registration's transaction; ``other_devices`` were active before."""
+    async def device_added(self, conn: Any, device: Device, other_devices: int) -> bool:
+        """In the registration's transaction; ``other_devices`` were active before.
+        True if it wrote something that ``committed()`` must announce."""
 
     def committed(self) -> None:
-        """After the registration was committed."""
+        """After a registration for which ``device_added`` returned True was committed."""
 
 
 class IdentityService:
@@ -305,12 +306,13 @@ class IdentityService:
             if not codes.codes_equal(code, self._config.test_code):
                 raise WrongCode("the code is not correct")
             async with self._db.transaction() as conn:
-                registered = await self._add_device(conn, number, name)
-            self._registration_committed()
-            return registered
+                device, token, announce = await self._add_device(conn, number, name)
+            if announce:
+                self._registration_committed()
+            return device, token
         now = self._clock()
         error: IdentityError | None = None
-        result: tuple[Device, str] | None = None
+        result: tuple[Device, str, bool] | None = None
         async with self._db.transaction() as conn:
             # Spend an attempt and read the code in one conditional statement, so
             # concurrent guesses on several nodes cannot exceed the allowance.
@@ -333,8 +335,10 @@ class IdentityService:
         if error is not None:
             raise error
         assert result is not None
-        self._registration_committed()
-        return result
+        device, token, announce = result
+        if announce:
+            self._registration_committed()
+        return device, token
 
     def _registration_committed(self) -> None:
         for hook in self._registration_hooks:
@@ -354,7 +358,8 @@ class IdentityService:
             return CodeExpired("the code has expired; request a new one")
         return TooManyAttempts("too many wrong codes; request a new one")
 
-    async def _add_device(self, conn: Any, number: str, name: str) -> tuple[Device, str]:
+    async def _add_device(self, conn: Any, number: str, name: str) -> tuple[Device, str, bool]:
+        """The new device, its token, and whether a hook has something to announce."""
         token = codes.generate_token()
         device = Device(
             device_id=codes.generate_device_id(),
@@ -379,10 +384,11 @@ class IdentityService:
                 "new_device_id": device.device_id,
             },
         )
+        announce = False
         for hook in self._registration_hooks:
-            await hook.device_added(conn, device, int(previous or 0))
+            announce |= await hook.device_added(conn, device, int(previous or 0))
         log.info("device %s registered for %s", device.device_id, number)
-        return device, token
+        return device, token, announce
 
     # -- devices -----------------------------------------------------------
 

@@ -28,6 +28,7 @@ from tests.integration.webhooks import (
     add_subscriber,
     append_events,
     sequences_by_key,
+    sms_code,
 )
 from voice.client.signaling import ServerError, SignalingClient
 
@@ -244,19 +245,6 @@ async def test_sms_send_goes_to_the_sms_url(make_server: ServerFactory, receiver
     await receiver.wait_ids(set(sms + call))
     assert receiver.ids("/sms") == set(sms)
     assert receiver.ids("/hooks") == set(call)
-
-
-async def sms_code(receiver: Receiver, number: str, timeout: float = 5.0) -> str:
-    def sent(r: Receiver) -> bool:
-        return any(x.path == "/sms" and x.envelope["data"]["to"] == number for x in r.requests)
-
-    await receiver.wait_for(sent, timeout)
-    (request,) = [x for x in receiver.requests if x.envelope["data"]["to"] == number]
-    assert request.signature_error == ""
-    assert request.headers["Anruf-Event-Type"] == "sms.send"
-    data = request.envelope["data"]
-    assert data["text"] == f"Your Anruf code is {data['code']}"
-    return str(data["code"])
 
 
 async def test_a_verification_code_sent_by_the_operator_registers_a_device(

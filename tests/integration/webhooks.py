@@ -229,3 +229,18 @@ def sequences_by_key(requests: list[Received]) -> dict[str, list[int]]:
         envelope = r.envelope
         order.setdefault(envelope["ordering_key"], []).append(envelope["sequence"])
     return order
+
+
+async def sms_code(receiver: Receiver, number: str, timeout: float = 5.0) -> str:
+    """The code the operator was asked to text to ``number`` (a signed sms.send)."""
+
+    def sent(r: Receiver) -> bool:
+        return any(x.path == "/sms" and x.envelope["data"]["to"] == number for x in r.requests)
+
+    await receiver.wait_for(sent, timeout)
+    (request,) = [x for x in receiver.requests if x.envelope["data"]["to"] == number]
+    assert request.signature_error == ""
+    assert request.headers["Anruf-Event-Type"] == "sms.send"
+    data = request.envelope["data"]
+    assert data["text"] == f"Your Anruf code is {data['code']}"
+    return str(data["code"])

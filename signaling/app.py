@@ -87,7 +87,9 @@ def create_app(config: Config) -> web.Application:
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    database = await Database.open(config.resolved_database_url)
+    database = await Database.open(
+        config.resolved_database_url, config.database_pool_size, config.database_max_overflow
+    )
     app[DATABASE] = database
     sender = make_sender(
         config.sms_sender,

@@ -19,6 +19,10 @@ class Config:
     data_dir: Path = Path("data")
     #: SQLAlchemy URL; empty means an SQLite file in data_dir.
     database_url: str = ""
+    #: PostgreSQL connections a node keeps open, and how many more it may open in a
+    #: burst (each closed again when it is returned: costly for both sides).
+    database_pool_size: int = 20
+    database_max_overflow: int = 20
     #: Region used to read numbers written in national format.
     default_region: str = "DE"
 

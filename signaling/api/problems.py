@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
+import sqlalchemy.exc
 from aiohttp import web
 
 from signaling.identity.service import IdentityError
@@ -114,6 +115,21 @@ def _status_phrase(status: int) -> str:
         return "Error"
 
 
+#: Retry-After (seconds) while the database is unreachable.
+DATABASE_RETRY_AFTER = 1
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """A lost or refused database connection (not a bad statement): worth a retry."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return (
+            exc.connection_invalidated
+            or exc.statement is None  # raised while connecting
+            or isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+        )
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into a problem document; never leak internals."""
@@ -129,10 +145,20 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
         detail = "" if exc.text in (None, f"{exc.status}: {exc.reason}") else exc.text or ""
         return problem(exc.status, _status_phrase(exc.status), detail, headers=headers)
-    except Exception:
+    except Exception as exc:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             # The socket may already be upgraded; a JSON body cannot follow.
             raise
+        if database_unreachable(exc):
+            log.warning("%s %s: the database is unreachable: %s", request.method, request.path, exc)
+            return ProblemError(
+                503,
+                "database_unavailable",
+                "Service Unavailable",
+                "the server cannot reach its database; try again shortly",
+                headers=retry_after_header(DATABASE_RETRY_AFTER),
+                retry_after=DATABASE_RETRY_AFTER,
+            ).response()
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(500, "Internal Server Error", "the server could not complete the request")
 

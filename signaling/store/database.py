@@ -35,6 +35,11 @@ log = logging.getLogger("anruf.store")
 #: Seconds SQLite waits for a lock held by another process before failing.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
+#: A pooled PostgreSQL connection that sat unused this long is pinged before it is
+#: used again (a database restart or a firewall may have cut it). Busy connections
+#: are not: a ping on every checkout is a round trip more on every request.
+IDLE_PING_SECONDS = 1.0
+
 #: Execution option: begin SQLite transactions with BEGIN IMMEDIATE.
 _BEGIN_IMMEDIATE = "anruf_begin_immediate"
 
@@ -46,8 +51,10 @@ class Database:
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, url: str) -> Database:
+    async def open(cls, url: str, pool_size: int = 20, max_overflow: int = 20) -> Database:
         """Connect to ``url`` and bring its schema to the latest version.
+
+        ``pool_size`` and ``max_overflow`` size a PostgreSQL connection pool.
 
         Raises :class:`~signaling.store.migrations.SchemaVersionError` for a
         database whose schema is newer than this code.
@@ -62,10 +69,12 @@ class Database:
                 # An in-memory database exists only on its one connection.
                 kwargs["poolclass"] = StaticPool
         else:
-            kwargs["pool_pre_ping"] = True
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow)
         engine = create_async_engine(parsed, **kwargs)
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine)
+        else:
+            _ping_idle_connections(engine)
         db = cls(engine)
         try:
             await migrations.upgrade(db._schema_transaction)
@@ -140,6 +149,30 @@ def _prepare_sqlite_file(path: str) -> None:
         finally:
             conn.close()
         time.sleep(0.01)
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """Like SQLAlchemy's pool_pre_ping, but only for connections idle over
+    IDLE_PING_SECONDS. A connection that fails mid-use makes SQLAlchemy
+    invalidate the whole pool, so after a restart at most the requests already
+    running on old connections fail."""
+    sync_engine = engine.sync_engine
+    dialect = sync_engine.dialect
+
+    @event.listens_for(sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in = record.info.get("checked_in")
+        if checked_in is None or time.monotonic() - checked_in < IDLE_PING_SECONDS:
+            return  # new, or in use a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool drops this connection and checks out another (a new one).
+            raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -130,9 +130,11 @@ class Cluster:
         self.nodes: dict[str, NodeProcess] = {}
         self.phones: list[Phone] = []
 
-    async def start(self, *names: str) -> list[NodeProcess]:
+    async def start(self, *names: str, **settings: str) -> list[NodeProcess]:
+        """Nodes by these names; ``settings`` (ANRUF_* values) apply to each of them."""
         started = [
-            NodeProcess(name, self.tmp_path, self.database_url, self.redis_url) for name in names
+            NodeProcess(name, self.tmp_path, self.database_url, self.redis_url, **settings)
+            for name in names
         ]
         self.nodes.update({node.name: node for node in started})
         await asyncio.gather(*(node.ready() for node in started))

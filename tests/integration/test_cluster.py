@@ -137,6 +137,32 @@ async def test_a_draining_node_sends_its_devices_elsewhere_and_its_calls_go_on(
     assert await outgoing.ended(timeout=5) == "completed"
 
 
+async def test_a_call_still_up_when_the_drain_time_is_over_ends_on_record(
+    cluster: Cluster,
+) -> None:
+    (node_a,) = await cluster.start("node-a", drain_timeout="2")
+    (node_b,) = await cluster.start("node-b")
+    alice = await cluster.phone(ALICE, node_a)
+    bob = await cluster.phone(BOB, node_a)
+    outgoing, incoming = await connect(alice, bob)  # held on node A
+
+    node_a.terminate()
+    await asyncio.sleep(1.0)
+    assert outgoing.state == incoming.state == "connected"  # within the drain time
+    assert await incoming.ended(timeout=10) == "failed"
+    assert incoming.end_detail == "server_shutdown"
+    assert await outgoing.ended(timeout=5) == "failed"
+    assert outgoing.end_detail == "server_shutdown"
+    assert alice.signaling.server == bob.signaling.server == node_b.url  # told on node B
+    assert await node_a.exited(timeout=15) == 0
+
+    (record,) = await cluster.records()
+    assert (record["end_reason"], record["end_detail"]) == ("failed", "server_shutdown")
+    talk = float(record["ended_at"]) - float(record["answered_at"])  # type: ignore[arg-type]
+    assert 1.5 <= talk <= 4.0  # the drain time, not cut at SIGTERM
+    assert await cluster.live_calls() == []
+
+
 async def test_when_a_node_dies_its_calls_end_on_record_and_devices_move_on(
     cluster: Cluster,
 ) -> None:

@@ -1,6 +1,7 @@
 """Overload: a node at max_calls, or whose event loop lags, refuses new calls at once
 (failed/overloaded; trunk INVITEs 503 with Retry-After; HTTP 503 while the loop lags)
-while the calls already up keep their audio; it takes calls again afterwards."""
+while the calls already up keep their audio; it takes calls again afterwards. A load
+run at more than twice a node's capacity shows the same."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ from tests.conftest import ALICE, BOB, CAROL, ServerFactory
 from tests.integration.sip_trunk_support import SDP, RawPeer
 from tests.integration.test_calls import RATE, connect, heard
 from tests.integration.test_limits import metric, metrics
+from tests.integration.test_loadtest import LOAD_PREFIX
 from tests.integration.test_sip_trunk_bad_input import request, statuses
 from voice.audio.analysis import tone_fraction
+from voice.loadtest.report import build_report
+from voice.loadtest.runner import LoadOptions, run
+from voice.loadtest.slo import parse_slos
 
 DAVE = "+4917700000004"
 #: Blocks the event loop (the point of the test).
@@ -114,3 +119,25 @@ async def test_a_lagging_event_loop_refuses_calls_and_http_but_not_health(
         assert metric(text, "anruf_overloaded") == 0
         assert metric(text, "anruf_http_overload_refusals_total") == 1
         assert metric(text, "anruf_calls_refused_total", cause="loop_lag", direction="app") == 1
+
+
+async def test_a_load_run_beyond_capacity_is_refused_and_the_calls_up_sound_clean(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(test_number_prefix=LOAD_PREFIX, max_calls=3)
+    options = LoadOptions(
+        server=server.url, calls=8, concurrency=8, rate=20, hold=4, number_prefix=LOAD_PREFIX
+    )
+    outcome = await run(options)
+    taken = [r for r in outcome.results if r["ok"]]
+    refused = [r for r in outcome.results if not r["ok"]]
+    assert len(taken) == 3, [r["error"] for r in refused]
+    assert {r["end_reason"] for r in refused} == {"failed/overloaded"}, refused
+    for call in taken:  # twice capacity and more offered: no harm to the calls up
+        assert call["end_reason"] == "completed"
+        assert call["mos"] >= 4.0
+        for direction in call["directions"].values():
+            assert direction["integrity"] == "ok" and direction["lost"] == 0
+    report = build_report(outcome, parse_slos("failed=0%"))
+    assert report["calls"]["end_reasons"] == {"completed": 3, "failed/overloaded": 5}
+    assert report["slo_met"] is False

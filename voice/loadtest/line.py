@@ -329,6 +329,7 @@ class CallPlan:
 class CallResult:
     index: int
     ok: bool = False
+    #: call.ended's reason; "reason/detail" for a call the server ended before it was up.
     end_reason: str | None = None
     error: str | None = None
     started_at: float = 0.0
@@ -681,9 +682,10 @@ class _Call:
     async def cleanup(self) -> None:
         self._stop_streams()
         ended = self.line._caller_inbox.ended
-        if ended is not None:
+        if ended is not None:  # the server ended it early: say why, detail included
             self.ended = True
-            self.result.end_reason = ended.get("reason")
+            reason, detail = ended.get("reason"), ended.get("detail")
+            self.result.end_reason = f"{reason}/{detail}" if detail else reason
         if self.call_id is not None and not self.ended:
             # A failed call must not stay up on the server: hang it up, ignore the reply.
             with contextlib.suppress(Exception):

@@ -29,14 +29,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench._nodes import Node, workdir  # noqa: E402
 from voice.client.media import MediaEndpoint  # noqa: E402
 from voice.client.signaling import SignalingClient  # noqa: E402
 from voice.ice import restrict_host_addresses  # noqa: E402
@@ -62,71 +58,26 @@ def number(n: int) -> str:
     return f"{TEST_PREFIX}{n:03d}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def settings(capacity: int) -> dict[str, str]:
+    """The node's settings (ANRUF_* variables, by setting name)."""
+    return {
+        "host": "127.0.0.1",
+        "media_bind_address": "127.0.0.1",
+        "relay_workers": "0",
+        "test_number_prefix": TEST_PREFIX,
+        "test_code": TEST_CODE,
+        "max_calls": str(capacity),
+        "ring_timeout": "300",
+        "call_attempts_per_minute": "100000",
+        "call_attempt_burst": "1000",
+    }
 
 
-class Server:
-    def __init__(self, capacity: int) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="anruf-overload-")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("ANRUF_")}
-        environ.update(
-            PYTHONPATH=str(REPO),
-            ANRUF_HOST="127.0.0.1",
-            ANRUF_PORT=str(self.port),
-            ANRUF_DATA_DIR=self.tmp.name,
-            ANRUF_MEDIA_BIND_ADDRESS="127.0.0.1",
-            ANRUF_RELAY_WORKERS="0",
-            ANRUF_TEST_NUMBER_PREFIX=TEST_PREFIX,
-            ANRUF_TEST_CODE=TEST_CODE,
-            ANRUF_MAX_CALLS=str(capacity),
-            ANRUF_RING_TIMEOUT="300",
-            ANRUF_CALL_ATTEMPTS_PER_MINUTE="100000",
-            ANRUF_CALL_ATTEMPT_BURST="1000",
-        )
-        self.log = open(Path(self.tmp.name) / "server.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "signaling.cli", "serve"],
-            cwd=REPO,
-            env=environ,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    async def ready(self, session: aiohttp.ClientSession, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(self.url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-        raise RuntimeError("server not healthy")
-
-    async def active_calls(self, session: aiohttp.ClientSession) -> float:
-        async with session.get(self.url + "/metrics") as response:
-            text = await response.text()
-        found = re.search(r"^anruf_active_calls (\S+)$", text, re.M)
-        return float(found.group(1)) if found else -1.0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        self.tmp.cleanup()
+async def active_calls(session: aiohttp.ClientSession, node: Node) -> float:
+    async with session.get(node.url + "/metrics") as response:
+        text = await response.text()
+    found = re.search(r"^anruf_active_calls (\S+)$", text, re.M)
+    return float(found.group(1)) if found else -1.0
 
 
 async def device(url: str, n: int) -> SignalingClient:
@@ -172,16 +123,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     endpoint = MediaEndpoint(source="silence")
     offer = await endpoint.create_offer()
     await endpoint.close()
-    server = Server(n)
+    tmp = workdir()
+    node = Node("overload", settings(n), Path(tmp.name))
     admitted: list[float] = []
     refused: list[float] = []
     wrong: list[str] = []
     clients: list[SignalingClient] = []
     try:
+        node.start()
+        await asyncio.to_thread(node.wait_healthy, 30.0)
         async with aiohttp.ClientSession() as session:
-            await server.ready(session)
-            callees = [await device(server.url, i) for i in range(n)]
-            callers = [await device(server.url, n + i) for i in range(2 * n)]
+            callees = [await device(node.url, i) for i in range(n)]
+            callers = [await device(node.url, n + i) for i in range(2 * n)]
             clients = callees + callers
             for r in range(args.rounds):
                 first, second = callers[:n], callers[n:]
@@ -211,7 +164,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await caller.send("call.hangup", call_id=call_id)
                 await asyncio.gather(*(ended(c, call_id) for c, call_id in calls))
                 for _ in range(200):  # up to 10 s for the node to settle its calls
-                    if await server.active_calls(session) <= 0:
+                    if await active_calls(session, node) <= 0:
                         break
                     await asyncio.sleep(0.05)
                 print(
@@ -224,7 +177,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for client in clients:
             with contextlib.suppress(Exception):
                 await client.close()
-        server.stop()
+        node.stop()
+        tmp.cleanup()
     ms = 1000.0
     figures: dict[str, Any] = {
         "capacity": n,

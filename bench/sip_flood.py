@@ -33,17 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,68 +48,47 @@ from typing import Any
 import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench._nodes import Node, workdir  # noqa: E402
+
 SCENARIO = REPO / "tests" / "sip" / "flood_options.xml"
 
+#: Each server's settings (ANRUF_* variables, by setting name) on top of the SIP trunk's.
 CONFIGS: dict[str, dict[str, str]] = {
-    "blocked": {"ANRUF_SIP_BLOCK_AFTER": "2", "ANRUF_SIP_BLOCK_SECONDS": "60"},
-    "limited": {"ANRUF_SIP_BLOCK_AFTER": "0"},
-    "open": {"ANRUF_SIP_BLOCK_AFTER": "0", "ANRUF_SIP_REQUESTS_PER_SECOND": "1000000"},
+    "blocked": {"sip_block_after": "2", "sip_block_seconds": "60"},
+    "limited": {"sip_block_after": "0"},
+    "open": {"sip_block_after": "0", "sip_requests_per_second": "1000000"},
 }
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
+def udp_port() -> int:
+    """A free UDP port on 127.0.0.1 (free_port gives TCP ones)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 class Server:
-    """`anruf serve` with a SIP trunk on 127.0.0.1 and ``env`` on top."""
+    """`anruf serve` (a bench/_nodes.py Node) with a SIP trunk on 127.0.0.1 and
+    ``settings`` on top; its SIP UDP port is chosen before it starts."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="anruf-flood-")
-        self.port = free_port()
-        self.sip_port = free_port(socket.SOCK_DGRAM)
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("ANRUF_")}
-        environ.update(
-            PYTHONPATH=str(REPO),
-            ANRUF_HOST="127.0.0.1",
-            ANRUF_PORT=str(self.port),
-            ANRUF_DATA_DIR=self.tmp.name,
-            ANRUF_RELAY_WORKERS="0",
-            ANRUF_SIP_LISTEN=f"127.0.0.1:{self.sip_port}",
-            ANRUF_SIP_SBC=f"udp:127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
-            ANRUF_SIP_ACCEPTED_SOURCES="127.0.0.1",
-            ANRUF_SIP_OPTIONS_INTERVAL="0",
-            ANRUF_SIP_TRANSPORTS="udp",
-            **env,
-        )
-        self.log = open(Path(self.tmp.name) / "server.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "signaling.cli", "serve"],
-            cwd=REPO,
-            env=environ,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    async def ready(self, session: aiohttp.ClientSession, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(self.url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-        raise RuntimeError("server not healthy")
+    def __init__(self, name: str, settings: dict[str, str], workdir: Path) -> None:
+        self.sip_port = udp_port()
+        trunk = {
+            "host": "127.0.0.1",
+            "relay_workers": "0",
+            "sip_listen": f"127.0.0.1:{self.sip_port}",
+            "sip_sbc": f"udp:127.0.0.1:{udp_port()}",
+            "sip_accepted_sources": "127.0.0.1",
+            "sip_options_interval": "0",
+            "sip_transports": "udp",
+        }
+        self.node = Node(name, {**trunk, **settings}, workdir)
 
     async def counters(self, session: aiohttp.ClientSession) -> dict[str, float]:
-        async with session.get(self.url + "/metrics") as response:
+        async with session.get(self.node.url + "/metrics") as response:
             text = await response.text()
         found = re.findall(r'^anruf_sip_events_total\{event="(\w+)"\} (\S+)$', text, re.M)
         counters = {name: float(value) for name, value in found}
@@ -122,17 +97,6 @@ class Server:
             "requests_rate_limited", 0.0
         )
         return counters
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        self.tmp.cleanup()
 
 
 @dataclass
@@ -159,7 +123,7 @@ async def flood_round(
     blocks = before.get("sources_blocked", 0.0)
     command = [
         shutil.which("sipp") or "sipp",
-        *("-sf", str(SCENARIO), "-i", source, "-p", str(free_port(socket.SOCK_DGRAM))),
+        *("-sf", str(SCENARIO), "-i", source, "-p", str(udp_port())),
         *("-r", str(rate), "-m", str(int(rate * seconds)), "-nostdin"),
         f"127.0.0.1:{server.sip_port}",
     ]
@@ -204,35 +168,40 @@ def median(values: list[float | None]) -> float | None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed (apt install sip-tester)")
-    servers = {name: Server(env) for name, env in CONFIGS.items()}
+    tmp = workdir()
+    servers = {name: Server(name, env, Path(tmp.name)) for name, env in CONFIGS.items()}
     rounds: list[Round] = []
     try:
+        for server in servers.values():
+            server.node.start()
+        for server in servers.values():
+            await asyncio.to_thread(server.node.wait_healthy, 30.0)
+        sipp_dir = Path(tmp.name) / "sipp"
+        sipp_dir.mkdir()
         async with aiohttp.ClientSession() as session:
-            for server in servers.values():
-                await server.ready(session)
-            with tempfile.TemporaryDirectory(prefix="anruf-flood-sipp-") as workdir:
-                for n in range(args.rounds):
-                    source = f"127.0.0.{10 + n}"
-                    for name, server in servers.items():
-                        result = await flood_round(
-                            session, server, name, source, args.rate, args.seconds, Path(workdir)
-                        )
-                        rounds.append(result)
-                        print(
-                            f"round {n + 1} {name:8s} from {source}: handled {result.handled:.0f}"
-                            f" in {result.seconds:.1f} s"
-                            + (
-                                f"; blocked after {result.blocked_after:.2f} s,"
-                                f" {result.handled_before_block:.0f} handled before,"
-                                f" {result.handled_after_block:.0f} after"
-                                if result.blocked_after is not None
-                                else ""
-                            ),
-                            flush=True,
-                        )
+            for n in range(args.rounds):
+                source = f"127.0.0.{10 + n}"
+                for name, server in servers.items():
+                    result = await flood_round(
+                        session, server, name, source, args.rate, args.seconds, sipp_dir
+                    )
+                    rounds.append(result)
+                    print(
+                        f"round {n + 1} {name:8s} from {source}: handled {result.handled:.0f}"
+                        f" in {result.seconds:.1f} s"
+                        + (
+                            f"; blocked after {result.blocked_after:.2f} s,"
+                            f" {result.handled_before_block:.0f} handled before,"
+                            f" {result.handled_after_block:.0f} after"
+                            if result.blocked_after is not None
+                            else ""
+                        ),
+                        flush=True,
+                    )
     finally:
         for server in servers.values():
-            server.stop()
+            server.node.stop()
+        tmp.cleanup()
 
     figures: dict[str, Any] = {"flood_rate": args.rate, "flood_seconds": args.seconds}
     for name in CONFIGS:

@@ -107,7 +107,7 @@ async def test_a_call_to_an_offline_number_fails_fast_with_the_reason(
         result = await asyncio.wait_for(line.run_call(CallPlan(index=0, hold=HOLD)), 15)
     finally:
         await line.close()
-    assert not result.ok and result.end_reason == "unavailable"
+    assert not result.ok and result.end_reason == "unavailable/not_an_app_user"
     assert result.error is not None and "unavailable" in result.error, result.to_dict()
 
 

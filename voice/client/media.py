@@ -227,9 +227,11 @@ class MediaEndpoint:
             self._receive_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._receive_task
-        await self._pc.close()
         if self._record is not None:
+            # Before closing the peer connection: a caller that stops waiting (the
+            # CLI exits once the call has ended) must not lose the recording.
             write_wav(self._record, self.received(), SAMPLE_RATE)
+        await self._pc.close()
 
 
 def _to_mono_48k(frame: AudioFrame) -> np.ndarray:

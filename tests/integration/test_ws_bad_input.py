@@ -7,8 +7,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiortc import RTCPeerConnection
 
 from tests.conftest import ALICE, BOB, Server
+from voice.ice import ice_configuration
 
 SDP_WITHOUT_OPUS = """v=0
 o=- 1 1 IN IP4 127.0.0.1
@@ -153,3 +155,22 @@ async def test_health_and_metrics(server: Server, session: aiohttp.ClientSession
         text = await response.text()
     assert "anruf_connected_devices 1.0" in text
     assert "anruf_call_setup_seconds_bucket" in text
+
+
+async def test_an_offer_without_a_dtls_fingerprint_fails_the_call_at_once(
+    server: Server, session: aiohttp.ClientSession
+) -> None:
+    pc = RTCPeerConnection(ice_configuration([]))
+    pc.addTransceiver("audio")
+    await pc.setLocalDescription(await pc.createOffer())
+    await pc.close()
+    lines = pc.localDescription.sdp.split("\r\n")
+    assert any(line.startswith("a=fingerprint:") for line in lines)
+    offer = "\r\n".join(line for line in lines if not line.startswith("a=fingerprint:"))
+    await server.phone(BOB)
+    ws = await open_ws(server, await server.register(ALICE), session)
+    await receive(ws)
+    await ws.send_str(json.dumps({"type": "call.invite", "id": "i1", "to": BOB, "sdp": offer}))
+    reply = await receive(ws)  # not a call that rings and never gets media
+    assert reply["type"] == "call.ended" and reply["ref"] == "i1"
+    assert (reply["reason"], reply["detail"]) == ("failed", "bad_sdp")

@@ -2,7 +2,7 @@ import pytest
 
 from voice.ice import ice_configuration, rewrite_candidate_addresses
 from voice.relay import NoOpusError
-from voice.relay.sdp import opus_payload_types
+from voice.relay.sdp import check_dtls_fingerprint, opus_payload_types
 
 OPUS_OFFER = "\r\n".join(
     [
@@ -55,3 +55,33 @@ def test_ice_configuration_never_uses_defaults() -> None:
     assert servers.iceServers[1].username == "alice"
     with pytest.raises(ValueError):
         ice_configuration(["http://example"])
+
+
+FINGERPRINT = "a=fingerprint:sha-256 " + ":".join(["AB"] * 32)
+
+
+@pytest.mark.parametrize(
+    "sdp",
+    [
+        OPUS_OFFER.replace("t=0 0\r\n", f"t=0 0\r\n{FINGERPRINT}\r\n"),  # the session's
+        OPUS_OFFER.replace("c=IN IP4", f"{FINGERPRINT}\r\nc=IN IP4"),  # the section's own
+    ],
+)
+def test_a_dtls_fingerprint_for_the_media_is_enough(sdp: str) -> None:
+    check_dtls_fingerprint(sdp)
+
+
+@pytest.mark.parametrize(
+    "sdp",
+    [
+        OPUS_OFFER,  # none at all
+        OPUS_OFFER.replace("c=IN IP4", "a=fingerprint:sha-256\r\nc=IN IP4"),  # no value
+        # the first section has one, the second none
+        OPUS_OFFER.replace("c=IN IP4", f"{FINGERPRINT}\r\nc=IN IP4")
+        + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n",
+        "v=0\r\n" + FINGERPRINT + "\r\n",  # no media
+    ],
+)
+def test_media_without_a_dtls_fingerprint_is_refused(sdp: str) -> None:
+    with pytest.raises(ValueError, match="DTLS fingerprint"):
+        check_dtls_fingerprint(sdp)

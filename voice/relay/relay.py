@@ -21,7 +21,7 @@ from voice.relay.avp import NoCommonCodecError, choose_codec, parse_audio
 from voice.relay.leg import FRAME_SAMPLES, Leg
 from voice.relay.ringback import FRAME_DURATION, notice_payloads, ringback_cycle
 from voice.relay.rtp_leg import RtpLeg
-from voice.relay.sdp import NoOpusError, opus_payload_types
+from voice.relay.sdp import NoOpusError, check_dtls_fingerprint, opus_payload_types
 
 __all__ = ["LegStats", "NoCommonCodecError", "NoOpusError", "Relay", "UnknownLegError"]
 
@@ -115,6 +115,7 @@ class Relay:
     async def answer(self, leg_id: str, offer_sdp: str) -> str:
         """Answer a device's offer (the caller's leg); returns the relay's answer SDP."""
         opus_payload_types(offer_sdp)
+        check_dtls_fingerprint(offer_sdp)
         leg = self._create_leg(leg_id)
         try:
             await leg.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -135,6 +136,7 @@ class Relay:
         """Apply the device's answer to the relay's offer; media starts flowing."""
         leg = self._leg(leg_id)
         opus_payload_types(answer_sdp)
+        check_dtls_fingerprint(answer_sdp)
         try:
             await leg.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
         except Exception as exc:

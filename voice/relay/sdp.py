@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 _RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000(?:/\d+)?$", re.IGNORECASE)
+_FINGERPRINT = re.compile(r"^a=fingerprint:\S+ \S+$", re.IGNORECASE)
 
 
 class NoOpusError(ValueError):
@@ -37,3 +38,23 @@ def opus_payload_types(sdp: str) -> list[int]:
     if not payload_types:
         raise NoOpusError("SDP has no Opus audio (a=rtpmap:<pt> opus/48000/2)")
     return payload_types
+
+
+def check_dtls_fingerprint(sdp: str) -> None:
+    """ValueError unless every media section has a DTLS certificate fingerprint, its
+    own or the session's (RFC 8122 section 5): WebRTC media is always DTLS-SRTP
+    (RFC 8827 section 6.5), and aiortc fails an assertion in a background task
+    without one."""
+    session = False
+    sections: list[bool] = []  # per media section: a fingerprint of its own
+    for raw in sdp.replace("\r\n", "\n").split("\n"):
+        line = raw.strip()
+        if line.startswith("m="):
+            sections.append(False)
+        elif _FINGERPRINT.match(line):
+            if sections:
+                sections[-1] = True
+            else:
+                session = True
+    if not sections or not (session or all(sections)):
+        raise ValueError("SDP has no DTLS fingerprint for its media (a=fingerprint, RFC 8122)")

@@ -116,15 +116,7 @@ def _cross_line_class() -> Any:
     """voice/loadtest/line.py's Line with the callee's device on a node of its own, and
     each call's id and signaling time kept for the CDR check."""
     from voice.client.signaling import SignalingClient
-    from voice.loadtest.line import (
-        END_TIMEOUT,
-        SETUP_TIMEOUT,
-        CallFailed,
-        CallPlan,
-        Line,
-        _Call,
-        _Inbox,
-    )
+    from voice.loadtest.line import CallPlan, Line, _Inbox
 
     class CrossLine(Line):
         def __init__(self, spec: LineSpec) -> None:
@@ -135,23 +127,9 @@ def _cross_line_class() -> Any:
                 self.callee = SignalingClient(spec.callee_url, spec.callee_token)
                 self._callee_inbox = _Inbox(self.callee, "callee")
 
-        async def place(self, plan: CallPlan) -> dict[str, Any]:
-            """Line.run_call, keeping the call's id and invite -> call.accepted."""
-            async with self._busy:
-                call = _Call(self, plan)
-                try:
-                    async with asyncio.timeout(plan.hold + SETUP_TIMEOUT + 2 * END_TIMEOUT):
-                        await call.run()
-                except TimeoutError:
-                    call.result.error = f"timeout while {call.stage}"
-                except CallFailed as exc:
-                    call.result.error = str(exc)
-                except Exception as exc:
-                    call.result.error = f"{call.stage}: {exc!r}"
-                finally:
-                    await call.cleanup()
-                with contextlib.suppress(Exception):
-                    await call.analyse()
+        async def measure(self, plan: CallPlan) -> dict[str, Any]:
+            """Line.place, keeping the call's id and invite -> call.accepted."""
+            call = await self.place(plan)
             outcome = call.result.to_dict()
             outcome["call_id"] = call.call_id
             outcome["signaling_ms"] = (
@@ -272,7 +250,7 @@ class Generator:
 
         async def relayed(line: Any, index: int) -> None:
             try:
-                results.append(await line.place(CallPlan(index=index, hold=hold)))
+                results.append(await line.measure(CallPlan(index=index, hold=hold)))
             finally:
                 free.append(line)
 

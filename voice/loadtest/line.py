@@ -526,6 +526,10 @@ class Line:
 
     async def run_call(self, plan: CallPlan) -> CallResult:
         """Place, answer, hold and hang up one call; never raises, never hangs."""
+        return (await self.place(plan)).result
+
+    async def place(self, plan: CallPlan) -> _Call:
+        """run_call, returning the call itself (its id and signalling times too)."""
         async with self._busy:
             call = _Call(self, plan)
             try:
@@ -542,7 +546,7 @@ class Line:
                 await call.cleanup()
             with contextlib.suppress(Exception):
                 await call.analyse()
-            return call.result
+            return call
 
 
 class _Call:

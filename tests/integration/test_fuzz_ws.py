@@ -209,7 +209,11 @@ async def test_mutated_websocket_messages_break_nothing(make_server: ServerFacto
         for device in devices:
             for code, n in device.codes.items():
                 codes[code] = codes.get(code, 0) + n
-            assert set(device.close_codes) <= EXPECTED_CLOSE_CODES | {None}, device.close_codes
+            # 1006 too: a server that closes a socket (1009) while our next frame is
+            # still arriving makes its kernel reset the connection (TCP discards
+            # unread data with an RST), so its close frame may never reach us.
+            abnormal = {None, aiohttp.WSCloseCode.ABNORMAL_CLOSURE}
+            assert set(device.close_codes) <= EXPECTED_CLOSE_CODES | abnormal, device.close_codes
         assert {"bad_json", "bad_message"} <= set(codes), codes
         assert "internal" not in codes, codes
         print(f"{sent + warm} messages, errors {codes}, calls {[d.call_ids for d in devices]}")

@@ -112,6 +112,17 @@ class Load:
                 await asyncio.sleep(0.1)  # the server went away mid-call
 
 
+async def calls_connected(load: Load, within: float) -> list[Call]:
+    """The calls connected now, waiting up to ``within`` seconds for one to be: a
+    kill is meant to hit live calls, not the pause between two of them."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        connected = [c for c in load.calls.values() if c.state == "connected"]
+        if connected or asyncio.get_running_loop().time() >= deadline:
+            return connected
+        await asyncio.sleep(0.02)
+
+
 async def run_audit(tmp_path: Path, cycles: int, load_seconds: float, pairs: int = 2) -> Audit:
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'anruf.sqlite3'}"
     receiver = await Receiver().start()
@@ -160,7 +171,7 @@ async def run_audit(tmp_path: Path, cycles: int, load_seconds: float, pairs: int
         killed: list[Call] = []
         for _ in range(cycles):
             await asyncio.sleep(load_seconds)
-            in_progress = [c for c in load.calls.values() if c.state == "connected"]
+            in_progress = await calls_connected(load, within=10.0)
             node.kill()
             killed.extend(in_progress)
             audit.calls_in_progress_at_kill += len(in_progress)

@@ -6,7 +6,8 @@
 An `anruf serve` on its embedded SQLite store is loaded (a client registering new
 devices one after the other; pairs of operator subscribers calling each other
 with real media, short calls, reconnecting by themselves) and killed with SIGKILL
-every --load-seconds, then started again on the same port and data, --cycles
+after every --load-seconds of load, at the next moment a call is connected, then
+started again on the same port and data, --cycles
 times (tests/integration/crash_audit.py). Afterwards the audit compares what
 clients were told with what the server kept: registrations acknowledged with
 201 vs devices stored; calls that got a call id vs call records; calls in

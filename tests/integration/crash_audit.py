@@ -3,8 +3,9 @@ accepted was lost: registrations, call records, operator events.
 
 Load while the server runs: one client registers new devices one after the other;
 ``pairs`` pairs of subscribers call each other (real aiortc media, short calls)
-and reconnect by themselves whenever the server is gone. Every ``load_seconds``
-the server is killed with SIGKILL and started again on the same port and data.
+and reconnect by themselves whenever the server is gone. After ``load_seconds``
+of load, as soon as a call is connected (or 10 s later), the server is killed with
+SIGKILL and started again on the same port and data.
 Used by tests/integration/test_crash_audit.py (a few cycles) and
 bench/crash_cycles.py (ten).
 """

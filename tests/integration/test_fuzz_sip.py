@@ -157,7 +157,9 @@ class Sbc(asyncio.DatagramProtocol):
         self.send(response)
 
     async def options(self, name: str) -> int:
-        """A well-formed OPTIONS: its final status, within ANSWER_WITHIN."""
+        """A well-formed OPTIONS: its final status, within ANSWER_WITHIN. Sent again
+        every 0.5 s meanwhile, as over UDP a client does (Timer E): a datagram may
+        be lost on a busy loopback, a trunk that stopped answering may not."""
         call_id = f"probe-{name}@127.0.0.1"
         request = (
             f"OPTIONS sip:{LANDLINE}@127.0.0.1:{self.trunk_port} SIP/2.0\r\n"
@@ -169,9 +171,12 @@ class Sbc(asyncio.DatagramProtocol):
         ).encode()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.waiting[call_id.encode()] = future
-        self.send(request)
         try:
-            return await asyncio.wait_for(future, ANSWER_WITHIN)
+            async with asyncio.timeout(ANSWER_WITHIN):
+                while True:
+                    self.send(request)
+                    with contextlib.suppress(TimeoutError):
+                        return await asyncio.wait_for(asyncio.shield(future), 0.5)
         finally:
             del self.waiting[call_id.encode()]
 

@@ -143,9 +143,12 @@ async def test_a_flood_from_one_source_is_rate_limited(tmp_path: Path) -> None:
             for n in range(1000):
                 peer.send(request(peer, n=n), port)
                 if n % 20 == 19:
-                    # Bursts of 20 (about 20,000 requests/s): the trunk and this sender
-                    # share one loop, and the kernel's receive queue is finite.
-                    await asyncio.sleep(0.001)
+                    # Bursts of 20, each as soon as the trunk has read all but one
+                    # burst of the earlier ones: the trunk and this sender share one
+                    # loop, and a kernel receive queue that overflows drops datagrams.
+                    async with asyncio.timeout(2.0):
+                        while trunk.stats["messages_received"] < n + 1 - 20:
+                            await asyncio.sleep(0.0005)
             elapsed = time.monotonic() - started
             await asyncio.sleep(0.5)
             responses = [parse_message(raw) for raw in peer.received]

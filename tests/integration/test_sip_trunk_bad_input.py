@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from pathlib import Path
 
 from signaling.sip.message import Response, parse_message
@@ -16,7 +17,12 @@ from tests.integration.sip_trunk_support import (
     Sipp,
     running_trunk,
     trunk_port,
+    until,
 )
+
+
+def trunk_has_read(trunk: SipTrunk, count: int) -> bool:
+    return trunk.stats["messages_received"] >= count
 
 
 def request(
@@ -146,9 +152,7 @@ async def test_a_flood_from_one_source_is_rate_limited(tmp_path: Path) -> None:
                     # Bursts of 20, each as soon as the trunk has read all but one
                     # burst of the earlier ones: the trunk and this sender share one
                     # loop, and a kernel receive queue that overflows drops datagrams.
-                    async with asyncio.timeout(2.0):
-                        while trunk.stats["messages_received"] < n + 1 - 20:
-                            await asyncio.sleep(0.0005)
+                    await until(partial(trunk_has_read, trunk, n + 1 - 20), 2.0)
             elapsed = time.monotonic() - started
             await asyncio.sleep(0.5)
             responses = [parse_message(raw) for raw in peer.received]

@@ -54,4 +54,3 @@ def tone_fraction(
         if found > 0 and abs(found - freq) <= tolerance_hz:
             hits += 1
     return hits / count
-

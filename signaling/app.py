@@ -198,6 +198,7 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
             on_leg_failed=leg_failed,
             hosts=RedisHostDirectory(config.redis_url),
             discovery_interval=config.relay_heartbeat,
+            secret=config.relay_secret,
         )
         await relay.start()  # reads the registry: fails at startup when Redis cannot be read
     elif config.relay_workers:

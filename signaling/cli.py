@@ -227,6 +227,7 @@ def _relay(args: argparse.Namespace) -> int:
             control_listen=config.relay_control_listen,
             control_announce=config.relay_control_announce,
             redis_url=config.redis_url,
+            secret=config.relay_secret,
             media=WorkerSettings(
                 bind_address=config.media_bind_address,
                 announce_address=config.media_announce_address,

@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from voice.relay.control_auth import check_relay_secret
+
 
 @dataclass(frozen=True)
 class Config:
@@ -133,6 +135,10 @@ class Config:
     relay_host_ttl: float = 3.0
     #: After SIGTERM: how long a relay host's calls may go on before it stops.
     relay_drain_timeout: float = 30.0
+    #: Shared by the relay hosts and the nodes with relay_source "registry" (at
+    #: least 16 characters): a control connection that does not prove it knows it
+    #: is refused. Give it in the config file or ANRUF_RELAY_SECRET.
+    relay_secret: str = ""
 
     # Toll-fraud guards on calls to phone numbers (signaling/carrier/policy.py)
     #: E.164 prefixes no call may reach whatever the bundle (e.g. "+881" satellite).
@@ -228,7 +234,22 @@ def load_config(
         if key not in known:
             raise ConfigError(f"unknown setting {key!r}")
         values[key] = _coerce(key, known[key], value)
-    return Config(**values)
+    config = Config(**values)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    """Settings that only make sense together; ConfigError before anything starts."""
+    if config.relay_source not in ("local", "registry"):
+        raise ConfigError(f"relay_source must be local or registry, not {config.relay_source!r}")
+    if config.relay_source == "registry":
+        if not config.redis_url:
+            raise ConfigError('relay_source "registry" finds relay hosts in Redis: set redis_url')
+        try:
+            check_relay_secret(config.relay_secret)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 __all__ = ["Config", "ConfigError", "load_config"]

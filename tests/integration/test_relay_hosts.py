@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -26,8 +27,15 @@ from tests.conftest import ALICE, BOB, CAROL, Server, ServerFactory, require_red
 from voice.audio import tone_fraction
 from voice.client.client import Call, Phone
 from voice.client.media import SAMPLE_RATE
+from voice.relay.control_auth import (
+    auth_request,
+    challenge,
+    check_authenticated,
+    new_nonce,
+    proof,
+)
 from voice.relay.registry import HostRecord, encode_record, host_key, parse_record
-from voice.relay.workers import WORKER_LOST, WorkerRelay, encode_message
+from voice.relay.workers import WORKER_LOST, WorkerRelay, encode_message, read_frame
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,6 +43,8 @@ DAVE = "+4917700000004"
 ANRUF = Path(sys.executable).parent / "anruf"
 HEARTBEAT = 0.5
 TTL = 1.5
+#: The relay hosts' and the servers' relay_secret (the hosts get it from the environment).
+SECRET = "test-relay-secret-0001"
 
 
 def free_port() -> int:
@@ -96,6 +106,7 @@ class Hosts:
                 *extra,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "ANRUF_RELAY_SECRET": SECRET},
             )
         host = RelayHostProcess(host_id, control_port, ports, process, log)
         self.started.append(host)
@@ -136,7 +147,10 @@ async def hosts(tmp_path: Path) -> AsyncIterator[Hosts]:
 
 async def registry_server(make_server: ServerFactory, hosts: Hosts) -> Server:
     return await make_server(
-        relay_source="registry", redis_url=hosts.redis_url, relay_heartbeat=HEARTBEAT
+        relay_source="registry",
+        redis_url=hosts.redis_url,
+        relay_heartbeat=HEARTBEAT,
+        relay_secret=SECRET,
     )
 
 
@@ -277,13 +291,19 @@ async def test_a_host_started_later_is_used_and_a_stopping_host_takes_no_new_cal
     assert "Traceback" not in north.log.read_text()
 
 
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, object]:
-    import json
+async def control_connection(
+    port: int, secret: str = SECRET
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A control connection to a host, authenticated as a signaling node would."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await control_connection_on(reader, writer, secret)
+    return reader, writer
 
-    (size,) = struct.unpack("!I", await reader.readexactly(4))
-    message = json.loads(await reader.readexactly(size))
-    assert isinstance(message, dict)
-    return message
+
+async def closed_by_host(reader: asyncio.StreamReader) -> bool:
+    """Whether the host closes the connection (within 10 s) without sending more."""
+    async with asyncio.timeout(10):
+        return await reader.read(65536) == b""
 
 
 async def read_reply(reader: asyncio.StreamReader, request_id: int) -> dict[str, object]:
@@ -306,10 +326,22 @@ async def test_bad_input_is_refused_without_harm_to_calls(
             await reader.read()
         writer.close()
 
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Speaks the handshake without the secret, then says it is ready.
+        writer.write(encode_message(challenge(new_nonce())))
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await read_frame(reader)
+            writer.write(encode_message({"event": "authenticated", "args": ["0" * 64]}))
+            writer.write(encode_message({"event": "ready", "args": [1, "asyncio"]}))
+            await reader.read()
+        writer.close()
+
     liar = await asyncio.start_server(garbage, "127.0.0.1", 0)
-    liar_port = liar.sockets[0].getsockname()[1]
-    fake = HostRecord(id="liar", control=f"127.0.0.1:{liar_port}", media="127.0.0.1")
-    await hosts.redis.set(host_key("liar"), encode_record(fake), px=60_000)
+    pretender = await asyncio.start_server(impostor, "127.0.0.1", 0)
+    for name, fake_server in (("liar", liar), ("impostor", pretender)):
+        address = f"127.0.0.1:{fake_server.sockets[0].getsockname()[1]}"
+        fake = HostRecord(id=name, control=address, media="127.0.0.1")
+        await hosts.redis.set(host_key(name), encode_record(fake), px=60_000)
     south = await hosts.start("south", (42300, 42399))
     server = await registry_server(make_server, hosts)
     relay = relay_of(server)
@@ -322,7 +354,7 @@ async def test_bad_input_is_refused_without_harm_to_calls(
     # Another control connection to the host: a request with bad arguments gets an
     # error answer, a leg id of the server's call means nothing on this connection,
     # and a garbled frame closes just this connection.
-    reader, writer = await asyncio.open_connection("127.0.0.1", south.control_port)
+    reader, writer = await control_connection(south.control_port)
     assert (await read_frame(reader)).get("event") == "ready"
     writer.write(encode_message({"id": 1, "op": "answer", "args": [5]}))
     reply = await read_reply(reader, 1)
@@ -349,7 +381,81 @@ async def test_bad_input_is_refused_without_harm_to_calls(
     await outgoing.hangup()
     assert await outgoing.ended(timeout=5) == "completed"
     assert "Traceback" not in south.log.read_text()
+    assert set(relay.host_loads) == {"south"}
     liar.close()
+    pretender.close()
+
+
+async def test_the_control_port_serves_only_those_who_know_the_relay_secret(
+    make_server: ServerFactory, hosts: Hosts, tmp_path: Path
+) -> None:
+    guarded = await hosts.start("guarded", (42600, 42699))
+    port = guarded.control_port
+    server = await registry_server(make_server, hosts)
+    alice, bob = await server.phone(ALICE), await server.phone(BOB)
+    outgoing, _ = await connect(alice, bob, BOB, 440, 880)
+    outgoing.media.mark("talk")  # type: ignore[union-attr]
+
+    # A request instead of the answer to the challenge: closed, nothing carried out.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert (await read_frame(reader)).get("event") == "challenge"
+    writer.write(encode_message({"id": 1, "op": "answer", "args": ["x:1", "v=0"]}))
+    assert await closed_by_host(reader)
+    writer.close()
+    # The wrong secret: closed before anything else is said.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    with pytest.raises(asyncio.IncompleteReadError):
+        await control_connection_on(reader, writer, "not-the-relay-secret")
+    writer.close()
+    # A proof seen on another connection (the host's own, reflected) is no good here.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    first = await read_frame(reader)
+    nonce = str(first["args"][0])  # type: ignore[index]
+    mine = "0" * 64
+    reflected = proof(SECRET, "host", nonce, mine)
+    writer.write(encode_message({"op": "auth", "args": [mine, reflected]}))
+    assert await closed_by_host(reader)
+    writer.close()
+    # Saying nothing: closed after the handshake's time limit.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await read_frame(reader)
+    assert await closed_by_host(reader)
+    writer.close()
+
+    # The call on the host never noticed, and the refusals were logged as such.
+    await asyncio.sleep(1.0)
+    assert outgoing.state == "connected"
+    assert talk_fraction(outgoing, 880) >= 0.9, "the call was disturbed"
+    log = guarded.log.read_text()
+    assert log.count("refused") == 4 and "Traceback" not in log, log
+
+    # A server with another secret does not use the host (nor the host it), and its
+    # calls end for want of a relay.
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = await make_server(
+        relay_source="registry",
+        redis_url=hosts.redis_url,
+        relay_heartbeat=HEARTBEAT,
+        relay_secret="another-relay-secret",
+        data_dir=other_dir,
+    )
+    carol, dave = await other.phone(CAROL), await other.phone(DAVE)
+    attempt = await carol.call(DAVE)
+    assert await attempt.ended(timeout=10) == "failed"
+    assert attempt.end_detail == "relay_unavailable"
+    assert relay_of(other).host_loads == {}
+    await dave.close()
+    await outgoing.hangup()
+    assert await outgoing.ended(timeout=5) == "completed"
+
+
+async def control_connection_on(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: str
+) -> None:
+    host_nonce, node_nonce, request = auth_request(secret, await read_frame(reader))
+    writer.write(encode_message(request))
+    check_authenticated(secret, host_nonce, node_nonce, await read_frame(reader))
 
 
 async def test_a_host_whose_registration_expires_is_dropped_and_used_again_when_back(
@@ -396,6 +502,7 @@ async def test_two_servers_share_a_host_and_each_one_s_legs_are_its_own(
         relay_source="registry",
         redis_url=hosts.redis_url,
         relay_heartbeat=HEARTBEAT,
+        relay_secret=SECRET,
         data_dir=second_dir,
     )
     alice, bob = await first.phone(ALICE), await first.phone(BOB)

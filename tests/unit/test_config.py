@@ -35,3 +35,18 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
     file.write_text("port = \n")
     with pytest.raises(ConfigError, match="config file"):
         load_config(file, environ={})
+
+
+def test_relay_hosts_need_redis_and_a_relay_secret() -> None:
+    registry = {"ANRUF_RELAY_SOURCE": "registry"}
+    with pytest.raises(ConfigError, match="set redis_url"):
+        load_config(environ=registry)
+    registry["ANRUF_REDIS_URL"] = "redis://127.0.0.1:6379/2"
+    with pytest.raises(ConfigError, match="relay_secret"):
+        load_config(environ=registry)
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        load_config(environ={**registry, "ANRUF_RELAY_SECRET": "too-short"})
+    config = load_config(environ={**registry, "ANRUF_RELAY_SECRET": "test-relay-secret-0001"})
+    assert config.relay_secret == "test-relay-secret-0001"
+    with pytest.raises(ConfigError, match="relay_source must be local or registry"):
+        load_config(environ={"ANRUF_RELAY_SOURCE": "elsewhere"})

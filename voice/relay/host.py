@@ -3,8 +3,9 @@
 `anruf relay` runs one of these. It forwards media with one Relay (one core:
 run one per core, each with its own control port and media port range) and:
 
-- takes control connections from signaling nodes on TCP and serves each the
-  same length-prefixed JSON protocol as a relay worker process
+- takes control connections from signaling nodes on TCP, serves only those
+  that prove they know the relay secret (voice/relay/control_auth.py) and
+  serves each the same length-prefixed JSON protocol as a relay worker process
   (voice/relay/workers.py: `serve_channel`, `_WorkerServer`). Several nodes
   may be connected at once; each connection's legs are its own (their ids
   carry the connection's prefix inside the Relay), and they are closed when
@@ -26,15 +27,26 @@ import os
 import time
 from dataclasses import dataclass
 
+from voice.relay.control_auth import (
+    AUTH_TIMEOUT,
+    AuthError,
+    authenticated,
+    challenge,
+    check_auth_request,
+    check_relay_secret,
+    new_nonce,
+)
 from voice.relay.registry import DRAINING, UP, HostRecord, RedisRegistrar, parse_address
 from voice.relay.relay import Relay
 from voice.relay.workers import (
+    MAX_AUTH_FRAME,
     ProtocolError,
     WorkerSettings,
     _WorkerServer,
     call_id_of,
     encode_message,
     make_relay,
+    read_frame,
     serve_channel,
 )
 
@@ -56,6 +68,8 @@ class HostSettings:
     control_announce: str
     redis_url: str
     media: WorkerSettings
+    #: Shared with the signaling nodes: only they may use the control port.
+    secret: str = ""
     #: Legs this host holds before it takes no new calls; 0 = no limit.
     capacity: int = 1000
     heartbeat: float = 1.0
@@ -63,6 +77,7 @@ class HostSettings:
     drain_timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        check_relay_secret(self.secret)
         host, _ = parse_address(self.control_listen)
         if self.control_announce:
             parse_address(self.control_announce)
@@ -99,6 +114,8 @@ class RelayHost:
         self._channels: dict[str, _WorkerServer] = {}
         self._writers: set[asyncio.StreamWriter] = set()
         self._next_channel = 0
+        #: Control connections refused for want of the relay secret.
+        self.refused = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._stop_now = asyncio.Event()
         self._closed = False
@@ -197,6 +214,19 @@ class RelayHost:
         if self._closed:
             writer.close()
             return
+        try:
+            async with asyncio.timeout(AUTH_TIMEOUT):
+                await self._authenticate(reader, writer)
+        except (AuthError, ProtocolError, TimeoutError, OSError, EOFError) as exc:
+            self.refused += 1
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else str(exc)
+            if isinstance(exc, EOFError):  # IncompleteReadError
+                reason = "closed before it authenticated"
+            logger.warning(
+                "relay host %s: control connection from %s refused: %s", self.host_id, peer, reason
+            )
+            writer.close()
+            return
         self._next_channel += 1
         prefix = f"{self._next_channel}/"  # no ':' in it: call ids stay apart
 
@@ -234,6 +264,17 @@ class RelayHost:
                 peer,
                 legs,
             )
+
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Challenge the node, check its proof and give ours; AuthError if it fails."""
+        secret = self.settings.secret
+        host_nonce = new_nonce()
+        writer.write(encode_message(challenge(host_nonce)))
+        request = await read_frame(reader, MAX_AUTH_FRAME)
+        node_nonce = check_auth_request(secret, host_nonce, request)
+        writer.write(encode_message(authenticated(secret, host_nonce, node_nonce)))
 
     # -- stopping -----------------------------------------------------------------
 

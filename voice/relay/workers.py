@@ -58,6 +58,12 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from voice.relay.avp import NoCommonCodecError
+from voice.relay.control_auth import (
+    AuthError,
+    auth_request,
+    check_authenticated,
+    check_relay_secret,
+)
 from voice.relay.registry import Candidate, HostRecord, choose
 from voice.relay.relay import LegStats, NoOpusError, Relay, UnknownLegError
 
@@ -78,6 +84,7 @@ __all__ = [
     "error_from_wire",
     "error_to_wire",
     "make_relay",
+    "read_frame",
     "serve_channel",
     "stats_from_wire",
     "stats_to_wire",
@@ -95,6 +102,8 @@ STATS_INTERVAL = 1.0
 HANG_TIMEOUT = 10.0
 DISCOVERY_INTERVAL = 1.0
 MAX_FRAME = 1 << 22
+#: The largest frame taken before a control connection is authenticated.
+MAX_AUTH_FRAME = 1024
 # Final stats of legs lost with their worker, kept for close_leg(); bounded.
 MAX_LOST_LEGS = 10_000
 
@@ -356,6 +365,17 @@ def make_relay(settings: WorkerSettings) -> Relay:
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,
     )
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> dict[str, Any]:
+    """Exactly one control frame of at most ``limit`` bytes (the handshake's, read
+    before the stream is decoded). ProtocolError for a bad frame, IncompleteReadError
+    when the other side closes first."""
+    header = await reader.readexactly(_HEADER.size)
+    (size,) = _HEADER.unpack(header)
+    if size > limit:
+        raise ProtocolError(f"control frame of {size} bytes exceeds {limit}")
+    return FrameDecoder().feed(header + await reader.readexactly(size))[0]
 
 
 async def serve_channel(
@@ -666,9 +686,12 @@ class WorkerRelay:
         on_dtmf: Callable[[str, str], None] | None = None,
         hosts: HostDirectory | None = None,
         discovery_interval: float = DISCOVERY_INTERVAL,
+        secret: str = "",
     ) -> None:
         if relay_mode not in ("forward", "transcode"):
             raise ValueError(f"relay_mode must be forward or transcode, not {relay_mode!r}")
+        if hosts is not None:
+            check_relay_secret(secret)
         count = workers if workers is not None else (os.cpu_count() or 1)
         if count < 1:
             raise ValueError(f"workers must be at least 1, not {count}")
@@ -709,6 +732,7 @@ class WorkerRelay:
         #: Relay hosts instead of worker processes (`workers` and the media settings
         #: are then the hosts' own business).
         self._directory = hosts
+        self._secret = secret  # proves this node to the hosts (voice/relay/control_auth.py)
         self.discovery_interval = discovery_interval
         self._connecting: set[str] = set()
         self._index = 0  # numbers the control connections to hosts
@@ -898,6 +922,11 @@ class WorkerRelay:
             host, port = record.control_address
             async with asyncio.timeout(self.request_timeout):
                 reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    await self._authenticate(reader, writer)
+                except BaseException:
+                    writer.close()
+                    raise
             self._index += 1
             worker = _Worker(
                 self._index, None, reader, writer, loop.create_future(), loop.time(), host=record
@@ -924,6 +953,21 @@ class WorkerRelay:
             logger.info("relay host %s at %s in service", record.id, record.control)
         finally:
             self._connecting.discard(record.id)
+
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer the host's challenge and check its proof; AuthError if either fails."""
+        try:
+            first = await read_frame(reader, MAX_AUTH_FRAME)
+            host_nonce, node_nonce, request = auth_request(self._secret, first)
+            writer.write(encode_message(request))
+            answer = await read_frame(reader, MAX_AUTH_FRAME)
+        except asyncio.IncompleteReadError:
+            raise AuthError(
+                "the relay host closed the connection (is relay_secret the same on both?)"
+            ) from None
+        check_authenticated(self._secret, host_nonce, node_nonce, answer)
 
     async def close(self) -> None:
         """Stop every worker (its legs close without on_leg_failed); kill any that lingers."""

@@ -36,8 +36,7 @@ __all__ = [
     "proof",
 ]
 
-#: Seconds a host waits for a connection's ``auth`` (and a node for the host's
-#: answer) before it gives up on the connection.
+#: Seconds a host waits for a new connection's ``auth`` before it closes it.
 AUTH_TIMEOUT = 5.0
 #: A secret shorter than this is refused: it could be guessed.
 MIN_SECRET_LENGTH = 16

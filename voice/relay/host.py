@@ -114,8 +114,6 @@ class RelayHost:
         self._channels: dict[str, _WorkerServer] = {}
         self._writers: set[asyncio.StreamWriter] = set()
         self._next_channel = 0
-        #: Control connections refused for want of the relay secret.
-        self.refused = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._stop_now = asyncio.Event()
         self._closed = False
@@ -218,7 +216,6 @@ class RelayHost:
             async with asyncio.timeout(AUTH_TIMEOUT):
                 await self._authenticate(reader, writer)
         except (AuthError, ProtocolError, TimeoutError, OSError, EOFError) as exc:
-            self.refused += 1
             reason = "no answer in time" if isinstance(exc, TimeoutError) else str(exc)
             if isinstance(exc, EOFError):  # IncompleteReadError
                 reason = "closed before it authenticated"

@@ -124,6 +124,7 @@ def settings(**changes: object) -> HostSettings:
         "control_announce": "",
         "redis_url": "redis://127.0.0.1:6379/2",
         "media": media(),
+        "secret": "test-relay-secret-0001",
     }
     values.update(changes)
     return HostSettings(**values)  # type: ignore[arg-type]
@@ -142,3 +143,5 @@ def test_relay_host_settings_are_checked() -> None:
         settings(heartbeat=1.0, ttl=1.0)
     with pytest.raises(ValueError, match="capacity"):
         settings(capacity=-1)
+    with pytest.raises(ValueError, match="relay_secret"):
+        settings(secret="")

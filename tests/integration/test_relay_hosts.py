@@ -291,12 +291,19 @@ async def test_a_host_started_later_is_used_and_a_stopping_host_takes_no_new_cal
     assert "Traceback" not in north.log.read_text()
 
 
-async def control_connection(
-    port: int, secret: str = SECRET
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def authenticate(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: str = SECRET
+) -> None:
+    """The node's side of the control handshake (voice/relay/control_auth.py)."""
+    host_nonce, node_nonce, request = auth_request(secret, await read_frame(reader))
+    writer.write(encode_message(request))
+    check_authenticated(secret, host_nonce, node_nonce, await read_frame(reader))
+
+
+async def control_connection(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A control connection to a host, authenticated as a signaling node would."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await control_connection_on(reader, writer, secret)
+    await authenticate(reader, writer)
     return reader, writer
 
 
@@ -405,7 +412,7 @@ async def test_the_control_port_serves_only_those_who_know_the_relay_secret(
     # The wrong secret: closed before anything else is said.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     with pytest.raises(asyncio.IncompleteReadError):
-        await control_connection_on(reader, writer, "not-the-relay-secret")
+        await authenticate(reader, writer, "not-the-relay-secret")
     writer.close()
     # A proof seen on another connection (the host's own, reflected) is no good here.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -448,14 +455,6 @@ async def test_the_control_port_serves_only_those_who_know_the_relay_secret(
     await dave.close()
     await outgoing.hangup()
     assert await outgoing.ended(timeout=5) == "completed"
-
-
-async def control_connection_on(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: str
-) -> None:
-    host_nonce, node_nonce, request = auth_request(secret, await read_frame(reader))
-    writer.write(encode_message(request))
-    check_authenticated(secret, host_nonce, node_nonce, await read_frame(reader))
 
 
 async def test_a_host_whose_registration_expires_is_dropped_and_used_again_when_back(

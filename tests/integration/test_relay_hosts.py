@@ -145,12 +145,16 @@ async def hosts(tmp_path: Path) -> AsyncIterator[Hosts]:
     await client.aclose()
 
 
-async def registry_server(make_server: ServerFactory, hosts: Hosts) -> Server:
+async def registry_server(make_server: ServerFactory, hosts: Hosts, **settings: object) -> Server:
+    """A server whose relay legs live on the relay hosts in Redis (``settings`` on top)."""
     return await make_server(
-        relay_source="registry",
-        redis_url=hosts.redis_url,
-        relay_heartbeat=HEARTBEAT,
-        relay_secret=SECRET,
+        **{
+            "relay_source": "registry",
+            "redis_url": hosts.redis_url,
+            "relay_heartbeat": HEARTBEAT,
+            "relay_secret": SECRET,
+            **settings,
+        }
     )
 
 
@@ -440,12 +444,8 @@ async def test_the_control_port_serves_only_those_who_know_the_relay_secret(
     # calls end for want of a relay.
     other_dir = tmp_path / "other"
     other_dir.mkdir()
-    other = await make_server(
-        relay_source="registry",
-        redis_url=hosts.redis_url,
-        relay_heartbeat=HEARTBEAT,
-        relay_secret="another-relay-secret",
-        data_dir=other_dir,
+    other = await registry_server(
+        make_server, hosts, relay_secret="another-relay-secret", data_dir=other_dir
     )
     carol, dave = await other.phone(CAROL), await other.phone(DAVE)
     attempt = await carol.call(DAVE)
@@ -497,13 +497,7 @@ async def test_two_servers_share_a_host_and_each_one_s_legs_are_its_own(
     first = await registry_server(make_server, hosts)
     second_dir = tmp_path / "second"
     second_dir.mkdir()
-    second = await make_server(
-        relay_source="registry",
-        redis_url=hosts.redis_url,
-        relay_heartbeat=HEARTBEAT,
-        relay_secret=SECRET,
-        data_dir=second_dir,
-    )
+    second = await registry_server(make_server, hosts, data_dir=second_dir)
     alice, bob = await first.phone(ALICE), await first.phone(BOB)
     carol, dave = await second.phone(CAROL), await second.phone(DAVE)
     one_out, one_in = await connect(alice, bob, BOB, 440, 880)

@@ -1,5 +1,6 @@
-"""Shared by bench/registrations.py and bench/idle_devices.py: `anruf serve` nodes as
-subprocesses, a throwaway PostgreSQL database, and CPU and memory readings from /proc."""
+"""What the benchmarks share: `anruf serve` nodes as subprocesses (every benchmark that
+runs a server starts it as a Node), a throwaway PostgreSQL database, and CPU and memory
+readings from /proc."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import os
 import resource
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +19,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.ports import free_port
+
+#: The repository's root: nodes run from it, scenario files are found from it.
 REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: Where throwaway databases are created (trust authentication, user postgres).
@@ -29,12 +32,6 @@ TEST_PREFIX = "+49177009"
 TEST_CODE = "246810"
 #: First index of the test range in NUMBER_FORMAT (indices below go through real codes).
 TEST_FIRST = 900_000
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def die_with_parent() -> None:
@@ -186,9 +183,9 @@ class Node:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ANRUF_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         for key, value in self.settings.items():
             env[f"ANRUF_{key.upper()}"] = value
+        # With -m, Python finds signaling.cli in the working directory, the repository.
         command = [sys.executable, "-m", "signaling.cli", "serve", "--port", str(self.port)]
         if self.profile_path is not None:
             command[1:1] = ["-m", "cProfile", "-o", str(self.profile_path)]

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Operator event latency: from the end of a call to the operator receiving call.ended.
 
-    .venv/bin/python bench/call_events.py [--calls 50]
+    .venv/bin/python -m bench.call_events [--calls 50]
 
 A server runs in this process on 127.0.0.1 (embedded SQLite in a temporary
 directory, relay in-process) with one operator whose webhook endpoint is an
@@ -27,25 +26,20 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from aiohttp import web
 
-from aiohttp import web  # noqa: E402
-
-from signaling.app import create_app  # noqa: E402
-from signaling.carrier import signing  # noqa: E402
-from signaling.carrier.operators import BundleSpec, OperatorStore  # noqa: E402
-from signaling.config import Config  # noqa: E402
-from signaling.keys import OPERATORS  # noqa: E402
-from voice.client.client import Phone  # noqa: E402
-from voice.client.signaling import SignalingClient  # noqa: E402
-from voice.ice import restrict_host_addresses  # noqa: E402
+from signaling.app import create_app
+from signaling.carrier import signing
+from signaling.carrier.operators import BundleSpec, OperatorStore
+from signaling.config import Config
+from signaling.keys import OPERATORS
+from voice.client.client import Phone
+from voice.client.signaling import SignalingClient
+from voice.ice import restrict_host_addresses
 
 CALLER = "+4917700000201"
 CALLEE = "+4917700000202"

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Call setup benchmark: sequential app-to-app calls through a running server and relay.
 
-    .venv/bin/python bench/call_setup.py [--calls 100] [--talk 2.0] [--server URL]
+    .venv/bin/python -m bench.call_setup [--calls 100] [--talk 2.0] [--server URL]
 
 Two app devices in this process call each other through the server: the
 caller (+4917700000101) plays tone:440, the callee (+4917700000102) answers at
@@ -39,33 +38,25 @@ import argparse
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import json
-import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import aiohttp
+import numpy as np
 
-import aiohttp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from voice.audio.analysis import tone_fraction  # noqa: E402
-from voice.client.client import Call, Phone  # noqa: E402
-from voice.client.media import SAMPLE_RATE, MediaEndpoint  # noqa: E402
-from voice.client.signaling import SignalingClient  # noqa: E402
-from voice.ice import restrict_host_addresses  # noqa: E402
+from bench._nodes import Node, cpu_seconds, workdir
+from voice.audio.analysis import tone_fraction
+from voice.client.client import Call, Phone
+from voice.client.media import SAMPLE_RATE, MediaEndpoint
+from voice.client.signaling import SignalingClient
+from voice.ice import restrict_host_addresses
 
 TEST_PREFIX = "+4917700000"
 TEST_CODE = "246810"
@@ -74,7 +65,6 @@ CALLEE = "+4917700000102"
 CALLER_TONE = 440
 CALLEE_TONE = 880
 SETUP_TARGET_P95_MS = 300.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 T = TypeVar("T")
 
@@ -82,105 +72,15 @@ T = TypeVar("T")
 # -- server process -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the bench process dies, however it dies (Linux)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        text = stat.read()
-    fields = text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15
-
-
-class ServerProcess:
-    """`anruf serve` as a subprocess on 127.0.0.1, with a temporary data directory."""
-
-    def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="anruf-bench-")
-        self.data_dir = Path(self._tmp.name) / "data"
-        self.log_path = Path(self._tmp.name) / "server.log"
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_text = ""
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def start(self) -> None:
-        command = [
-            sys.executable, "-m", "signaling.cli", "serve",
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--data-dir", str(self.data_dir),
-            "--media-bind-address", "127.0.0.1",
-            "--test-number-prefix", TEST_PREFIX,
-            "--test-code", TEST_CODE,
-        ]  # fmt: skip
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env.pop("ANRUF_CONFIG", None)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                command,
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop the server
-                preexec_fn=_die_with_parent,
-            )
-
-    async def wait_healthy(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"server exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                    async with session.get(
-                        self.url + "/healthz", timeout=aiohttp.ClientTimeout(total=2)
-                    ) as response:
-                        if response.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not healthy after {timeout:.0f} s")
-                await asyncio.sleep(0.1)
-
-    def stop(self) -> None:
-        """SIGTERM (aiohttp shuts down cleanly), SIGKILL if it lingers. Idempotent."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(timeout=5)
-        if self.log_path.exists():
-            self.log_text = self.log_path.read_text(errors="replace")
-        self._tmp.cleanup()
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+def own_server(tmp: Path) -> Node:
+    """`anruf serve` on a free port with its data in ``tmp`` and the test number range."""
+    settings = {
+        "host": "127.0.0.1",
+        "media_bind_address": "127.0.0.1",
+        "test_number_prefix": TEST_PREFIX,
+        "test_code": TEST_CODE,
+    }
+    return Node("server", settings, tmp)
 
 
 # -- one call -------------------------------------------------------------------
@@ -233,7 +133,7 @@ def _server_cpu(pid: int | None) -> float | None:
     if pid is None:
         return None
     try:
-        return process_cpu_seconds(pid)
+        return cpu_seconds(pid)
     except (OSError, ValueError):
         return None
 
@@ -559,7 +459,9 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
 
-    server: ServerProcess | None = None
+    tmp = workdir()
+    server: Node | None = None
+    server_log = ""
     server_pid: int | None = args.server_pid
     url = args.server
     phones: list[Phone] = []
@@ -569,13 +471,13 @@ async def run(args: argparse.Namespace) -> int:
     metrics_after: dict[str, float] = {}
     try:
         if url is None:
-            server = ServerProcess()
+            server = own_server(Path(tmp.name))
             server.start()
             atexit.register(server.stop)  # also on a second Ctrl-C
             url = server.url
             server_pid = server.pid
             print(f"server: pid {server_pid}, {url}, log {server.log_path}", flush=True)
-            await server.wait_healthy()
+            await asyncio.to_thread(server.wait_healthy, 30.0)
         url = url.rstrip("/")
         caller = await Phone.open(url, await register(url, CALLER, "bench-caller"))
         phones.append(caller)
@@ -619,7 +521,10 @@ async def run(args: argparse.Namespace) -> int:
                 with contextlib.suppress(Exception):
                     await phone.signaling.close()
         if server is not None:
-            await asyncio.get_running_loop().run_in_executor(None, server.stop)
+            await asyncio.to_thread(server.stop)
+            if server.log_path.exists():
+                server_log = server.log_path.read_text(errors="replace")
+        tmp.cleanup()
 
     figures = summarise(relay, direct, args, server_pid)
     print_table(figures)
@@ -640,7 +545,7 @@ async def run(args: argparse.Namespace) -> int:
     if server is not None:
         problems = [
             line
-            for line in server.log_text.splitlines()
+            for line in server_log.splitlines()
             if any(word in line for word in ("ERROR", "WARNING", "Traceback", "CRITICAL"))
         ]
         figures["server_log_problem_lines"] = len(problems)

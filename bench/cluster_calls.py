@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Verified call setups per second for 1 node and 2 nodes sharing one PostgreSQL and one Redis.
 
-    .venv/bin/python bench/cluster_calls.py [--rounds 3] [--seconds 4] [--hold 1]
+    .venv/bin/python -m bench.cluster_calls [--rounds 3] [--seconds 4] [--hold 1]
 
 Nodes are `anruf serve` subprocesses (bench/_nodes.py) on free ports of
 127.0.0.1, all on one fresh database ``anruf_bench_<random>`` (dropped at exit)
@@ -64,12 +63,9 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench._nodes import (  # noqa: E402
+from bench._nodes import (
     DEFAULT_POSTGRES,
+    REPO,
     TEST_CODE,
     TEST_PREFIX,
     BenchDatabase,
@@ -78,7 +74,7 @@ from bench._nodes import (  # noqa: E402
     machine_load,
     workdir,
 )
-from voice.loadtest.server import process_cpu_seconds  # noqa: E402
+from voice.loadtest.server import process_cpu_seconds
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/4"
 #: The bench's numbers: NUMBER_PREFIX + 4 digits, inside the nodes' test range.

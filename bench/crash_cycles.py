@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Calls kept and data lost across SIGKILL/restart cycles under load.
 
-    .venv/bin/python bench/crash_cycles.py [--cycles 10] [--load-seconds 5] [--pairs 2]
+    .venv/bin/python -m bench.crash_cycles [--cycles 10] [--load-seconds 5] [--pairs 2]
 
 An `anruf serve` on its embedded SQLite store is loaded (a client registering new
 devices one after the other; pairs of operator subscribers calling each other
@@ -24,17 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.integration.crash_audit import Audit, run_audit  # noqa: E402
-from voice.ice import restrict_host_addresses  # noqa: E402
+from tests.integration.crash_audit import Audit, run_audit
+from voice.ice import restrict_host_addresses
 
 
 async def measure(cycles: int, load_seconds: float, pairs: int) -> tuple[Audit, float]:

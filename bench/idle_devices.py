@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Idle connected devices per node: the node's memory (VmRSS) per open device WebSocket.
 
-    .venv/bin/python bench/idle_devices.py [--levels 1000,5000,10000,19500] [--rounds 2]
+    .venv/bin/python -m bench.idle_devices [--levels 1000,5000,10000,19500] [--rounds 2]
 
 One `anruf serve` node (python -m signaling.cli serve) on a fresh PostgreSQL
 database ``anruf_bench_<random>`` (dropped at exit). The devices are registered
@@ -52,11 +51,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench._nodes import (  # noqa: E402
+from bench._nodes import (
     DEFAULT_POSTGRES,
     NUMBER_FORMAT,
     TEST_CODE,
@@ -66,12 +61,12 @@ from bench._nodes import (  # noqa: E402
     Node,
     die_with_parent,
     exit_on_sigterm,
-    free_port,
     machine_load,
     raise_nofile,
     rss_bytes,
     workdir,
 )
+from tests.ports import free_port
 
 GIB = 1 << 30
 HEARTBEAT = 20.0

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Audio gap when a device changes network mid-call.
 
-    .venv/bin/python bench/network_change.py [--calls 20] [--talk 2.0]
+    .venv/bin/python -m bench.network_change [--calls 20] [--talk 2.0]
 
 Two app devices in this process call each other through a real `anruf serve` on
 127.0.0.1 (caller tone 440 Hz, callee 880 Hz). After --talk seconds of
@@ -22,18 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench._nodes import Node, machine_load, workdir  # noqa: E402
-from voice.client.client import Phone  # noqa: E402
-from voice.client.signaling import SignalingClient  # noqa: E402
-from voice.ice import restrict_host_addresses  # noqa: E402
+from bench._nodes import Node, machine_load, workdir
+from voice.client.client import Phone
+from voice.client.signaling import SignalingClient
+from voice.ice import restrict_host_addresses
 
 TEST_PREFIX = "+4917700000"
 TEST_CODE = "246810"

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Overload benchmark: how fast a node at capacity refuses new calls.
 
-    .venv/bin/python bench/overload.py [--capacity 20] [--rounds 5]
+    .venv/bin/python -m bench.overload [--capacity 20] [--rounds 5]
 
 `anruf serve` runs on 127.0.0.1 with ``max_calls`` = ``--capacity`` (N) and the
 fictional test range (+49 177 0000 00xx). N callees and 2N callers connect their
@@ -38,14 +37,10 @@ from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench._nodes import Node, workdir  # noqa: E402
-from voice.client.media import MediaEndpoint  # noqa: E402
-from voice.client.signaling import SignalingClient  # noqa: E402
-from voice.ice import restrict_host_addresses  # noqa: E402
+from bench._nodes import Node, workdir
+from voice.client.media import MediaEndpoint
+from voice.client.signaling import SignalingClient
+from voice.ice import restrict_host_addresses
 
 TEST_PREFIX = "+4917700000"
 TEST_CODE = "246810"

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Verified registrations per second for 1 node and 2 nodes sharing one PostgreSQL database.
 
-    .venv/bin/python bench/registrations.py [--rounds 5] [--seconds 5] [--workers 2]
+    .venv/bin/python -m bench.registrations [--rounds 5] [--seconds 5] [--workers 2]
 
 Nodes are `anruf serve` subprocesses (python -m signaling.cli serve) on free
 ports of 127.0.0.1, all on one fresh database ``anruf_bench_<random>`` (dropped
@@ -62,11 +61,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench._nodes import (  # noqa: E402
+from bench._nodes import (
     DEFAULT_POSTGRES,
     NUMBER_FORMAT,
     TEST_CODE,

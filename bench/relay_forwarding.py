@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Relay forwarding benchmark: CPU per forwarded packet, fast path vs aiortc's path.
 
-    .venv/bin/python bench/relay_forwarding.py [--calls 40] [--window 5] [--reps 5]
+    .venv/bin/python -m bench.relay_forwarding [--calls 40] [--window 5] [--reps 5]
         [--loops asyncio,uvloop]
 
 For each event loop (the stock asyncio loop, and uvloop if installed) a relay
@@ -43,20 +42,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RtpPacket
 
-import numpy as np  # noqa: E402
-from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
-from aiortc.rtp import RtpPacket  # noqa: E402
-
-from voice.codecs.opus import FRAME_SAMPLES, OpusEncoder  # noqa: E402
-from voice.ice import ice_configuration, restrict_host_addresses  # noqa: E402
-from voice.relay.leg import RtpPeer  # noqa: E402
+from bench._nodes import REPO
+from voice.codecs.opus import FRAME_SAMPLES, OpusEncoder
+from voice.ice import ice_configuration, restrict_host_addresses
+from voice.relay.leg import RtpPeer
 
 FRAME_SECONDS = 0.02
 
@@ -130,13 +125,15 @@ async def relay_child() -> None:
 
 
 class RelayProcess:
-    """A benchmark's relay child process (``script --relay-child``), driven by JSON lines."""
+    """A benchmark's relay child process (``python -m MODULE --relay-child``), driven by
+    JSON lines; ``module`` is the benchmark whose relay_child() it runs."""
 
     def __init__(
-        self, loop_kind: str, script: str = __file__, extra_args: Sequence[str] = ()
+        self, loop_kind: str, module: str = "bench.relay_forwarding", extra_args: Sequence[str] = ()
     ) -> None:
+        command = [sys.executable, "-m", module, "--relay-child", "--loop", loop_kind]
         self.process = subprocess.Popen(
-            [sys.executable, script, "--relay-child", "--loop", loop_kind, *extra_args],
+            [*command, *extra_args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

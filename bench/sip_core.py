@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """The sans-I/O SIP core's throughput on one CPU: parsing, and whole INVITE transactions.
 
-    .venv/bin/python bench/sip_core.py [--messages 20000] [--rounds 5]
+    .venv/bin/python -m bench.sip_core [--messages 20000] [--rounds 5]
 
 No sockets: everything is bytes in, bytes out, in this process. Inputs are
 operator-style INVITEs (two Vias, compact and long headers, P-Asserted-Identity,
@@ -31,14 +30,9 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from signaling.sip.dialog import Dialog  # noqa: E402
-from signaling.sip.message import (  # noqa: E402
+from signaling.sip.dialog import Dialog
+from signaling.sip.message import (
     URI,
     Address,
     Request,
@@ -49,7 +43,7 @@ from signaling.sip.message import (  # noqa: E402
     make_response,
     parse_message,
 )
-from signaling.sip.transaction import (  # noqa: E402
+from signaling.sip.transaction import (
     Deliver,
     InviteServerTransaction,
     Send,

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """SIP flood benchmark: how much of one source's flood reaches our call handling.
 
-    .venv/bin/python bench/sip_flood.py [--rate 2000] [--seconds 6] [--rounds 3]
+    .venv/bin/python -m bench.sip_flood [--rate 2000] [--seconds 6] [--rounds 3]
 
 Three `anruf serve` processes on 127.0.0.1, each with a SIP trunk (accepted source
 127.0.0.1, the SBC) and one setting apart:
@@ -47,11 +46,8 @@ from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench._nodes import Node, workdir  # noqa: E402
+from bench._nodes import REPO, Node, workdir
+from tests.ports import free_port
 
 SCENARIO = REPO / "tests" / "sip" / "flood_options.xml"
 
@@ -63,24 +59,17 @@ CONFIGS: dict[str, dict[str, str]] = {
 }
 
 
-def udp_port() -> int:
-    """A free UDP port on 127.0.0.1 (free_port gives TCP ones)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """`anruf serve` (a bench/_nodes.py Node) with a SIP trunk on 127.0.0.1 and
     ``settings`` on top; its SIP UDP port is chosen before it starts."""
 
     def __init__(self, name: str, settings: dict[str, str], workdir: Path) -> None:
-        self.sip_port = udp_port()
+        self.sip_port = free_port(socket.SOCK_DGRAM)
         trunk = {
             "host": "127.0.0.1",
             "relay_workers": "0",
             "sip_listen": f"127.0.0.1:{self.sip_port}",
-            "sip_sbc": f"udp:127.0.0.1:{udp_port()}",
+            "sip_sbc": f"udp:127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
             "sip_accepted_sources": "127.0.0.1",
             "sip_options_interval": "0",
             "sip_transports": "udp",
@@ -123,7 +112,7 @@ async def flood_round(
     blocks = before.get("sources_blocked", 0.0)
     command = [
         shutil.which("sipp") or "sipp",
-        *("-sf", str(SCENARIO), "-i", source, "-p", str(udp_port())),
+        *("-sf", str(SCENARIO), "-i", source, "-p", str(free_port(socket.SOCK_DGRAM))),
         *("-r", str(rate), "-m", str(int(rate * seconds)), "-nostdin"),
         f"127.0.0.1:{server.sip_port}",
     ]

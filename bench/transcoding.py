@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Transcoding benchmark: concurrent WebRTC (Opus) <-> RTP (PCMA) calls one relay core carries.
 
-    .venv/bin/python bench/transcoding.py [--ladder 10,20,40,60,80,100,120]
+    .venv/bin/python -m bench.transcoding [--ladder 10,20,40,60,80,100,120]
         [--window 4] [--reps 3] [--loop uvloop]
 
 A real `Relay` (the production class) runs in a child process on one event
@@ -42,19 +41,14 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from aiortc import RTCSessionDescription
 
-from aiortc import RTCSessionDescription  # noqa: E402
-
-from bench.relay_forwarding import Endpoint as AppEndpoint  # noqa: E402
-from bench.relay_forwarding import RelayProcess, new_loop  # noqa: E402
-from voice.ice import restrict_host_addresses  # noqa: E402
-from voice.loadtest.rtp_peer import PlainRtpPeer, opus_tone_payloads  # noqa: E402
+from bench.relay_forwarding import Endpoint as AppEndpoint
+from bench.relay_forwarding import RelayProcess, new_loop
+from voice.ice import restrict_host_addresses
+from voice.loadtest.rtp_peer import PlainRtpPeer, opus_tone_payloads
 
 FRAME_SECONDS = 0.02
 LOSS_LIMIT = 0.005
@@ -116,7 +110,7 @@ async def relay_child() -> None:
 
 def relay_process(loop_kind: str, profile: str = "") -> RelayProcess:
     """The relay child of this benchmark (its own ops: RTP legs, transcoding)."""
-    return RelayProcess(loop_kind, __file__, ["--profile", profile] if profile else [])
+    return RelayProcess(loop_kind, "bench.transcoding", ["--profile", profile] if profile else [])
 
 
 # -- endpoints -------------------------------------------------------------------

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """SIP call attempts per second the trunk handles, through the whole call path.
 
-    .venv/bin/python bench/trunk_attempts.py [--seconds 5] [--rates 50,100,200,400,800]
+    .venv/bin/python -m bench.trunk_attempts [--seconds 5] [--rates 50,100,200,400,800]
 
 A server (a subprocess: `anruf serve` on a temporary SQLite, relay in
 process) has its SIP trunk on 127.0.0.1; SIPp (sip-tester) plays the
@@ -25,21 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
+import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.integration.sipp import free_port  # noqa: E402
-from voice.client.signaling import SignalingClient  # noqa: E402
+from bench._nodes import REPO, Node, workdir
+from tests.ports import free_port
+from voice.client.signaling import SignalingClient
 
 SCENARIOS = REPO / "bench" / "sip"
 #: Called numbers, in turn: a number is busy while an attempt to it is in progress.
@@ -48,56 +42,31 @@ NOT_APP_USERS = [f"+4930555000{n}" for n in range(300, 400)]
 CODE = "246810"
 
 
-def start_server(data_dir: Path, http_port: int, sip_port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        ANRUF_SIP_LISTEN=f"127.0.0.1:{sip_port}",
-        ANRUF_SIP_SBC=f"udp:127.0.0.1:{free_port()}",
-        ANRUF_SIP_ACCEPTED_SOURCES="127.0.0.1",
-        ANRUF_SIP_OPTIONS_INTERVAL="0",
-        ANRUF_SIP_MAX_CALLS_PER_SECOND="100000",
-        ANRUF_SIP_MAX_CONCURRENT_CALLS="100000",
-        ANRUF_SIP_REQUESTS_PER_SECOND="100000",
-    )
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "signaling.cli",
-            "serve",
-            "--port",
-            str(http_port),
-            "--data-dir",
-            str(data_dir),
-            "--test-number-prefix",
-            "+4917700000",
-            "--test-code",
-            CODE,
-            "--relay-workers",
-            "0",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def trunk_server(tmp: Path, sip_port: int) -> Node:
+    """`anruf serve` with its SIP trunk on ``sip_port`` (UDP) and no limits of its own."""
+    settings = {
+        "sip_listen": f"127.0.0.1:{sip_port}",
+        "sip_sbc": f"udp:127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+        "sip_accepted_sources": "127.0.0.1",
+        "sip_options_interval": "0",
+        "sip_max_calls_per_second": "100000",
+        "sip_max_concurrent_calls": "100000",
+        "sip_requests_per_second": "100000",
+        "test_number_prefix": "+4917700000",
+        "test_code": CODE,
+        "relay_workers": "0",
+    }
+    return Node("trunk", settings, tmp)
 
 
 async def register(url: str) -> None:
     """One device for each app number (none of them online during the bench)."""
-    deadline = time.monotonic() + 20
     for number in APP_USERS:
-        while True:
-            client = SignalingClient(url)
-            try:
-                await client.register(number, CODE, "bench")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-            finally:
-                await client.close()
+        client = SignalingClient(url)
+        try:
+            await client.register(number, CODE, "bench")
+        finally:
+            await client.close()
 
 
 def run_sipp(
@@ -114,9 +83,9 @@ def run_sipp(
             "-i",
             "127.0.0.1",
             "-p",
-            str(free_port()),
+            str(free_port(socket.SOCK_DGRAM)),
             "-mp",
-            str(free_port()),
+            str(free_port(socket.SOCK_DGRAM)),
             "-inf",
             str(injection),
             "-r",
@@ -178,25 +147,21 @@ def main() -> None:
 def climb(name: str, scenario: str, numbers: list[str], rates: list[int], seconds: float) -> float:
     """Rising rates on a fresh server until one fails; the last rate held."""
     held = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        http_port, sip_port = free_port(), free_port()
-        server = start_server(workdir / "data", http_port, sip_port)
+    with workdir() as tmp:
+        sip_port = free_port(socket.SOCK_DGRAM)
+        server = trunk_server(Path(tmp), sip_port)
         try:
-            asyncio.run(register(f"http://127.0.0.1:{http_port}"))
+            server.start()
+            server.wait_healthy()
+            asyncio.run(register(server.url))
             for rate in rates:
-                run = run_sipp(sip_port, scenario, numbers, rate, int(rate * seconds), workdir)
+                run = run_sipp(sip_port, scenario, numbers, rate, int(rate * seconds), Path(tmp))
                 print(f"{name:<9} rate {rate:>5}/s: {json.dumps(run)}", flush=True)
                 if run["failed"] or run["achieved"] < 0.95 * rate:
                     break
                 held = run["achieved"]
         finally:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            server.stop()
     return held
 
 

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Webhook delivery benchmark: events per second one node delivers to an operator.
 
-    .venv/bin/python bench/webhooks.py [--events 5000] [--keys 500] [--repeat 5]
+    .venv/bin/python -m bench.webhooks [--events 5000] [--keys 500] [--repeat 5]
 
 An operator's receiver (aiohttp, answers 200 at once) runs in a child process
 on 127.0.0.1. Each round:
@@ -38,21 +37,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import aiohttp
+import sqlalchemy as sa
+from aiohttp import web
 
-import aiohttp  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-from aiohttp import web  # noqa: E402
-
-from signaling.carrier import events  # noqa: E402
-from signaling.carrier.delivery import EventDelivery  # noqa: E402
-from signaling.config import Config  # noqa: E402
-from signaling.metrics import Metrics  # noqa: E402
-from signaling.store.database import Database  # noqa: E402
-from signaling.store.schema import events as events_table  # noqa: E402
-from signaling.store.schema import operators  # noqa: E402
+from signaling.carrier import events
+from signaling.carrier.delivery import EventDelivery
+from signaling.config import Config
+from signaling.metrics import Metrics
+from signaling.store.database import Database
+from signaling.store.schema import events as events_table
+from signaling.store.schema import operators
 
 OPERATOR = "op_bench"
 

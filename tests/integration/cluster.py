@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.store.schema import calls, live_calls
 from tests.conftest import TEST_CODE, TEST_PREFIX
+from tests.ports import free_port
 from voice.client.client import Phone
 from voice.client.signaling import SignalingClient
 
@@ -33,12 +33,6 @@ NODE_SETTINGS = {
     "reconnect_grace": "8",
     "relay_workers": "0",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NodeProcess:

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from tests.ports import free_port
 from voice.audio.analysis import tone_fraction
 from voice.audio.wav import read_wav
 
 ANRUF = [sys.executable, "-m", "signaling.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_healthy(url: str, timeout: float = 20) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,14 +22,9 @@ from tests.integration.webhooks import (
     first_arrivals,
     sequences_by_key,
 )
+from tests.ports import free_port
 
 ANRUF = [sys.executable, "-m", "signaling.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_healthy(url: str, timeout: float = 30.0) -> None:

@@ -1,6 +1,6 @@
 """What the benchmarks share: `anruf serve` nodes as subprocesses (every benchmark that
-runs a server starts it as a Node), a throwaway PostgreSQL database, and CPU and memory
-readings from /proc."""
+runs a server starts it as a Node), SIPp command lines for the phone network's side, a
+throwaway PostgreSQL database, and CPU and memory readings from /proc."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import ctypes
 import os
 import resource
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -239,6 +241,26 @@ class Node:
             return ""
         text = self.log_path.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+# -- SIPp: the phone network's side -----------------------------------------------
+
+
+def sipp_binary() -> str:
+    """The sipp executable; without it the benchmark stops with how to install it."""
+    path = shutil.which("sipp")
+    if path is None:
+        raise SystemExit("sipp is not installed (apt install sip-tester)")
+    return path
+
+
+def sipp_command(
+    scenario: Path, target: str, *options: str, source: str = "127.0.0.1"
+) -> list[str]:
+    """SIPp playing ``scenario`` against ``target`` (HOST:PORT) from ``source`` on a free UDP
+    port, never reading its keyboard; ``options`` are SIPp's own (-r RATE, -m CALLS, ...)."""
+    local = ("-i", source, "-p", str(free_port(socket.SOCK_DGRAM)))
+    return [sipp_binary(), "-sf", str(scenario), *local, *options, "-nostdin", target]
 
 
 def exit_on_sigterm() -> None:

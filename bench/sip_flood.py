@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -46,7 +45,7 @@ from typing import Any
 
 import aiohttp
 
-from bench._nodes import REPO, Node, workdir
+from bench._nodes import REPO, Node, sipp_binary, sipp_command, workdir
 from tests.ports import free_port
 
 SCENARIO = REPO / "tests" / "sip" / "flood_options.xml"
@@ -110,12 +109,12 @@ async def flood_round(
     before = await server.counters(session)
     base = before.get("handled", 0.0)
     blocks = before.get("sources_blocked", 0.0)
-    command = [
-        shutil.which("sipp") or "sipp",
-        *("-sf", str(SCENARIO), "-i", source, "-p", str(free_port(socket.SOCK_DGRAM))),
-        *("-r", str(rate), "-m", str(int(rate * seconds)), "-nostdin"),
+    command = sipp_command(
+        SCENARIO,
         f"127.0.0.1:{server.sip_port}",
-    ]
+        *("-r", str(rate), "-m", str(int(rate * seconds))),
+        source=source,
+    )
     sipp = await asyncio.create_subprocess_exec(
         *command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -155,8 +154,7 @@ def median(values: list[float | None]) -> float | None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    if shutil.which("sipp") is None:
-        raise SystemExit("sipp is not installed (apt install sip-tester)")
+    sipp_binary()  # before any server starts
     tmp = workdir()
     servers = {name: Server(name, env, Path(tmp.name)) for name, env in CONFIGS.items()}
     rounds: list[Round] = []

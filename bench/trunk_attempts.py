@@ -31,7 +31,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench._nodes import REPO, Node, workdir
+from bench._nodes import REPO, Node, sipp_binary, sipp_command, workdir
 from tests.ports import free_port
 from voice.client.signaling import SignalingClient
 
@@ -75,30 +75,14 @@ def run_sipp(
     injection = workdir / "numbers.csv"
     injection.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
     started = time.monotonic()
+    command = sipp_command(
+        SCENARIOS / scenario,
+        f"127.0.0.1:{sip_port}",
+        *("-mp", str(free_port(socket.SOCK_DGRAM)), "-inf", str(injection)),
+        *("-r", str(rate), "-m", str(calls), "-l", str(max(10, rate * 2)), "-timeout", "120s"),
+    )
     result = subprocess.run(
-        [
-            "sipp",
-            "-sf",
-            str(SCENARIOS / scenario),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(free_port(socket.SOCK_DGRAM)),
-            "-mp",
-            str(free_port(socket.SOCK_DGRAM)),
-            "-inf",
-            str(injection),
-            "-r",
-            str(rate),
-            "-m",
-            str(calls),
-            "-l",
-            str(max(10, rate * 2)),
-            "-nostdin",
-            "-timeout",
-            "120s",
-            f"127.0.0.1:{sip_port}",
-        ],
+        command,
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -127,6 +111,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
+    sipp_binary()  # before any server starts
 
     held: dict[str, list[float]] = {"figure": [], "baseline": []}
     for _ in range(args.repeat):

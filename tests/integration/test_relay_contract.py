@@ -81,9 +81,7 @@ async def relay(request: pytest.FixtureRequest, digits: Digits) -> AsyncIterator
             )
         )
         await host.start()
-        backend = RelayPool.of_hosts(
-            RedisHostDirectory(url), secret=SECRET, discovery_interval=0.5
-        )
+        backend = RelayPool.of_hosts(RedisHostDirectory(url), secret=SECRET, discovery_interval=0.5)
     backend.on_dtmf = digits
     try:
         yield backend
@@ -182,9 +180,7 @@ async def test_bad_requests_raise_their_own_errors(relay: MediaRelay) -> None:
     assert relay.active_legs == 0
 
 
-async def test_an_rtp_leg_carries_g711_dtmf_and_hold(
-    relay: MediaRelay, digits: Digits
-) -> None:
+async def test_an_rtp_leg_carries_g711_dtmf_and_hold(relay: MediaRelay, digits: Digits) -> None:
     app = MediaEndpoint(source="tone:440")
     peer = PlainRtpPeer(codec="PCMA", tone=880.0)
     await peer.open()

@@ -46,9 +46,7 @@ async def connect_app_leg(relay: Relay, caller: MediaEndpoint) -> None:
     relay.start_ringback("call:app")
 
 
-async def outbound_rtp_leg(
-    relay: Relay, codec: str, loss: float = 0.0
-) -> PlainRtpPeer:
+async def outbound_rtp_leg(relay: Relay, codec: str, loss: float = 0.0) -> PlainRtpPeer:
     """The relay offers (our INVITE), the peer answers with `codec` (the operator's 200)."""
     peer = PlainRtpPeer(codec=codec, tone=880.0, loss=loss)
     await peer.open()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -48,6 +48,7 @@ from voice.relay.api import (
     Bridge,
     CloseLeg,
     LegStats,
+    MediaRelay,
     NewLeg,
     Offer,
     OfferRtp,
@@ -230,7 +231,7 @@ class RelayPool:
         *,
         bind_address: str,
         announce_address: str = "",
-        ice_servers: tuple[str, ...] | list[str] = (),
+        ice_servers: Sequence[str] = (),
         media_timeout: float = 20.0,
         connect_timeout: float = 10.0,
         workers: int | None = None,
@@ -710,3 +711,7 @@ class RelayPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _keeps_the_contract(pool: RelayPool) -> MediaRelay:
+    return pool  # checked by mypy: a RelayPool is a MediaRelay

@@ -53,6 +53,7 @@ from voice.relay.api import (
 )
 
 __all__ = [
+    "HEADER_SIZE",
     "MAX_AUTH_FRAME",
     "MAX_FRAME",
     "Correlator",
@@ -69,6 +70,7 @@ __all__ = [
     "RequestError",
     "Shutdown",
     "StatsReport",
+    "decode_event",
     "decode_request",
     "encode_error",
     "encode_event",
@@ -77,6 +79,8 @@ __all__ = [
     "encode_request",
     "error_from_wire",
     "error_to_wire",
+    "frame_size",
+    "op_name",
     "stats_from_wire",
     "stats_to_wire",
 ]

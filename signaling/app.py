@@ -46,9 +46,9 @@ from signaling.store.database import Database
 from signaling.web import ROUTES as WEB_ROUTES
 from signaling.ws import close_device, dispatch, drain, websocket
 from voice.ice import restrict_host_addresses, set_media_ports
+from voice.relay.pool import RelayPool
 from voice.relay.relay import Relay
 from voice.relay.transcode import TranscodingRelay
-from voice.relay.workers import WorkerRelay
 
 logger = logging.getLogger("anruf")
 
@@ -186,24 +186,23 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
 
     if config.relay_mode not in ("forward", "transcode"):
         raise ValueError(f"relay_mode must be forward or transcode, not {config.relay_mode!r}")
-    relay: Relay | WorkerRelay
+    relay: Relay | RelayPool
     if config.relay_source not in ("local", "registry"):
         raise ValueError(f"relay_source must be local or registry, not {config.relay_source!r}")
     if config.relay_source == "registry":
         from voice.relay.registry import RedisHostDirectory
 
         # Legs live on relay hosts (`anruf relay`) found in Redis; least loaded first.
-        relay = WorkerRelay(
-            bind_address=config.media_bind_address,
+        relay = RelayPool.of_hosts(
+            RedisHostDirectory(config.redis_url),
             on_leg_failed=leg_failed,
-            hosts=RedisHostDirectory(config.redis_url),
             discovery_interval=config.relay_heartbeat,
             secret=config.relay_secret,
         )
         await relay.start()  # reads the registry: fails at startup when Redis cannot be read
     elif config.relay_workers:
         # Legs live in worker processes that own their sockets, one per core by default.
-        relay = WorkerRelay(
+        relay = RelayPool.of_processes(
             bind_address=config.media_bind_address,
             announce_address=config.media_announce_address,
             ice_servers=config.ice_servers,

@@ -200,7 +200,7 @@ def _relay(args: argparse.Namespace) -> int:
 
     from signaling.config import ConfigError, load_config
     from voice.relay.host import HostIdInUse, HostSettings, RelayHost
-    from voice.relay.workers import WorkerSettings
+    from voice.relay.server import WorkerSettings
 
     flags = {
         "relay_control_listen": args.control,

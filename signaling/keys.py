@@ -20,14 +20,14 @@ if TYPE_CHECKING:
     from signaling.sip.trunk import SipTrunk
     from signaling.store.cdrs import CallRecordStore
     from signaling.store.database import Database
+    from voice.relay.pool import RelayPool
     from voice.relay.relay import Relay
-    from voice.relay.workers import WorkerRelay
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 DATABASE: web.AppKey[Database] = web.AppKey("database")
 IDENTITY: web.AppKey[IdentityService] = web.AppKey("identity")
 CDRS: web.AppKey[CallRecordStore] = web.AppKey("cdrs")
-RELAY: web.AppKey[Relay | WorkerRelay] = web.AppKey("relay")
+RELAY: web.AppKey[Relay | RelayPool] = web.AppKey("relay")
 CALLS: web.AppKey[CallService] = web.AppKey("calls")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")

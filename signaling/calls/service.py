@@ -59,8 +59,7 @@ from signaling.sip.trunk import (
 from signaling.sip.trunk import (
     Ended as TrunkEnded,
 )
-from voice.relay.relay import LegStats, NoOpusError
-from voice.relay.workers import RelayUnavailable
+from voice.relay.api import LegStats, NoOpusError, RelayUnavailable
 
 logger = logging.getLogger("anruf.calls")
 
@@ -75,14 +74,14 @@ ORPHAN_NOTICE_SECONDS = 60.0
 class MediaRelay(Protocol):
     """What CallService needs of the media relay (voice.relay.Relay)."""
 
-    async def answer(self, leg_id: str, offer_sdp: str) -> str: ...
-    async def offer(self, leg_id: str) -> str: ...
+    async def answer(self, leg_id: str, offer_sdp: str, *, call_id: str = "") -> str: ...
+    async def offer(self, leg_id: str, *, call_id: str = "") -> str: ...
     async def accept_answer(self, leg_id: str, answer_sdp: str) -> None: ...
     def start_ringback(self, leg_id: str) -> None: ...
     def play_notice(self, leg_id: str) -> None: ...
     def send_dtmf(self, leg_id: str, digits: str) -> None: ...
-    async def offer_rtp(self, leg_id: str) -> str: ...
-    async def answer_rtp(self, leg_id: str, offer_sdp: str) -> str: ...
+    async def offer_rtp(self, leg_id: str, *, call_id: str = "") -> str: ...
+    async def answer_rtp(self, leg_id: str, offer_sdp: str, *, call_id: str = "") -> str: ...
     async def accept_rtp_answer(self, leg_id: str, answer_sdp: str) -> None: ...
     async def update_rtp(self, leg_id: str, offer_sdp: str) -> str: ...
     def bridge(self, a: str, b: str) -> None: ...
@@ -290,7 +289,9 @@ class CallService:
         """The relay answers the caller's offer (call.progress) and plays ringback."""
         call = ctx.call
         try:
-            answer = await self._relay.answer(ctx.leg(call.caller_device), offer_sdp)
+            answer = await self._relay.answer(
+                ctx.leg(call.caller_device), offer_sdp, call_id=call.call_id
+            )
         except NoOpusError:
             await self._feed(ctx, Fail(self._clock(), "no_opus_in_offer"))
             return False
@@ -326,7 +327,7 @@ class CallService:
             if device in self._device_calls:  # on this call or another: do not ring it
                 continue
             try:
-                offer = await self._relay.offer(ctx.leg(device))
+                offer = await self._relay.offer(ctx.leg(device), call_id=call.call_id)
             except Exception:
                 logger.exception("call %s: no relay leg for device %s", call.call_id, device)
                 continue
@@ -431,11 +432,11 @@ class CallService:
             old_leg = ctx.leg(device_id)
             new_leg = f"{old_leg.split('~')[0]}~{uuid.uuid4().hex[:8]}"
             try:
-                answer = await self._relay.answer(new_leg, message.sdp)
+                answer = await self._relay.answer(new_leg, message.sdp, call_id=call.call_id)
             except NoOpusError:
                 await self._error(device_id, protocol.ErrorCode.BAD_SDP, "no Opus", message.id)
                 return
-            except ValueError as exc:  # RelayUnavailable too: the old leg stays
+            except (ValueError, RelayUnavailable) as exc:  # the old leg stays
                 await self._error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
                 return
             ctx.legs[device_id] = new_leg
@@ -707,7 +708,7 @@ class CallService:
         device = TRUNK_DEVICE_PREFIX + call.call_id
         self._register(ctx, device)
         try:
-            offer = await self._relay.offer_rtp(ctx.leg(device))
+            offer = await self._relay.offer_rtp(ctx.leg(device), call_id=call.call_id)
             ctx.sip = await self._trunk.invite(
                 to_number=call.callee,
                 from_number=call.caller,
@@ -772,7 +773,7 @@ class CallService:
                 return
             try:
                 ctx.sip_answer = await self._relay.answer_rtp(
-                    ctx.leg(call.caller_device), sip_call.offer_sdp
+                    ctx.leg(call.caller_device), sip_call.offer_sdp, call_id=call.call_id
                 )
             except RelayUnavailable:
                 await self._feed(ctx, Fail(self._clock(), "relay_unavailable"))
@@ -830,7 +831,7 @@ class CallService:
                 if event.sdp:  # early media: the caller hears the network from now on
                     try:
                         await self._relay.accept_rtp_answer(leg, event.sdp)
-                    except ValueError as exc:
+                    except (ValueError, RelayUnavailable) as exc:
                         logger.info("call %s: unusable early media SDP: %s", call_id, exc)
                     else:
                         self._relay.bridge(ctx.leg(call.caller_device), leg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from voice.client.media import MediaEndpoint
-from voice.relay import Relay
+from voice.relay.api import MediaRelay
 
 
 async def wait_connected(*endpoints: MediaEndpoint, limit: float = 10.0) -> None:
@@ -14,11 +14,15 @@ async def wait_connected(*endpoints: MediaEndpoint, limit: float = 10.0) -> None
             await asyncio.sleep(0.05)
 
 
-async def call_through(relay: Relay, caller: MediaEndpoint, callee: MediaEndpoint) -> None:
-    """Set up both legs as the signaling server does: caller offers, relay offers callee."""
-    answer = await relay.answer("a", await caller.create_offer())
+async def call_through(
+    relay: MediaRelay, caller: MediaEndpoint, callee: MediaEndpoint, call_id: str = "call"
+) -> tuple[str, str]:
+    """Set up both legs of one call as the signaling server does: the caller offers
+    (leg "a", with ringback), the relay offers the callee (leg "b"). Returns (a, b)."""
+    answer = await relay.answer("a", await caller.create_offer(), call_id=call_id)
     await caller.accept_answer(answer)
     relay.start_ringback("a")
-    offer = await relay.offer("b")
+    offer = await relay.offer("b", call_id=call_id)
     await relay.accept_answer("b", await callee.answer(offer))
     await wait_connected(caller, callee)
+    return "a", "b"

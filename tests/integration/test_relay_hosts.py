@@ -27,6 +27,7 @@ from tests.conftest import ALICE, BOB, CAROL, Server, ServerFactory, require_red
 from voice.audio import tone_fraction
 from voice.client.client import Call, Phone
 from voice.client.media import SAMPLE_RATE
+from voice.relay.api import WORKER_LOST
 from voice.relay.control_auth import (
     auth_request,
     challenge,
@@ -34,8 +35,10 @@ from voice.relay.control_auth import (
     new_nonce,
     proof,
 )
+from voice.relay.pool import RelayPool
 from voice.relay.registry import HostRecord, encode_record, host_key, parse_record
-from voice.relay.workers import WORKER_LOST, WorkerRelay, encode_message, read_frame
+from voice.relay.server import read_frame
+from voice.relay.wire import encode_message
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -158,9 +161,9 @@ async def registry_server(make_server: ServerFactory, hosts: Hosts, **settings: 
     )
 
 
-def relay_of(server: Server) -> WorkerRelay:
+def relay_of(server: Server) -> RelayPool:
     relay = server.app[RELAY]
-    assert isinstance(relay, WorkerRelay)
+    assert isinstance(relay, RelayPool)
     return relay
 
 
@@ -185,7 +188,7 @@ def media_ports(sdp: str) -> set[int]:
     return ports
 
 
-def carrier(relay: WorkerRelay, call: Call, *candidates: RelayHostProcess) -> RelayHostProcess:
+def carrier(relay: RelayPool, call: Call, *candidates: RelayHostProcess) -> RelayHostProcess:
     """The relay host carrying the call, checked against the callee's SDP."""
     assert call.call_id is not None
     host_id = relay.host_of_call(call.call_id)

@@ -17,7 +17,6 @@ from voice.loadtest.rtp_peer import PlainRtpPeer
 from voice.relay import Relay
 from voice.relay.avp import Direction, NoCommonCodecError, parse_audio
 from voice.relay.rtp_leg import WebRtcTap
-from voice.relay.workers import WorkerRelay
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,15 +40,13 @@ async def app_caller() -> AsyncIterator[MediaEndpoint]:
     await caller.close()
 
 
-async def connect_app_leg(relay: Relay | WorkerRelay, caller: MediaEndpoint) -> None:
+async def connect_app_leg(relay: Relay, caller: MediaEndpoint) -> None:
     answer = await relay.answer("call:app", await caller.create_offer())
     await caller.accept_answer(answer)
     relay.start_ringback("call:app")
 
 
-async def outbound_rtp_leg(
-    relay: Relay | WorkerRelay, codec: str, loss: float = 0.0
-) -> PlainRtpPeer:
+async def outbound_rtp_leg(relay: Relay, codec: str, loss: float = 0.0) -> PlainRtpPeer:
     """The relay offers (our INVITE), the peer answers with `codec` (the operator's 200)."""
     peer = PlainRtpPeer(codec=codec, tone=880.0, loss=loss)
     await peer.open()
@@ -246,41 +243,6 @@ async def test_answer_rtp_chooses_a_codec(relay: Relay) -> None:
         assert relay.active_legs == 1
     finally:
         await peer.close()
-
-
-async def test_through_a_relay_worker(app_caller: MediaEndpoint) -> None:
-    received: list[tuple[str, str]] = []
-    relay = WorkerRelay(bind_address="127.0.0.1", workers=1)
-    relay.on_dtmf = lambda leg_id, digit: received.append((leg_id, digit))
-    try:
-        await connect_app_leg(relay, app_caller)
-        peer = await outbound_rtp_leg(relay, "PCMA")
-        try:
-            await wait_connected(app_caller)
-            peer.start()
-            relay.bridge("call:app", "call:sip")
-            app_heard, peer_heard = await talk(app_caller, peer, seconds=2.0)
-            assert tone_fraction(app_heard, SAMPLE_RATE, 880) >= 0.8
-            assert tone_fraction(peer_heard, 8000, 440) >= 0.8
-            relay.send_dtmf("call:sip", "42")
-            peer.send_dtmf("5")
-            async with asyncio.timeout(5):
-                while len(peer.digits) < 2 or not received:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-            assert peer.digits == ["4", "2"] and received == [("call:sip", "5")]
-            held = parse_audio(await relay.update_rtp("call:sip", peer.sdp(Direction.SENDONLY, 2)))
-            assert held.direction is Direction.RECVONLY
-            stats = await relay.close_leg("call:sip")
-            assert stats.packets_received > 50 and stats.packets_sent > 50
-            # The error type crosses the control channel.
-            g729 = peer.sdp().replace("RTP/AVP 8 101", "RTP/AVP 18")
-            with pytest.raises(NoCommonCodecError):
-                await relay.answer_rtp("other:sip", g729)
-            assert relay.worker_of("other:sip") is None
-        finally:
-            await peer.close()
-    finally:
-        await relay.close()
 
 
 async def test_media_timeout_only_once_rtp_flowed() -> None:

@@ -1,4 +1,7 @@
-"""Relay worker processes: media through them, allocation by call, a killed worker."""
+"""Relay worker processes: allocation by call, a killed or hung worker, the whole server.
+
+Media through a worker and the errors it passes on are the relay contract's
+(tests/integration/test_relay_contract.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from signaling.keys import CALLS, RELAY
 from tests.conftest import ALICE, BOB, Server, ServerFactory
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
-from voice.relay.workers import WORKER_LOST, RelayUnavailable, WorkerRelay
+from voice.relay.api import WORKER_LOST, RelayUnavailable
+from voice.relay.pool import RelayPool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,11 +36,11 @@ def failures() -> Failures:
 
 
 @pytest.fixture
-async def make_relay(failures: Failures) -> AsyncIterator[Callable[..., WorkerRelay]]:
-    relays: list[WorkerRelay] = []
+async def make_relay(failures: Failures) -> AsyncIterator[Callable[..., RelayPool]]:
+    relays: list[RelayPool] = []
 
-    def make(**options: object) -> WorkerRelay:
-        relay = WorkerRelay(bind_address="127.0.0.1", on_leg_failed=failures, **options)  # type: ignore[arg-type]
+    def make(**options: object) -> RelayPool:
+        relay = RelayPool.of_processes(bind_address="127.0.0.1", on_leg_failed=failures, **options)
         relays.append(relay)
         return relay
 
@@ -55,13 +59,13 @@ async def wait_for(condition: Callable[[], bool], limit: float = 10.0) -> None:
 
 
 async def call_through(
-    relay: WorkerRelay, call_id: str, caller: MediaEndpoint, callee: MediaEndpoint
+    relay: RelayPool, call_id: str, caller: MediaEndpoint, callee: MediaEndpoint
 ) -> tuple[str, str]:
     """Both legs as CallService sets them up: relay answers the caller, offers the callee."""
     a, b = f"{call_id}:caller", f"{call_id}:callee"
-    await caller.accept_answer(await relay.answer(a, await caller.create_offer()))
+    await caller.accept_answer(await relay.answer(a, await caller.create_offer(), call_id=call_id))
     relay.start_ringback(a)
-    offer = await relay.offer(b)
+    offer = await relay.offer(b, call_id=call_id)
     await relay.accept_answer(b, await callee.answer(offer))
     await wait_for(
         lambda: caller.connection_state == "connected" and callee.connection_state == "connected"
@@ -77,8 +81,8 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-async def test_calls_spread_over_workers_and_parties_hear_each_other(
-    make_relay: Callable[..., WorkerRelay], failures: Failures
+async def test_calls_spread_over_workers(
+    make_relay: Callable[..., RelayPool], failures: Failures
 ) -> None:
     relay = make_relay(workers=2)
     started = time.monotonic()
@@ -89,88 +93,30 @@ async def test_calls_spread_over_workers_and_parties_hear_each_other(
     uvloop_installed = importlib.util.find_spec("uvloop") is not None
     assert set(relay.worker_loops.values()) == {"uvloop" if uvloop_installed else "asyncio"}
 
-    caller = MediaEndpoint(source="tone:440")
-    callee = MediaEndpoint(source="tone:880")
-    try:
-        a, b = await call_through(relay, "call1", caller, callee)
-        # Both legs of a call are on one worker; the next call goes to the idle one.
-        assert relay.worker_of(a) == relay.worker_of(b) is not None
-        other = await relay.offer("call2:x")
-        assert "m=audio" in other
-        assert relay.worker_of("call2:x") not in (None, relay.worker_of(a))
-        assert relay.active_legs == 3
-        assert sorted(relay.worker_loads.values()) == [1, 2]
+    # Both legs of a call are on one worker; the next call goes to the idle one.
+    await relay.offer("first-caller", call_id="call1")
+    await relay.offer("first-callee", call_id="call1")
+    assert relay.worker_of("first-caller") == relay.worker_of("first-callee") is not None
+    other = await relay.offer("second", call_id="call2")
+    assert "m=audio" in other
+    assert relay.worker_of("second") not in (None, relay.worker_of("first-caller"))
+    assert relay.active_legs == 3
+    assert sorted(relay.worker_loads.values()) == [1, 2]
+    assert await relay.fetch_stats("first-caller") == relay.stats("first-caller")
 
-        await caller.wait_for_tone(425, timeout=5)  # ringback, played by the worker
-        relay.bridge(a, b)
-        caller.mark("bridged")
-        callee.mark("bridged")
-        await caller.wait_for_tone(880, timeout=5)
-        await callee.wait_for_tone(440, timeout=5)
-        await asyncio.sleep(2.5)
-        skip = SAMPLE_RATE // 2
-        caller_audio = caller.received()[caller.markers["bridged"] + skip :]
-        callee_audio = callee.received()[callee.markers["bridged"] + skip :]
-        assert tone_fraction(caller_audio, SAMPLE_RATE, 880) >= 0.9
-        assert tone_fraction(callee_audio, SAMPLE_RATE, 440) >= 0.9
-        assert tone_fraction(caller_audio, SAMPLE_RATE, 425) == 0.0
-
-        reported = relay.stats(a)  # the worker's latest report, no round trip
-        assert reported.packets_received > 50
-        current = await relay.fetch_stats(a)
-        assert current.packets_received >= reported.packets_received
-
-        final_a = await relay.close_leg(a)
-        final_b = await relay.close_leg(b)
-        for final in (final_a, final_b):
-            assert final.packets_received > 100 and final.packets_sent > 100
-            assert final.packets_lost == 0
-        assert final_a.packets_sent > final_b.packets_sent  # ringback went out on a
-        assert await relay.close_leg(a) == type(final_a)()
-
-        # The call's worker mapping went with its last leg: call1 may now go anywhere.
-        await relay.close_leg("call2:x")
-        assert relay.active_legs == 0
-        assert relay.worker_loads == {pid: 0 for pid in pids}
-        assert failures == []
-    finally:
-        await caller.close()
-        await callee.close()
+    # The call's worker mapping goes with its last leg.
+    for leg_id in ("first-caller", "first-callee", "second"):
+        await relay.close_leg(leg_id)
+    assert relay.active_legs == 0
+    assert relay.worker_loads == {pid: 0 for pid in pids}
+    assert failures == []
     await relay.close()
     for pid in pids:
         await wait_for(lambda pid=pid: not pid_alive(pid), limit=5)  # type: ignore[misc]
 
 
-async def test_errors_keep_their_types_across_the_channel(
-    make_relay: Callable[..., WorkerRelay],
-) -> None:
-    from voice.relay.relay import NoOpusError, UnknownLegError
-
-    relay = make_relay(workers=1)
-    with pytest.raises(NoOpusError):
-        await relay.answer(
-            "c:a", "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n"
-        )
-    with pytest.raises(ValueError, match="SDP"):
-        await relay.answer("c:a", "not sdp")
-    assert relay.active_legs == 0
-    with pytest.raises(UnknownLegError):
-        await relay.accept_answer("c:nobody", "v=0\r\n")
-    with pytest.raises(UnknownLegError):
-        relay.start_ringback("c:nobody")
-    await relay.offer("c:b")
-    with pytest.raises(ValueError, match="already exists"):
-        await relay.offer("c:b")
-    with pytest.raises(NoOpusError):
-        await relay.accept_answer("c:b", "v=0\r\nm=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
-    with pytest.raises(ValueError, match="itself"):
-        relay.bridge("c:b", "c:b")
-    assert await relay.close_leg("c:b") == await relay.close_leg("c:b")
-    assert relay.active_legs == 0
-
-
 async def test_a_killed_worker_fails_its_legs_once_and_calls_go_on_elsewhere(
-    make_relay: Callable[..., WorkerRelay], failures: Failures
+    make_relay: Callable[..., RelayPool], failures: Failures
 ) -> None:
     relay = make_relay(workers=2)
     await relay.start()
@@ -181,7 +127,7 @@ async def test_a_killed_worker_fails_its_legs_once_and_calls_go_on_elsewhere(
         a, b = await call_through(relay, "doomed", caller, callee)
         relay.bridge(a, b)
         await callee.wait_for_tone(440, timeout=5)
-        other = await relay.offer("bystander:x")
+        other = await relay.offer("bystander:x", call_id="bystander")
         doomed_pid = relay.worker_of(a)
         assert doomed_pid is not None and relay.worker_of("bystander:x") != doomed_pid
         await asyncio.sleep(1.2)  # a stats report or two
@@ -218,25 +164,26 @@ async def test_a_killed_worker_fails_its_legs_once_and_calls_go_on_elsewhere(
 
 
 async def test_without_a_live_worker_requests_raise_relay_unavailable(
-    make_relay: Callable[..., WorkerRelay], failures: Failures
+    make_relay: Callable[..., RelayPool], failures: Failures
 ) -> None:
     relay = make_relay(workers=1)
-    await relay.offer("c1:a")
+    await relay.offer("c1:a", call_id="c1")
     (pid,) = relay.worker_pids
     os.kill(pid, signal.SIGKILL)
     await wait_for(lambda: failures == [("c1:a", WORKER_LOST)], limit=5)
     with pytest.raises(RelayUnavailable):
-        await relay.offer("c2:a")
-    with pytest.raises(ValueError):  # what CallService catches
-        await relay.answer("c2:b", "v=0\r\n")
+        await relay.offer("c2:a", call_id="c2")
+    with pytest.raises(RelayUnavailable) as caught:  # an outage, not the caller's bad SDP
+        await relay.answer("c2:b", "v=0\r\n", call_id="c2")
+    assert not isinstance(caught.value, ValueError)
     with pytest.raises(RelayUnavailable):
         await relay.accept_answer("c1:a", "v=0\r\n")
     await wait_for(lambda: len(relay.worker_pids) == 1, limit=20)
-    assert "m=audio" in await relay.offer("c3:a")
+    assert "m=audio" in await relay.offer("c3:a", call_id="c3")
 
 
 async def test_a_request_to_a_hung_worker_times_out(
-    make_relay: Callable[..., WorkerRelay],
+    make_relay: Callable[..., RelayPool],
 ) -> None:
     relay = make_relay(workers=1, request_timeout=2.0)
     await relay.start()
@@ -244,7 +191,7 @@ async def test_a_request_to_a_hung_worker_times_out(
     os.kill(pid, signal.SIGSTOP)  # hung: it never answers
     started = time.monotonic()
     with pytest.raises(RelayUnavailable, match="did not answer"):
-        await relay.offer("c:a")
+        await relay.offer("c:a", call_id="c")
     assert time.monotonic() - started < 3.0
     assert relay.active_legs == 0
     os.kill(pid, signal.SIGKILL)
@@ -262,7 +209,7 @@ async def test_a_worker_killed_mid_call_ends_that_call_and_the_next_call_works(
     worker_server: Server,
 ) -> None:
     relay = worker_server.app[RELAY]
-    assert isinstance(relay, WorkerRelay)
+    assert isinstance(relay, RelayPool)
     alice = await worker_server.phone(ALICE)
     bob = await worker_server.phone(BOB)
 
@@ -306,20 +253,20 @@ async def test_a_worker_killed_mid_call_ends_that_call_and_the_next_call_works(
 
 
 async def test_a_hung_worker_is_killed_and_replaced(
-    make_relay: Callable[..., WorkerRelay], failures: Failures
+    make_relay: Callable[..., RelayPool], failures: Failures
 ) -> None:
     relay = make_relay(workers=1, hang_timeout=1.0)
-    await relay.offer("c:a")
+    await relay.offer("c:a", call_id="c")
     (pid,) = relay.worker_pids
     os.kill(pid, signal.SIGSTOP)  # its loop stops: no more reports
     await wait_for(lambda: failures == [("c:a", WORKER_LOST)], limit=5)
     assert not pid_alive(pid) or pid not in relay.worker_pids
     await wait_for(lambda: len(relay.worker_pids) == 1, limit=20)
     assert relay.worker_pids != [pid]
-    assert "m=audio" in await relay.offer("c2:a")
+    assert "m=audio" in await relay.offer("c2:a", call_id="c2")
 
 
-async def test_transcoding_workers_carry_a_call(make_relay: Callable[..., WorkerRelay]) -> None:
+async def test_transcoding_workers_carry_a_call(make_relay: Callable[..., RelayPool]) -> None:
     relay = make_relay(workers=1, relay_mode="transcode")
     caller = MediaEndpoint(source="tone:440")
     callee = MediaEndpoint(source="tone:880")
@@ -332,4 +279,4 @@ async def test_transcoding_workers_carry_a_call(make_relay: Callable[..., Worker
         await caller.close()
         await callee.close()
     with pytest.raises(ValueError, match="relay_mode"):
-        WorkerRelay(bind_address="127.0.0.1", relay_mode="mixing")
+        RelayPool.of_processes(bind_address="127.0.0.1", relay_mode="mixing")

@@ -16,7 +16,7 @@ from voice.relay.registry import (
     parse_address,
     parse_record,
 )
-from voice.relay.workers import WorkerSettings
+from voice.relay.server import WorkerSettings
 
 RECORD = HostRecord(
     id="relay-a",

@@ -48,6 +48,8 @@ class Protocol:
 
 
 class FakeLeg:
+    """A relay Leg as far as the fast path may see and change it (its public surface)."""
+
     def __init__(self, leg_id: str, key: bytes, port: int) -> None:
         self.leg_id = leg_id
         self.protocol = Protocol()
@@ -67,17 +69,30 @@ class FakeLeg:
         self.mid = "0"
         self.peer: FakeLeg | None = None
         self.closed = False
-        self._loop = SimpleNamespace(time=lambda: 1.0)
-        self.decoder_bypassed_packets = 0
         self.fast_path_packets = 0
-        self._remote_ssrc: int | None = None
+        self.remote_ssrc: int | None = None
         self.reception = ReceptionStatistics(48000)
         self.rewriter = StreamRewriter(initial_sequence_number=100, initial_timestamp=1000)
         self.packets_sent = 0
         self.bytes_sent = 0
-        self._last_send_time = 0.0
+        self.last_send_time = 0.0
         self.fast_path: FastPath | None = None
         self.notice_task: object | None = None
+
+    def now(self) -> float:
+        return 1.0
+
+    def received_on_fast_path(
+        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
+    ) -> None:
+        self.fast_path_packets += 1
+        self.remote_ssrc = ssrc
+        self.reception.receive(sequence_number, timestamp, arrival, size)
+
+    def count_sent(self, size: int, now: float) -> None:
+        self.packets_sent += 1
+        self.bytes_sent += size
+        self.last_send_time = now
 
     def ensure_fast_path(self) -> FastPath | None:
         # As Leg.ensure_fast_path does.
@@ -120,8 +135,8 @@ def test_rtp_is_forwarded_to_the_peer_pair_and_counted(legs: tuple[FakeLeg, Fake
     assert (packet.sequence_number, packet.timestamp) == (100, 1000)
     assert packet.payload == b"opus!"
     assert a.fast_path_packets == 1 and a.reception.packets_received == 1
-    assert a._remote_ssrc == 0xD00D
-    assert b.packets_sent == 1 and b.bytes_sent == 5
+    assert a.remote_ssrc == 0xD00D
+    assert b.packets_sent == 1 and b.bytes_sent == 5 and b.last_send_time == 1.0
 
 
 def test_no_audio_is_forwarded_over_a_notice_and_the_stream_continues_after(
@@ -223,3 +238,15 @@ def test_forwarded_stream_has_no_gaps_across_many_packets(legs: tuple[FakeLeg, F
     ]
     assert sequence_numbers == list(range(100, 120))
     assert a.reception.packets_lost == 0
+
+
+def test_the_stand_in_offers_what_a_leg_offers_the_fast_path() -> None:
+    import inspect
+
+    from voice.relay.leg import Leg
+
+    for name in ("now", "received_on_fast_path", "count_sent", "ensure_fast_path"):
+        ours, theirs = getattr(FakeLeg, name), getattr(Leg, name)
+        assert inspect.signature(ours) == inspect.signature(theirs), name
+    for name in ("remote_ssrc", "payload_type", "mid"):
+        assert isinstance(inspect.getattr_static(Leg, name), property), name

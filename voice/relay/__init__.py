@@ -1,5 +1,26 @@
-"""Media anchoring: WebRTC legs (ICE, DTLS-SRTP), Opus packet forwarding, leg stats."""
+"""Media anchoring: WebRTC legs (ICE, DTLS-SRTP), Opus packet forwarding, leg stats.
 
-from voice.relay.relay import LegStats, NoCommonCodecError, NoOpusError, Relay, UnknownLegError
+The contract every relay backend implements is voice/relay/api.py.
+"""
 
-__all__ = ["LegStats", "NoCommonCodecError", "NoOpusError", "Relay", "UnknownLegError"]
+from voice.relay.api import (
+    LegStats,
+    MediaRelay,
+    NoCommonCodecError,
+    NoOpusError,
+    RelayError,
+    RelayUnavailable,
+    UnknownLegError,
+)
+from voice.relay.relay import Relay
+
+__all__ = [
+    "LegStats",
+    "MediaRelay",
+    "NoCommonCodecError",
+    "NoOpusError",
+    "Relay",
+    "RelayError",
+    "RelayUnavailable",
+    "UnknownLegError",
+]

@@ -22,6 +22,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
+from voice.relay.api import NoCommonCodecError
+
 __all__ = [
     "OPUS",
     "PCMA",
@@ -39,10 +41,6 @@ __all__ = [
     "match_answer",
     "parse_audio",
 ]
-
-
-class NoCommonCodecError(ValueError):
-    """The peer offered (or answered) no codec this relay can use on an RTP leg."""
 
 
 class Direction(enum.Enum):

@@ -25,15 +25,16 @@ stays the fallback: while a leg is not connected, not bridged, or its
 nominated pair has changed, packets take aiortc's path and the forwarding
 in `Leg.on_rtp`. Nothing here queues, spawns a task or keeps per-packet state.
 
-Seams into aiortc 1.16 / aioice 0.13 (instance attributes and private
-fields, all read in `FastPath.install`):
+Seams into aiortc 1.16 / aioice 0.13, all through voice/relay/seams.py:
 
-- `protocol.datagram_received`: an instance attribute on the nominated
-  pair's StunProtocol shadows the method; asyncio's and uvloop's datagram
-  transports look the method up on every datagram.
-- `RTCDtlsTransport._rx_srtp` / `_tx_srtp` (pylibsrtp Sessions),
-  `_state`, `_rtp_header_extensions_map`, `transport._connection` (the
-  aioice Connection) and its `_nominated[1]` pair.
+- the nominated pair's StunProtocol.datagram_received, shadowed by an
+  instance attribute; asyncio's and uvloop's datagram transports look the
+  method up on every datagram.
+- the DTLS transport's SRTP sessions, state and header extension map, its
+  aioice Connection and that connection's nominated pair.
+
+A Leg is changed only through its public surface (voice/relay/leg.py):
+`received_on_fast_path`, `count_sent` and its stream's `rewriter`.
 
 `enabled` switches the fast path for the whole process (see `set_enabled`):
 the benchmark compares both paths with the same calls.
@@ -47,9 +48,9 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import pylibsrtp
-from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtp import RtpPacket
 
+from voice.relay import seams
 from voice.rtp.header import FIXED_HEADER, forward_packet, header_length, payload_end
 
 if TYPE_CHECKING:
@@ -64,7 +65,6 @@ enabled = True
 COMPONENT = 1
 
 _SEQUENCE_TIMESTAMP_SSRC = struct.Struct("!HII")
-_CONNECTED = DtlsState.CONNECTED
 
 _installed: weakref.WeakSet[FastPath] = weakref.WeakSet()
 
@@ -95,21 +95,27 @@ class FastPath:
     RTP is forwarded from here to its peer leg's FastPath.
     """
 
-    def __init__(self, leg: Leg, dtls: Any, connection: Any, pair: Any, extension: bytes) -> None:
+    def __init__(
+        self,
+        leg: Leg,
+        dtls: Any,
+        nominated: dict[int, Any],
+        pair: Any,
+        sessions: tuple[pylibsrtp.Session, pylibsrtp.Session],
+        extension: bytes,
+    ) -> None:
         self.leg = leg
         self.dtls = dtls
-        self.connection = connection
         self.pair = pair
         self.protocol = pair.protocol
         self.transport = pair.protocol.transport
         self.remote_addr: tuple[str, int] = pair.remote_addr
-        self.rx: pylibsrtp.Session = dtls._rx_srtp
-        self.tx: pylibsrtp.Session = dtls._tx_srtp
+        self.rx, self.tx = sessions
         self.payload_type = leg.payload_type
         self.ssrc = leg.ssrc
         self.extension = extension
         self.srtp_errors = 0
-        self._nominated: dict[int, Any] = connection._nominated
+        self._nominated = nominated
         self._source: Hashable = None
         self._source_ssrc = -1
         self._original: Callable[[bytes, tuple[Any, ...]], None] = self.protocol.datagram_received
@@ -119,29 +125,28 @@ class FastPath:
     def install(cls, leg: Leg) -> FastPath | None:
         """Intercept the leg's nominated pair, or None if it has none yet."""
         dtls = leg.sender.transport
-        if dtls is None or dtls._state is not _CONNECTED:
+        if not seams.dtls_connected(dtls):
             return None
-        if dtls._rx_srtp is None or dtls._tx_srtp is None:
+        sessions = seams.srtp_sessions(dtls)
+        if sessions is None:
             return None
-        connection = getattr(dtls.transport, "_connection", None)
-        nominated = getattr(connection, "_nominated", None)
+        nominated = seams.nominated_pairs(seams.ice_connection(dtls.transport))
         pair = nominated.get(COMPONENT) if nominated is not None else None
         if pair is None or getattr(pair.protocol, "transport", None) is None:
             return None
-        if "datagram_received" in vars(pair.protocol):
+        if seams.datagrams_intercepted(pair.protocol):
             return None  # intercepted already (by another FastPath of this pair)
-        fast_path = cls(leg, dtls, connection, pair, _extension_block(leg, dtls))
+        assert nominated is not None
+        fast_path = cls(leg, dtls, nominated, pair, sessions, _extension_block(leg, dtls))
         hook = fast_path.datagram_received
+        seams.intercept_datagrams(pair.protocol, hook)
         fast_path._hook = hook
-        # setattr: an instance attribute shadows StunProtocol.datagram_received.
-        setattr(pair.protocol, "datagram_received", hook)  # noqa: B010
         _installed.add(fast_path)
         return fast_path
 
     def uninstall(self) -> None:
-        protocol_attributes = vars(self.protocol)
-        if self._hook is not None and protocol_attributes.get("datagram_received") is self._hook:
-            del protocol_attributes["datagram_received"]
+        if self._hook is not None:
+            seams.release_datagrams(self.protocol, self._hook)
         self._hook = None
         _installed.discard(self)
 
@@ -154,7 +159,7 @@ class FastPath:
         return (
             self._hook is not None
             and self._nominated.get(COMPONENT) is self.pair
-            and self.dtls._state is _CONNECTED
+            and seams.dtls_connected(self.dtls)
         )
 
     # -- per packet ---------------------------------------------------------
@@ -191,13 +196,9 @@ class FastPath:
         if header < 0:
             return None
         end = payload_end(plain, header)
-        leg = self.leg
-        now = leg._loop.time()
+        now = self.leg.now()
         sequence_number, timestamp, ssrc = _SEQUENCE_TIMESTAMP_SSRC.unpack_from(plain, 2)
-        leg.decoder_bypassed_packets += 1
-        leg.fast_path_packets += 1
-        leg._remote_ssrc = ssrc
-        leg.reception.receive(sequence_number, timestamp, now, end - header)
+        self.leg.received_on_fast_path(ssrc, sequence_number, timestamp, now, end - header)
         return plain, header, end, now, sequence_number, timestamp, ssrc
 
     def forward(self, data: bytes, out: FastPath) -> None:
@@ -233,13 +234,11 @@ class FastPath:
             out.srtp_errors += 1
             return
         out.transport.sendto(protected, out.remote_addr)
-        peer.packets_sent += 1
-        peer.bytes_sent += end - header
-        peer._last_send_time = now
+        peer.count_sent(end - header, now)
 
 
 def _extension_block(leg: Leg, dtls: Any) -> bytes:
     """The header extension block aiortc's path puts on this leg's packets (the MID)."""
     probe = RtpPacket(payload_type=leg.payload_type, ssrc=leg.ssrc)
     probe.extensions.mid = leg.mid
-    return probe.serialize(dtls._rtp_header_extensions_map)[FIXED_HEADER:]
+    return probe.serialize(seams.header_extensions_map(dtls))[FIXED_HEADER:]

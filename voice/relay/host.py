@@ -5,11 +5,11 @@ run one per core, each with its own control port and media port range) and:
 
 - takes control connections from signaling nodes on TCP, serves only those
   that prove they know the relay secret (voice/relay/control_auth.py) and
-  serves each the same length-prefixed JSON protocol as a relay worker process
-  (voice/relay/workers.py: `serve_channel`, `_WorkerServer`). Several nodes
-  may be connected at once; each connection's legs are its own (their ids
-  carry the connection's prefix inside the Relay), and they are closed when
-  the connection ends.
+  serves each the same control channel as a relay worker process
+  (voice/relay/wire.py, served by voice/relay/server.py: `serve_channel`,
+  `ChannelServer`). Several nodes may be connected at once; each connection's
+  legs and calls are its own (their ids carry the connection's prefix inside
+  the Relay), and its legs are closed when the connection ends.
 - registers itself in Redis (voice/relay/registry.py) every `heartbeat`
   seconds with its id, control and media addresses, load and capacity; the
   registration expires `ttl` seconds after the last refresh.
@@ -38,17 +38,14 @@ from voice.relay.control_auth import (
 )
 from voice.relay.registry import DRAINING, UP, HostRecord, RedisRegistrar, parse_address
 from voice.relay.relay import Relay
-from voice.relay.workers import (
-    MAX_AUTH_FRAME,
-    ProtocolError,
+from voice.relay.server import (
+    ChannelServer,
     WorkerSettings,
-    _WorkerServer,
-    call_id_of,
-    encode_message,
     make_relay,
     read_frame,
     serve_channel,
 )
+from voice.relay.wire import MAX_AUTH_FRAME, ProtocolError, encode_message
 
 __all__ = ["HostIdInUse", "HostSettings", "RelayHost"]
 
@@ -111,7 +108,7 @@ class RelayHost:
         self._relay: Relay | None = None
         self._registrar = RedisRegistrar(settings.redis_url, settings.ttl)
         self._server: asyncio.Server | None = None
-        self._channels: dict[str, _WorkerServer] = {}
+        self._channels: dict[str, ChannelServer] = {}
         self._writers: set[asyncio.StreamWriter] = set()
         self._next_channel = 0
         self._heartbeat: asyncio.Task[None] | None = None
@@ -157,7 +154,7 @@ class RelayHost:
     # -- registration -----------------------------------------------------------
 
     def record(self) -> HostRecord:
-        calls = {call_id_of(leg) for leg in self._relay_legs()}
+        calls = self._relay_calls()
         return HostRecord(
             id=self.host_id,
             control=self.control,
@@ -182,18 +179,18 @@ class RelayHost:
 
     # -- control connections ---------------------------------------------------------
 
-    def _relay_legs(self) -> list[str]:
-        return [channel.prefix + leg for channel in self._channels.values() for leg in channel.legs]
+    def _relay_calls(self) -> set[str]:
+        """The calls of every connection, as the Relay knows them."""
+        return {call for channel in self._channels.values() for call in channel.calls}
 
-    def _admit(self, leg_id: str) -> bool:
-        """Whether the Relay takes this new leg: always for a call it carries already."""
-        call_id = call_id_of(leg_id)
-        if any(call_id_of(leg) == call_id for leg in self._relay_legs()):
+    def _admit(self, call: str) -> bool:
+        """Whether the Relay takes a new leg of this call: always for one it carries already."""
+        if call in self._relay_calls():
             return True
         capacity = self.settings.capacity
         return not self.draining and (capacity <= 0 or self.relay.active_legs < capacity)
 
-    def _channel_of(self, leg_id: str) -> _WorkerServer | None:
+    def _channel_of(self, leg_id: str) -> ChannelServer | None:
         prefix, sep, _ = leg_id.partition("/")
         return self._channels.get(prefix + sep) if sep else None
 
@@ -225,13 +222,13 @@ class RelayHost:
             writer.close()
             return
         self._next_channel += 1
-        prefix = f"{self._next_channel}/"  # no ':' in it: call ids stay apart
+        prefix = f"{self._next_channel}/"
 
         def send(message: dict[str, object]) -> None:
             if not writer.is_closing():
                 writer.write(encode_message(message))
 
-        channel = _WorkerServer(
+        channel = ChannelServer(
             self.relay, send, prefix=prefix, admit=self._admit, owns_relay=False
         )
         self._channels[prefix] = channel

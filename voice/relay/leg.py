@@ -3,16 +3,16 @@
 aiortc's RTCRtpReceiver would put every packet through its jitter buffer
 (80-280 ms, aiortc issue 543) and decoder; its RTCRtpSender would encode a
 track. A relay needs neither, so after negotiation packets are taken from,
-and handed to, the leg's RTCDtlsTransport directly. The seams into aiortc
-1.16 are all in `_install_seams` below:
+and handed to, the leg's RTCDtlsTransport directly, through the seams into
+aiortc 1.16 that voice/relay/seams.py holds (`_install_seams` below):
 
-- receiver._handle_rtp_packet / _handle_rtcp_packet: the DTLS transport's
-  RtpRouter calls these for each unprotected packet; instance attributes
-  shadow the methods, so packets never reach the jitter buffer or decoder.
-- sender._handle_rtcp_packet: receiver reports about our SSRC (for RTT).
-- sender._run_rtcp: aiortc's would send sender reports counting zero
+- the receiver's RTP/RTCP handlers: the DTLS transport's RtpRouter calls
+  these for each unprotected packet; ours shadow them, so packets never
+  reach the jitter buffer or decoder.
+- the sender's RTCP handler: receiver reports about our SSRC (for RTT).
+- the sender's RTCP loop: aiortc's would send sender reports counting zero
   packets (it never sent any); ours reports the stream we actually send.
-- transport._send_rtp(bytes): SRTP-protects and sends on the ICE pair.
+- the DTLS transport's send: SRTP-protects and sends on the ICE pair.
 
 The sender gets a track that never yields a frame, so aiortc's own RTP loop
 stays idle while the m-line is negotiated sendrecv.
@@ -21,7 +21,10 @@ Once a bridged leg and its peer are connected, their RTP skips even this:
 voice/relay/fastpath.py intercepts it at the nominated pair's socket and
 forwards it with the SRTP sessions aiortc set up (`Leg.ensure_fast_path`).
 The path above stays the fallback and carries RTCP, ringback and anything
-the fast path does not take.
+the fast path does not take. What the fast path may change on a leg is
+public here: `count_received`, `count_sent` (and `received_on_fast_path`),
+`rewriter` and `reception`; it reads `now()`, `peer`, `notice_task`,
+`closed`, `payload_type`, `ssrc`, `mid` and `ensure_fast_path()`.
 
 `RtpPeer` holds these seams, the send path and RTCP; `Leg` adds what the
 relay needs on top (forwarding to the peer leg, failure detection). The load
@@ -52,7 +55,7 @@ from aiortc.rtp import (
     RtpPacket,
 )
 
-from voice.relay import fastpath
+from voice.relay import fastpath, seams
 from voice.relay.fastpath import FastPath
 from voice.rtp.rewriter import StreamRewriter
 from voice.rtp.rtcp import compact_ntp, delay_since_last_sr, ntp_timestamp, round_trip_time
@@ -97,7 +100,7 @@ class RtpPeer:
         self.pc = pc
         self.transceiver: RTCRtpTransceiver = pc.addTransceiver(SilentTrack(), direction="sendrecv")
         self.sender: RTCRtpSender = self.transceiver.sender
-        self.ssrc: int = self.sender._ssrc
+        self.ssrc: int = seams.sender_ssrc(self.sender)
         self.rewriter = StreamRewriter(
             initial_sequence_number=random.randrange(1 << 15),
             initial_timestamp=random.randrange(1 << 32),
@@ -127,17 +130,19 @@ class RtpPeer:
     # -- aiortc seams ------------------------------------------------------
 
     def _install_seams(self) -> None:
-        receiver = self.transceiver.receiver
-        # setattr: instance attributes shadow aiortc's methods for this leg only.
-        setattr(receiver, "_handle_rtp_packet", self._handle_rtp_packet)  # noqa: B010
-        setattr(receiver, "_handle_rtcp_packet", self._handle_rtcp_from_receiver)  # noqa: B010
-        setattr(self.sender, "_handle_rtcp_packet", self._handle_rtcp_from_sender)  # noqa: B010
-        setattr(self.sender, "_run_rtcp", self._run_rtcp)  # noqa: B010
+        seams.install_peer_seams(
+            self.transceiver.receiver,
+            self.sender,
+            rtp=self._handle_rtp_packet,
+            receiver_rtcp=self._handle_rtcp_from_receiver,
+            sender_rtcp=self._handle_rtcp_from_sender,
+            run_rtcp=self._run_rtcp,
+        )
 
     @property
     def payload_type(self) -> int:
         """The Opus payload type negotiated on this leg (codec preferences leave only Opus)."""
-        payload_type = self.transceiver._codecs[0].payloadType
+        payload_type = seams.negotiated_payload_type(self.transceiver)
         assert payload_type is not None, "payload types are set once negotiated"
         return payload_type
 
@@ -149,26 +154,49 @@ class RtpPeer:
     def connected(self) -> bool:
         return bool(self.sender.transport.state == "connected")
 
+    @property
+    def remote_ssrc(self) -> int | None:
+        """The SSRC of the stream the device sends, once a packet of it arrived."""
+        return self._remote_ssrc
+
+    def now(self) -> float:
+        """The leg's clock (its event loop's), in seconds."""
+        return self._loop.time()
+
+    def count_received(
+        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
+    ) -> None:
+        """One RTP packet of the device's stream, taken before aiortc's jitter buffer
+        (at the receiver seam or on the fast path): reception statistics (RFC 3550
+        A.3, A.8) and the SSRC our reports describe. `size`: payload octets."""
+        self.decoder_bypassed_packets += 1
+        self._remote_ssrc = ssrc
+        self.reception.receive(sequence_number, timestamp, arrival, size)
+
+    def count_sent(self, size: int, now: float) -> None:
+        """One packet of `size` payload octets sent on this leg's stream outside `send`
+        (the fast path, an RTP leg's bridge): counters and our sender reports' clock."""
+        self.packets_sent += 1
+        self.bytes_sent += size
+        self._last_send_time = now
+
     # -- receive path ------------------------------------------------------
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         if self.closed:
             return
         if not self.decoder_bypassed_packets:
-            self._stop_idle_decoder()
-        self.decoder_bypassed_packets += 1
-        self._remote_ssrc = packet.ssrc
-        self.reception.receive(
-            packet.sequence_number, packet.timestamp, self._loop.time(), len(packet.payload)
+            # aiortc starts a decoder thread per receiver; packets taken at this seam
+            # never reach it, so end it (one thread and ~20 KB less per leg).
+            seams.stop_idle_decoder(self.transceiver.receiver)
+        self.count_received(
+            packet.ssrc,
+            packet.sequence_number,
+            packet.timestamp,
+            self._loop.time(),
+            len(packet.payload),
         )
         await self.on_rtp(packet)
-
-    def _stop_idle_decoder(self) -> None:
-        """aiortc starts a decoder thread per receiver; packets taken at this seam
-        never reach it, so end it (one thread and ~20 KB less per leg)."""
-        stop = getattr(self.transceiver.receiver, "_RTCRtpReceiver__stop_decoder", None)
-        if stop is not None:
-            stop()
 
     async def on_rtp(self, packet: RtpPacket) -> None:
         """Called for every RTP packet received (after the leg's own statistics)."""
@@ -216,21 +244,19 @@ class RtpPeer:
         packet.extensions.mid = self.mid
         transport = self.sender.transport
         try:
-            await transport._send_rtp(packet.serialize(transport._rtp_header_extensions_map))
+            await seams.send_rtp(
+                transport, packet.serialize(seams.header_extensions_map(transport))
+            )
         except ConnectionError:
             return False
-        self.packets_sent += 1
-        self.bytes_sent += len(payload)
-        self._last_send_time = now
+        self.count_sent(len(payload), now)
         return True
 
     # -- RTCP --------------------------------------------------------------
 
     async def _run_rtcp(self) -> None:
         # Replaces RTCRtpSender._run_rtcp; stop() waits on these two events.
-        started: asyncio.Event = getattr(self.sender, "_RTCRtpSender__rtcp_started")  # noqa: B009
-        exited: asyncio.Event = getattr(self.sender, "_RTCRtpSender__rtcp_exited")  # noqa: B009
-        cname: str | None = getattr(self.sender, "_RTCRtpSender__cname", None)
+        started, exited, cname = seams.rtcp_events(self.sender)
         started.set()
         try:
             while True:
@@ -285,7 +311,9 @@ class RtpPeer:
         if not self.connected:
             return
         with contextlib.suppress(ConnectionError):
-            await self.sender.transport._send_rtp(b"".join(bytes(packet) for packet in packets))
+            await seams.send_rtp(
+                self.sender.transport, b"".join(bytes(packet) for packet in packets)
+            )
 
 
 class Leg(RtpPeer):
@@ -356,8 +384,14 @@ class Leg(RtpPeer):
     def _receives_raw_rtp(self) -> bool:
         # Only a leg whose packets come through our receiver seam forwards
         # them as they are; a subclass that decodes (transcode.py) does not.
-        handler = vars(self.transceiver.receiver).get("_handle_rtp_packet")
-        return bool(handler == self._handle_rtp_packet)
+        return seams.shadows_rtp(self.transceiver.receiver, self._handle_rtp_packet)
+
+    def received_on_fast_path(
+        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
+    ) -> None:
+        """count_received for a packet the fast path took (counted apart as well)."""
+        self.fast_path_packets += 1
+        self.count_received(ssrc, sequence_number, timestamp, arrival, size)
 
     def drop_fast_path(self) -> None:
         if self.fast_path is not None:
@@ -404,17 +438,11 @@ class Leg(RtpPeer):
         """aioice queues every datagram for aiortc's receive loop without limit (DTLS,
         RTCP, and RTP that does not take the fast path). Under overload the relay drops
         and counts instead of growing memory and delaying everything behind it."""
-        connection = self._ice_transport()._connection
-        queue = connection._queue
-        deliver = connection.data_received
 
-        def data_received(data: bytes, component: int) -> None:
-            if queue.qsize() >= RECEIVE_QUEUE_LIMIT:
-                self.packets_dropped += 1
-                return
-            deliver(data, component)
+        def dropped() -> None:
+            self.packets_dropped += 1
 
-        connection.data_received = data_received
+        seams.bound_receive_queue(self._ice_transport(), RECEIVE_QUEUE_LIMIT, dropped)
 
     def _ice_loss(self) -> str:
         # Once connected, ICE only fails when the device stopped answering our

@@ -11,17 +11,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from voice.ice import ice_configuration, rewrite_candidate_addresses
-from voice.relay.avp import NoCommonCodecError, choose_codec, parse_audio
+from voice.relay.api import (
+    LegStats,
+    MediaRelay,
+    NoCommonCodecError,
+    NoOpusError,
+    UnknownLegError,
+)
+from voice.relay.avp import choose_codec, parse_audio
 from voice.relay.leg import FRAME_SAMPLES, Leg
 from voice.relay.ringback import FRAME_DURATION, notice_payloads, ringback_cycle
 from voice.relay.rtp_leg import RtpLeg
-from voice.relay.sdp import NoOpusError, check_dtls_fingerprint, opus_payload_types
+from voice.relay.sdp import check_dtls_fingerprint, opus_payload_types
 
 __all__ = ["LegStats", "NoCommonCodecError", "NoOpusError", "Relay", "UnknownLegError"]
 
@@ -32,54 +37,13 @@ logger = logging.getLogger(__name__)
 MAX_PACER_LAG = 0.2
 
 
-class UnknownLegError(KeyError, ValueError):
-    """No such leg (never created, or already closed).
-
-    Both a KeyError (a lookup failed) and a ValueError, so callers that
-    treat any unusable request as ValueError also catch an answer arriving
-    for a leg that was closed in the meantime.
-    """
-
-
-@dataclass(frozen=True)
-class LegStats:
-    """Counters of one leg: received from its device, sent to its device.
-
-    Bytes are RTP payload octets (RFC 3550 §6.4.1 octet count). Loss and
-    jitter (RFC 3550 A.3, A.8) are of the device's stream as the relay
-    received it; rtt_ms comes from the device's receiver reports on the
-    relay's sender reports (§6.4.1), None until one arrived.
-    """
-
-    packets_received: int = 0
-    packets_sent: int = 0
-    packets_lost: int = 0
-    bytes_received: int = 0
-    bytes_sent: int = 0
-    jitter_ms: float = 0.0
-    rtt_ms: float | None = None
-    #: Datagrams from the device dropped because the receive queue was full (overload).
-    packets_dropped: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def then(self, later: LegStats) -> LegStats:
-        """One device's legs in turn (its leg was replaced mid-call): counts add up,
-        jitter is the worse, the round trip the latest known."""
-        return LegStats(
-            packets_received=self.packets_received + later.packets_received,
-            packets_sent=self.packets_sent + later.packets_sent,
-            packets_lost=self.packets_lost + later.packets_lost,
-            bytes_received=self.bytes_received + later.bytes_received,
-            bytes_sent=self.bytes_sent + later.bytes_sent,
-            jitter_ms=max(self.jitter_ms, later.jitter_ms),
-            rtt_ms=later.rtt_ms if later.rtt_ms is not None else self.rtt_ms,
-            packets_dropped=self.packets_dropped + later.packets_dropped,
-        )
-
-
 class Relay:
+    """The in-process backend of the relay contract (voice.relay.api.MediaRelay).
+
+    Legs live in this process; `call_id` is accepted for the contract and
+    unused (every leg here can be bridged to every other).
+    """
+
     def __init__(
         self,
         *,
@@ -112,7 +76,7 @@ class Relay:
 
     # -- negotiation -------------------------------------------------------
 
-    async def answer(self, leg_id: str, offer_sdp: str) -> str:
+    async def answer(self, leg_id: str, offer_sdp: str, *, call_id: str = "") -> str:
         """Answer a device's offer (the caller's leg); returns the relay's answer SDP."""
         opus_payload_types(offer_sdp)
         check_dtls_fingerprint(offer_sdp)
@@ -126,7 +90,7 @@ class Relay:
         leg.negotiated_at = asyncio.get_running_loop().time()
         return self._local_sdp(leg)
 
-    async def offer(self, leg_id: str) -> str:
+    async def offer(self, leg_id: str, *, call_id: str = "") -> str:
         """Create the relay's offer for a device (a callee's leg)."""
         leg = self._create_leg(leg_id)
         await leg.pc.setLocalDescription(await leg.pc.createOffer())
@@ -316,12 +280,12 @@ class Relay:
 
     # -- plain-RTP legs (SIP trunk: RTP/AVP, G.711 or Opus, RFC 4733) -------------
 
-    async def offer_rtp(self, leg_id: str) -> str:
+    async def offer_rtp(self, leg_id: str, *, call_id: str = "") -> str:
         """Our SDP offer for an RTP leg (for an INVITE to the operator)."""
         leg = await self._create_rtp_leg(leg_id)
         return leg.offer_sdp()
 
-    async def answer_rtp(self, leg_id: str, offer_sdp: str) -> str:
+    async def answer_rtp(self, leg_id: str, offer_sdp: str, *, call_id: str = "") -> str:
         """Answer the operator's offer: Opus if offered, else PCMA, else PCMU.
 
         ValueError for an unusable SDP, NoCommonCodecError (a ValueError) when
@@ -454,3 +418,7 @@ def _stats(leg: Leg) -> LegStats:
         rtt_ms=None if leg.rtt is None else round(leg.rtt * 1000.0, 3),
         packets_dropped=leg.packets_dropped,
     )
+
+
+def _keeps_the_contract(relay: Relay) -> MediaRelay:
+    return relay  # checked by mypy: the in-process Relay is a MediaRelay

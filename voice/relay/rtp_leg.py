@@ -693,9 +693,7 @@ class RtpLeg:
             out.srtp_errors += 1
             return
         out.transport.sendto(protected, out.remote_addr)
-        peer.packets_sent += 1
-        peer.bytes_sent += len(payload)
-        peer._last_send_time = now
+        peer.count_sent(len(payload), now)
 
     # -- DTMF -----------------------------------------------------------------------------
 

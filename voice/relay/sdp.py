@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
+from voice.relay.api import NoOpusError
+
+__all__ = ["NoOpusError", "check_dtls_fingerprint", "opus_payload_types"]
+
 _RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000(?:/\d+)?$", re.IGNORECASE)
 _FINGERPRINT = re.compile(r"^a=fingerprint:\S+ \S+$", re.IGNORECASE)
-
-
-class NoOpusError(ValueError):
-    """The SDP has no audio section offering Opus (RFC 7587)."""
 
 
 def opus_payload_types(sdp: str) -> list[int]:

@@ -44,6 +44,7 @@ from av import AudioFrame
 from av.frame import Frame
 
 from voice.audio.sources import ToneSource
+from voice.relay import seams
 from voice.relay.leg import CLOCK_RATE, FRAME_SAMPLES, Leg
 from voice.relay.relay import LegStats, Relay
 from voice.relay.ringback import RINGBACK_FREQUENCY, RINGBACK_OFF, RINGBACK_ON
@@ -169,7 +170,7 @@ class TranscodingLeg(Leg):
         # Only an observer in front of aiortc's receive path: the packet still
         # goes to its jitter buffer and decoder. No sender or RTCP seams.
         receiver = self.transceiver.receiver
-        handle_rtp = receiver._handle_rtp_packet
+        handle_rtp = seams.receiver_rtp_handler(receiver)
 
         async def observe_rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
             if not self.closed:
@@ -181,7 +182,7 @@ class TranscodingLeg(Leg):
                 )
             await handle_rtp(packet, arrival_time_ms)
 
-        setattr(receiver, "_handle_rtp_packet", observe_rtp)  # noqa: B010
+        seams.observe_receiver_rtp(receiver, observe_rtp)
 
     @property
     def remote_track(self) -> MediaStreamTrack | None:
@@ -190,13 +191,13 @@ class TranscodingLeg(Leg):
 
     def stats(self) -> LegStats:
         reception = self.reception
-        rtt: float | None = getattr(self.sender, "_RTCRtpSender__rtt", None)
+        packets_sent, bytes_sent, rtt = seams.sender_counters(self.sender)
         return LegStats(
             packets_received=reception.packets_received,
-            packets_sent=int(getattr(self.sender, "_RTCRtpSender__packet_count", 0)),
+            packets_sent=packets_sent,
             packets_lost=reception.packets_lost,
             bytes_received=reception.bytes_received,
-            bytes_sent=int(getattr(self.sender, "_RTCRtpSender__octet_count", 0)),
+            bytes_sent=bytes_sent,
             jitter_ms=round(reception.jitter_ms, 3),
             rtt_ms=None if rtt is None else round(rtt * 1000.0, 3),
             packets_dropped=self.packets_dropped,

@@ -28,6 +28,7 @@ from voice.audio import tone_fraction
 from voice.client.client import Call, Phone
 from voice.client.media import SAMPLE_RATE
 from voice.relay.api import WORKER_LOST
+from voice.relay.control import encode_message
 from voice.relay.control_auth import (
     auth_request,
     challenge,
@@ -38,7 +39,6 @@ from voice.relay.control_auth import (
 from voice.relay.pool import RelayPool
 from voice.relay.registry import HostRecord, encode_record, host_key, parse_record
 from voice.relay.server import read_frame
-from voice.relay.wire import encode_message
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,10 +20,10 @@ from voice.relay.api import (
     RelayUnavailable,
     UnknownLegError,
 )
+from voice.relay.control import encode_message
 from voice.relay.pool import Channel, RelayPool
 from voice.relay.registry import Candidate
 from voice.relay.server import ChannelServer, serve_channel
-from voice.relay.wire import encode_message
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from tests.unit.test_relay_pool import MemoryRelay
 from voice.relay.api import Answer, CloseLeg, LegStats, Offer, StartRingback
+from voice.relay.control import Correlator, FrameDecoder, Ping, Reply, encode_request
 from voice.relay.server import ChannelServer
-from voice.relay.wire import Correlator, FrameDecoder, Ping, Reply, encode_request
 
 
 class Sent(list[dict[str, Any]]):

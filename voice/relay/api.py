@@ -19,7 +19,7 @@ CallService and the tests see only this contract.
   `NoCommonCodecError` and `UnknownLegError` are bad requests and also
   ValueErrors, as is any other unusable SDP or argument (a plain ValueError).
 - Each operation also exists as a frozen dataclass (`Operation`): the form in
-  which it crosses a control channel (voice/relay/wire.py) and is carried out
+  which it crosses a control channel (voice/relay/control.py) and is carried out
   on a relay (voice/relay/server.py: `perform`).
 
 Sans-I/O: no asyncio, no aiortc here.

@@ -1,7 +1,7 @@
 """The two backends of a RelayPool: worker processes of our own, and relay hosts.
 
 Both hand the pool (voice/relay/pool.py) control channels that speak
-voice/relay/wire.py to a serving side running voice/relay/server.py; they
+voice/relay/control.py to a serving side running voice/relay/server.py; they
 differ only in where the channels come from and what happens when one ends.
 
 - ProcessBackend: `workers` processes (multiprocessing "spawn" context), each
@@ -30,6 +30,7 @@ from multiprocessing.process import BaseProcess
 from typing import Protocol
 
 from voice.relay.api import RelayUnavailable
+from voice.relay.control import MAX_AUTH_FRAME, encode_message
 from voice.relay.control_auth import (
     AuthError,
     auth_request,
@@ -39,7 +40,6 @@ from voice.relay.control_auth import (
 from voice.relay.pool import Channel, RelayPool
 from voice.relay.registry import Candidate, HostRecord
 from voice.relay.server import WorkerSettings, read_frame, worker_main
-from voice.relay.wire import MAX_AUTH_FRAME, encode_message
 
 __all__ = ["HostBackend", "HostChannel", "HostDirectory", "ProcessBackend", "ProcessChannel"]
 

@@ -6,7 +6,7 @@ run one per core, each with its own control port and media port range) and:
 - takes control connections from signaling nodes on TCP, serves only those
   that prove they know the relay secret (voice/relay/control_auth.py) and
   serves each the same control channel as a relay worker process
-  (voice/relay/wire.py, served by voice/relay/server.py: `serve_channel`,
+  (voice/relay/control.py, served by voice/relay/server.py: `serve_channel`,
   `ChannelServer`). Several nodes may be connected at once; each connection's
   legs and calls are its own (their ids carry the connection's prefix inside
   the Relay), and its legs are closed when the connection ends.
@@ -27,6 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from voice.relay.control import MAX_AUTH_FRAME, ProtocolError, encode_message
 from voice.relay.control_auth import (
     AUTH_TIMEOUT,
     AuthError,
@@ -45,7 +46,6 @@ from voice.relay.server import (
     read_frame,
     serve_channel,
 )
-from voice.relay.wire import MAX_AUTH_FRAME, ProtocolError, encode_message
 
 __all__ = ["HostIdInUse", "HostSettings", "RelayHost"]
 

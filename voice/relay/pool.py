@@ -1,7 +1,7 @@
 """A relay whose legs live elsewhere: worker processes or relay hosts, one pool.
 
 RelayPool implements the relay contract (voice.relay.api.MediaRelay) over
-control channels (voice/relay/wire.py) to serving sides that each run an
+control channels (voice/relay/control.py) to serving sides that each run an
 ordinary Relay (voice/relay/server.py). Where the channels come from is its
 backend (`WorkerBackend`, voice/relay/backends.py):
 
@@ -61,8 +61,7 @@ from voice.relay.api import (
     UnknownLegError,
     UpdateRtp,
 )
-from voice.relay.registry import Candidate, choose
-from voice.relay.wire import (
+from voice.relay.control import (
     Correlator,
     DtmfReceived,
     Event,
@@ -76,6 +75,7 @@ from voice.relay.wire import (
     Shutdown,
     StatsReport,
 )
+from voice.relay.registry import Candidate, choose
 
 if TYPE_CHECKING:
     from voice.relay.backends import HostDirectory

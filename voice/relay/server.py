@@ -3,7 +3,7 @@
 What runs where the legs live: in a relay worker process (`worker_main`, one
 channel, the Relay its own) and in a relay host (voice/relay/host.py, one
 `ChannelServer` per connected signaling node, all sharing the host's Relay).
-The frames are voice/relay/wire.py's; `perform` carries out one operation of
+The frames are voice/relay/control.py's; `perform` carries out one operation of
 the relay contract (voice/relay/api.py) on any relay.
 """
 
@@ -42,8 +42,7 @@ from voice.relay.api import (
     StopRingback,
     UpdateRtp,
 )
-from voice.relay.relay import Relay
-from voice.relay.wire import (
+from voice.relay.control import (
     HEADER_SIZE,
     MAX_FRAME,
     DtmfReceived,
@@ -62,6 +61,7 @@ from voice.relay.wire import (
     encode_reply,
     frame_size,
 )
+from voice.relay.relay import Relay
 
 __all__ = [
     "STATS_INTERVAL",

@@ -1,5 +1,5 @@
 """The relay control channel's wire format, without processes: framing, requests,
-replies, events and errors (voice/relay/wire.py)."""
+replies, events and errors (voice/relay/control.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from voice.relay.api import (
     UnknownLegError,
     UpdateRtp,
 )
-from voice.relay.wire import (
+from voice.relay.control import (
     MAX_FRAME,
     Correlator,
     DtmfReceived,

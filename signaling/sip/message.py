@@ -972,6 +972,12 @@ class StreamParser:
         # arrives a byte at a time is searched once, not once per byte.
         self._searched = 0
 
+    @property
+    def in_message(self) -> bool:
+        """Whether bytes of an unfinished message are held (keep-alive CRLFs between
+        messages are not a message): the transport times how long one takes."""
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> list[Request | Response | ParseError]:
         self._buffer += data
         out: list[Request | Response | ParseError] = []

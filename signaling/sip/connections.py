@@ -5,8 +5,10 @@ of how many a peer may hold. Without limits any address can open every slot and
 keep it (a message that never ends, a Content-Length beyond the body, a silent
 connection), and the operator's SBC is then refused. So, per connection:
 
-- an idle timeout: no byte either way for ``idle_timeout`` seconds closes it
-  (a CRLF keep-alive, RFC 5626 §3.5.1, counts as traffic);
+- an idle timeout: no byte either way for ``idle_timeout`` seconds closes a
+  stranger's connection, ``accepted_idle_timeout`` one of the SBC or one we opened
+  (longer than any call may ring: the final answer to an INVITE goes back on the
+  connection it came on); a CRLF keep-alive (RFC 5626 §3.5.1) counts as traffic;
 - a message timeout: a message must be complete within ``message_timeout`` seconds
   of its first byte;
 
@@ -41,8 +43,10 @@ class TcpLimits:
     reserved_for_accepted: int = 32
     #: Inbound connections at once from one address that is not an accepted source.
     max_per_source: int = 8
-    #: Seconds without a byte either way before a connection is closed.
+    #: Seconds without a byte either way before a stranger's connection is closed.
     idle_timeout: float = 120.0
+    #: The same for an accepted source's connection and for those we opened.
+    accepted_idle_timeout: float = 600.0
     #: Seconds from a message's first byte to its last before the connection is closed.
     message_timeout: float = 10.0
 
@@ -56,7 +60,7 @@ class TcpLimits:
             )
         if self.max_per_source < 1:
             raise ValueError(f"max_per_source: {self.max_per_source} must be >= 1")
-        for name in ("idle_timeout", "message_timeout"):
+        for name in ("idle_timeout", "accepted_idle_timeout", "message_timeout"):
             value = getattr(self, name)
             if not value > 0 or math.isinf(value):
                 raise ValueError(f"{name}: {value} must be a positive number")
@@ -146,16 +150,21 @@ class ConnectionTable:
         """We connected to a peer (the SBC): never refused, no inbound slot taken."""
         return self._add(_Entry(host, False, True, now))
 
-    def received(self, connection: int, now: float, *, in_message: bool) -> None:
-        """Bytes arrived; ``in_message``: a message is now partly read (the parser
-        holds bytes of one). Starts or stops that message's clock."""
+    def received(
+        self, connection: int, now: float, *, in_message: bool, completed: int = 0
+    ) -> None:
+        """Bytes arrived, completing ``completed`` messages; ``in_message``: a message
+        is now partly read (the parser holds bytes of one). The clock of a message
+        starts with the bytes that began it: now, unless the one being read began in
+        an earlier chunk (a busy peer's messages that never end on a chunk boundary
+        each get their own ``message_timeout``)."""
         entry = self._entries.get(connection)
         if entry is None:
             return
         entry.last_activity = now
         if not in_message:
             entry.message_started = None
-        elif entry.message_started is None:
+        elif entry.message_started is None or completed:
             entry.message_started = now
 
     def sent(self, connection: int, now: float) -> None:
@@ -195,14 +204,17 @@ class ConnectionTable:
                 and now >= entry.message_started + limits.message_timeout
             ):
                 due.append((connection, Expiry.MESSAGE))
-            elif now >= entry.last_activity + limits.idle_timeout:
+            elif now >= entry.last_activity + self._idle_timeout(entry):
                 due.append((connection, Expiry.IDLE))
         for connection, _ in due:
             self.close(connection)
         return due
 
+    def _idle_timeout(self, entry: _Entry) -> float:
+        return self.limits.accepted_idle_timeout if entry.accepted else self.limits.idle_timeout
+
     def _deadline(self, entry: _Entry) -> float:
-        idle = entry.last_activity + self.limits.idle_timeout
+        idle = entry.last_activity + self._idle_timeout(entry)
         if entry.message_started is None:
             return idle
         return min(idle, entry.message_started + self.limits.message_timeout)

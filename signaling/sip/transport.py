@@ -98,7 +98,7 @@ class _Stream(asyncio.Protocol):
             self.owner.on_stream(exc, self.peer)
             self.transport.close()
             return
-        self.owner._received(self)
+        self.owner._received(self, len(items))
         for item in items:
             self.owner.on_stream(item, self.peer)
 
@@ -276,13 +276,14 @@ class SipTransport:
         self._arm(self.table.deadline(connection))
         return connection
 
-    def _received(self, stream: _Stream) -> None:
+    def _received(self, stream: _Stream, completed: int) -> None:
         if stream.connection is None:
             return
         self.table.received(
             stream.connection,
             asyncio.get_running_loop().time(),
             in_message=stream.parser.in_message,
+            completed=completed,
         )
         self._arm(self.table.deadline(stream.connection))
 

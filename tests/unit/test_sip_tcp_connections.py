@@ -123,9 +123,9 @@ def test_close_frees_the_slot_and_twice_is_harmless() -> None:
 
 
 def test_an_idle_connection_expires_and_traffic_defers_it() -> None:
-    t = table(idle_timeout=30, message_timeout=5)
+    t = table(idle_timeout=30, accepted_idle_timeout=40, message_timeout=5)
     quiet = t.open_inbound(ATTACKER, accepted=False, now=0).connection
-    busy = t.open_inbound(SBC, accepted=True, now=0).connection
+    busy = t.open_inbound(ATTACKER, accepted=False, now=0).connection
     assert quiet is not None and busy is not None
     assert t.next_deadline() == 30
     t.received(busy, 20, in_message=False)  # e.g. a CRLF keep-alive
@@ -135,6 +135,20 @@ def test_an_idle_connection_expires_and_traffic_defers_it() -> None:
     assert t.expired(30) == [(quiet, Expiry.IDLE)]
     assert quiet not in t and t.inbound == 1
     assert t.next_deadline() == 55
+
+
+def test_the_sbc_and_our_own_connections_may_stay_idle_longer() -> None:
+    """An INVITE may ring for minutes with nothing on its connection, and its final
+    answer goes back on that connection: the SBC's idle timeout is the longer one."""
+    t = table(idle_timeout=30, accepted_idle_timeout=600)
+    stranger = t.open_inbound(ATTACKER, accepted=False, now=0).connection
+    sbc = t.open_inbound(SBC, accepted=True, now=0).connection
+    ours = t.open_outbound(SBC, now=0)
+    assert stranger is not None and sbc is not None
+    assert t.deadline(stranger) == 30
+    assert t.deadline(sbc) == t.deadline(ours) == 600
+    assert t.expired(599) == [(stranger, Expiry.IDLE)]
+    assert sorted(c for c, _ in t.expired(600)) == sorted([sbc, ours])
 
 
 def test_a_message_must_end_within_the_message_timeout_of_its_first_byte() -> None:
@@ -150,7 +164,7 @@ def test_a_message_must_end_within_the_message_timeout_of_its_first_byte() -> No
 
 
 def test_a_completed_message_stops_the_clock() -> None:
-    t = table(idle_timeout=100, message_timeout=5)
+    t = table(accepted_idle_timeout=100, message_timeout=5)
     conn = t.open_inbound(SBC, accepted=True, now=0).connection
     assert conn is not None
     t.received(conn, 1, in_message=True)
@@ -159,6 +173,22 @@ def test_a_completed_message_stops_the_clock() -> None:
     t.received(conn, 50, in_message=True)  # the next one starts its own clock
     assert t.deadline(conn) == 55
     assert t.expired(54) == []
+
+
+def test_pipelined_messages_each_get_their_own_message_timeout() -> None:
+    """A busy peer whose chunks never end on a message boundary: each chunk completes
+    a message and starts the next, whose clock starts with it."""
+    t = table(idle_timeout=100, message_timeout=5)
+    conn = t.open_inbound(SBC, accepted=True, now=0).connection
+    assert conn is not None
+    t.received(conn, 0, in_message=True)
+    for now in range(1, 30):
+        t.received(conn, float(now), in_message=True, completed=1)
+        assert t.deadline(conn) == now + 5
+        assert t.expired(float(now)) == []
+    # A chunk that completes nothing leaves the clock of the message being read.
+    t.received(conn, 31, in_message=True)
+    assert t.deadline(conn) == 34
 
 
 def test_events_for_unknown_connections_are_ignored() -> None:

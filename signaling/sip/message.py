@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import re
 import secrets
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -171,6 +172,12 @@ REASON_PHRASES = {
 }
 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+#: RFC 3986 §3.1: a scheme name; anything else before the ':' is not a URI at all.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
+_DIGITS = re.compile(r"[0-9]{1,10}\Z")
+_VERSION = re.compile(r"[0-9]+\.[0-9]+\Z")
+#: Headers that a message carries once (RFC 3261 §7.3.1, §20; RFC 4475 §3.3.8).
+SINGLE_HEADERS = ("To", "From", "Call-ID", "CSeq", "Max-Forwards")
 _URI_FORBIDDEN = re.compile(r'[ \t<>"]')
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _URI_SCHEMES = ("sip", "sips", "tel")
@@ -194,15 +201,16 @@ class ParseError(ValueError):
 
     @property
     def answerable(self) -> bool:
-        """Whether a response can be sent: a request (not ACK) with the headers a
-        response copies (Via, From, To, Call-ID, CSeq)."""
+        """Whether a response can be sent: a request (not ACK) with a Via to send it
+        along and a CSeq for the peer to match it by. From, To and Call-ID are copied
+        when present: a request that lacks them still gets its 400 (RFC 4475 §3.3.1)."""
         request = self.partial
         if not isinstance(request, Request) or request.method == "ACK":
             return False
-        if any(name not in request.headers for name in ("From", "To", "Call-ID", "CSeq")):
+        if "CSeq" not in request.headers:
             return False
         try:
-            return request.top_via is not None
+            return _reply_via(request) is not None
         except ParseError:
             return False
 
@@ -276,11 +284,13 @@ def split_quoted(text: str, separator: str) -> list[str]:
 
 
 def parse_params(parts: Iterable[str]) -> Params:
-    """``name[=value]`` items (already split at ';') into a tuple; names lower-cased."""
+    """``name[=value]`` items (already split at ';') into a tuple; names lower-cased.
+    An empty item (``;;``, a ';' at the end) is not a parameter (RFC 4475 §3.1.2.1)."""
     params: list[tuple[str, str | None]] = []
-    for part in parts:
+    for raw in parts:
+        part = raw.strip()
         if not part:
-            continue
+            raise ParseError("empty parameter (';' with nothing after it)")
         name, sep, value = part.partition("=")
         name = name.strip().lower()
         if not _TOKEN.match(name):
@@ -307,6 +317,12 @@ def _has_param(params: Params, name: str) -> bool:
 def _set_param(params: Params, name: str, value: str | None) -> Params:
     kept = tuple((k, v) for k, v in params if k != name)
     return (*kept, (name, value))
+
+
+def unescape(text: str) -> str:
+    """``%HH`` escapes decoded once (RFC 3261 §25.1, RFC 3986 §2.1): ``%25%34%31`` is
+    ``%41``, never ``A``. Only for the parts of a URI whose grammar has "escaped"."""
+    return urllib.parse.unquote(text, errors="surrogateescape") if "%" in text else text
 
 
 def _parse_port(text: str, where: str) -> int:
@@ -353,21 +369,24 @@ class URI:
     def parse(cls, text: str) -> URI:
         text = text.strip()
         scheme, sep, rest = text.partition(":")
-        scheme = scheme.lower()
-        if not sep or not rest:
+        if not sep or not rest or not _SCHEME.match(scheme):
             raise ParseError(f"not a URI: {text!r}")
+        scheme = scheme.lower()
         if scheme not in _URI_SCHEMES:
             raise ParseError(f"unsupported URI scheme {scheme!r}", status=416)
         if _URI_FORBIDDEN.search(rest):
             raise ParseError(f"bad character in URI {text!r}")
-        rest, _, headers = rest.partition("?")
         if scheme == "tel":
+            rest, _, headers = rest.partition("?")
             number, *params = rest.split(";")
             if not number:
                 raise ParseError(f"tel URI without a number: {text!r}")
             return cls(scheme, number, "", None, parse_params(params), None, headers)
         user: str | None = None
         password: str | None = None
+        # The userinfo ends at the last '@': no other part of a SIP URI holds one
+        # unescaped (RFC 3261 §25.1), while the user part may hold ';', '?' and ','
+        # (RFC 4475 §3.1.1.2 and §3.1.1.9).
         at = rest.rfind("@")
         if at >= 0:
             userinfo, rest = rest[:at], rest[at + 1 :]
@@ -375,6 +394,7 @@ class URI:
             password = pw if sep else None
             if not user:
                 raise ParseError(f"empty user part in {text!r}")
+        rest, _, headers = rest.partition("?")
         hostport, *params = rest.split(";")
         host, port = _split_hostport(hostport, text)
         return cls(scheme, user, host, port, parse_params(params), password, headers)
@@ -392,6 +412,11 @@ class URI:
             port = f":{self.port}" if self.port is not None else ""
             text = f"{self.scheme}:{userinfo}{self.host}{port}{format_params(self.params)}"
         return f"{text}?{self.headers}" if self.headers else text
+
+    @property
+    def unescaped_user(self) -> str | None:
+        """The user part with its ``%HH`` escapes decoded: ``sip:%75se%72@h`` is ``user``."""
+        return None if self.user is None else unescape(self.user)
 
     def param(self, name: str) -> str | None:
         return _param(self.params, name)
@@ -438,13 +463,23 @@ class Address:
                 raise ParseError(f"unterminated <URI> in {text!r}")
             if display is None and text[:lt].strip():
                 display = text[:lt].strip()
-            uri = URI.parse(text[lt + 1 : gt])
+                # Unquoted, a display name is tokens (RFC 3261 §25.1, RFC 4475 §3.1.2.15).
+                if not all(_TOKEN.match(word) for word in display.split()):
+                    raise ParseError(f"display name {display!r} needs quotes")
+            inner = text[lt + 1 : gt]
+            if inner != inner.strip():
+                # LAQUOT addr-spec RAQUOT: no LWS inside (RFC 4475 §3.1.2.14).
+                raise ParseError(f"spaces inside <URI> in {text!r}")
+            uri = URI.parse(inner)
             rest = text[gt + 1 :].strip()
             if rest and not rest.startswith(";"):
                 raise ParseError(f"unexpected text after <URI> in {text!r}")
-            return cls(uri, display, parse_params(split_quoted(rest, ";")))
+            return cls(uri, display, parse_params(split_quoted(rest, ";")[1:]) if rest else ())
         # addr-spec: parameters after the URI belong to the header, not the URI (§20).
         uri_text, *params = text.split(";")
+        if any(c in uri_text for c in "?,"):
+            # §20.10: such a URI must be in <> (RFC 4475 §3.1.2.13).
+            raise ParseError(f"a URI with '?' or ',' must be enclosed in <>: {text!r}")
         return cls(URI.parse(uri_text), None, parse_params(params))
 
     def __str__(self) -> str:
@@ -473,12 +508,18 @@ class Via:
     host: str
     port: int | None = None
     params: Params = ()
+    #: The SIP version of the sent-protocol; a message in another version is answered
+    #: 505 along its Via (RFC 4475 §3.1.2.16), so the Via must still be read.
+    version: str = "2.0"
 
     @classmethod
-    def parse(cls, text: str) -> Via:
+    def parse(cls, text: str, *, lenient: bool = False) -> Via:
+        """One Via value. ``lenient``: empty parameters (``;;``) are skipped rather
+        than refused, to send a 400 back along a Via that is itself malformed."""
         protocol, sep, rest = text.strip().partition("/")
         version, sep2, rest = rest.partition("/")
-        if not sep or not sep2 or protocol.strip().upper() != "SIP" or version.strip() != "2.0":
+        version = version.strip()
+        if not sep or not sep2 or protocol.strip().upper() != "SIP" or not _VERSION.match(version):
             raise ParseError(f"bad Via {text!r}")
         rest = rest.lstrip()
         transport, _, sent_by = rest.partition(" ")
@@ -486,11 +527,13 @@ class Via:
             raise ParseError(f"bad Via transport in {text!r}")
         hostport, *params = sent_by.split(";")
         host, port = _split_hostport(hostport, text)
-        return cls(transport.upper(), host, port, parse_params(params))
+        if lenient:
+            params = [p for p in params if p.strip()]
+        return cls(transport.upper(), host, port, parse_params(params), version)
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
-        return f"SIP/2.0/{self.transport} {self.host}{port}{format_params(self.params)}"
+        return f"SIP/{self.version}/{self.transport} {self.host}{port}{format_params(self.params)}"
 
     @property
     def branch(self) -> str | None:
@@ -588,10 +631,18 @@ def response_destination(request: Request, source: SipTarget) -> SipTarget:
     at the Via's sent-by port."""
     if source.reliable:
         return source
-    via = request.top_via
+    via = _reply_via(request)
     if via.has_param("rport"):
         return source
     return SipTarget(source.transport, source.host, via.port or 5060)
+
+
+def _reply_via(request: Request) -> Via:
+    """The top Via as far as a response can be routed by it (empty parameters skipped)."""
+    value = request.headers.get("Via")
+    if value is None:
+        raise ParseError("missing Via")
+    return Via.parse(value, lenient=True)
 
 
 # Headers and messages -----------------------------------------------------------------
@@ -811,7 +862,11 @@ def _parse_start_line(line: str) -> Request | Response:
         if version.upper().startswith("SIP/"):
             raise ParseError(f"unsupported version {version!r}", status=505)
         raise ParseError(f"bad request line {line!r}")
-    return Request(method, URI.parse(uri))
+    request_uri = URI.parse(uri)
+    if request_uri.headers:
+        # RFC 3261 §19.1.1, Table 1: headers are not allowed in a Request-URI.
+        raise ParseError(f"headers in the Request-URI {uri!r}")
+    return Request(method, request_uri)
 
 
 def _parse_head(head: bytes, max_headers: int) -> Request | Response:
@@ -824,10 +879,11 @@ def _parse_head(head: bytes, max_headers: int) -> Request | Response:
     try:
         message = _parse_start_line(lines[0])
     except ParseError as exc:
-        # A request in another SIP version or with a URI scheme we do not know can
-        # still be answered (505, 416): read its headers for the response.
+        # A request whose start line is wrong (another SIP version, a URI scheme we do
+        # not know, stray spaces, a bad Request-URI) can still be answered (505, 416,
+        # 400; RFC 4475 §3.1.2.7-11, §3.1.2.16): read its headers for the response.
         method = lines[0].split(" ", 1)[0]
-        if exc.status == 400 or lines[0].startswith("SIP/") or not _TOKEN.match(method):
+        if lines[0].startswith("SIP/") or not _TOKEN.match(method):
             raise
         message = Request(method, URI())
         start_error = exc
@@ -879,9 +935,12 @@ def _parse_head(head: bytes, max_headers: int) -> Request | Response:
 
 def _validate(message: Request | Response) -> None:
     """The headers every request and response needs (RFC 3261 §8.1.1)."""
-    for name in ("To", "From", "Call-ID", "CSeq"):
-        if message.headers.get(name) is None:
-            raise ParseError(f"missing {name}", partial=message)
+    missing = [n for n in ("To", "From", "Call-ID", "CSeq") if message.headers.get(n) is None]
+    if missing:
+        raise ParseError(f"missing {', '.join(missing)}", partial=message)
+    for name in SINGLE_HEADERS:
+        if len(message.headers.get_all(name)) > 1:
+            raise ParseError(f"more than one {name}", partial=message)
     try:
         # Parsed to check them: the Via responses are routed by, From and To.
         _ = (message.top_via, message.from_addr, message.to_addr)
@@ -890,9 +949,21 @@ def _validate(message: Request | Response) -> None:
         raise ParseError(exc.reason, status=exc.status, partial=message) from None
     if isinstance(message, Request) and cseq.method != message.method:
         raise ParseError("CSeq method does not match the request method", partial=message)
+    if message.top_via.version != "2.0":
+        raise ParseError("top Via is not SIP/2.0", partial=message)
     max_forwards = message.headers.get("Max-Forwards")
-    if max_forwards is not None and (not max_forwards.isdigit() or len(max_forwards) > 3):
+    # 1*DIGIT in 0-255, leading zeros allowed (RFC 3261 §20.22, RFC 4475 §3.1.1.1).
+    if max_forwards is not None and (not _DIGITS.match(max_forwards) or int(max_forwards) > 255):
         raise ParseError(f"bad Max-Forwards {max_forwards!r}", partial=message)
+    if isinstance(message, Request):
+        try:
+            for value in message.headers.get_all("Contact"):
+                if value.strip() != "*":
+                    Address.parse(value)
+        except ParseError as exc:
+            raise ParseError(
+                f"bad Contact: {exc.reason}", status=exc.status, partial=message
+            ) from None
 
 
 def _content_length(message: Request | Response) -> int | None:
@@ -971,6 +1042,12 @@ class StreamParser:
         # Bytes of the buffer already searched for the end of the head: a head that
         # arrives a byte at a time is searched once, not once per byte.
         self._searched = 0
+
+    @property
+    def in_message(self) -> bool:
+        """Whether bytes of an unfinished message are held (keep-alive CRLFs between
+        messages are not a message): the transport times how long one takes."""
+        return bool(self._buffer)
 
     def feed(self, data: bytes) -> list[Request | Response | ParseError]:
         self._buffer += data
@@ -1135,4 +1212,5 @@ __all__ = [
     "response_destination",
     "split_quoted",
     "stamp_received",
+    "unescape",
 ]

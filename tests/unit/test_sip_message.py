@@ -22,6 +22,7 @@ from signaling.sip.message import (
     parse_message,
     response_destination,
     stamp_received,
+    unescape,
 )
 
 SDP = (
@@ -315,3 +316,100 @@ def test_stream_parser_errors() -> None:
     assert info.value.status == 513
     with pytest.raises(ParseError):
         StreamParser(max_size=2048).feed(INVITE.replace(LENGTH_LINE, b"l: 100000"))
+
+
+def test_uri_user_parts_hold_question_marks_and_semicolons() -> None:
+    """The userinfo ends at the last '@' (RFC 4475 §3.1.1.2, §3.1.1.9)."""
+    uri = URI.parse("sip:a?b;c=d:secret@example.com;lr?subject=x")
+    assert (uri.user, uri.password, uri.host) == ("a?b;c=d", "secret", "example.com")
+    assert (uri.params, uri.headers) == ((("lr", None),), "subject=x")
+    assert str(uri) == "sip:a?b;c=d:secret@example.com;lr?subject=x"
+
+
+def test_percent_escapes_decode_once() -> None:
+    assert unescape("%2B4930555000100") == "+4930555000100"
+    assert unescape("v%61lue%25%34%31") == "value%41"
+    assert unescape("plain") == "plain"
+    assert URI.parse("sip:%2B4917700000001@sbc.example").unescaped_user == "+4917700000001"
+    assert URI.parse("sip:sbc.example").unescaped_user is None
+
+
+def test_grammar_the_parser_now_holds_to() -> None:
+    # Empty parameters, a scheme that is no scheme, spaces inside <>, unquoted display
+    # names that are not tokens, '?' in an addr-spec (RFC 4475 §3.1.2).
+    for bad in ("sip:x@y;;lr", "sip:x@y;", "<sip:x@y>", "1sip:x@y"):
+        with pytest.raises(ParseError) as info:
+            URI.parse(bad)
+        assert info.value.status == 400, bad
+    for bad_address in (
+        "<sip:x@y>;;tag=1",
+        "< sip:x@y >",
+        "Bell, Alexander <sip:x@y>",
+        "sip:x@y?Route=%3Csip:z%3E",
+    ):
+        with pytest.raises(ParseError):
+            Address.parse(bad_address)
+    assert Address.parse("caller<sip:x@y>;tag=1").display_name == "caller"
+    with pytest.raises(ParseError) as unknown:
+        URI.parse("mailto:x@y")
+    assert unknown.value.status == 416
+
+
+def test_max_forwards_may_have_leading_zeros_but_not_exceed_255() -> None:
+    assert parse_message(INVITE.replace(b"Max-Forwards: 68", b"Max-Forwards: 0068"))
+    assert _bad(INVITE.replace(b"Max-Forwards: 68", b"Max-Forwards: 256")).answerable
+    assert _bad(INVITE.replace(b"Max-Forwards: 68", b"Max-Forwards: \xc2\xb2")).status == 400
+
+
+def test_single_headers_may_not_repeat() -> None:
+    twice = INVITE.replace(b"CSeq: 102 INVITE\r\n", b"CSeq: 102 INVITE\r\nCSeq: 103 INVITE\r\n")
+    assert "more than one CSeq" in _bad(twice).reason
+    two_call_ids = INVITE.replace(b"i: ", b"Call-ID: other\r\ni: ")
+    assert "more than one Call-ID" in _bad(two_call_ids).reason
+
+
+def test_bad_start_lines_and_contacts_are_answerable() -> None:
+    spaces = _bad(INVITE.replace(b"INVITE sip:", b"INVITE  sip:", 1))
+    assert spaces.status == 400 and spaces.answerable
+    assert isinstance(spaces.partial, Request) and spaces.partial.method == "INVITE"
+    headers = _bad(INVITE.replace(b";user=phone SIP/2.0", b"?Route=x SIP/2.0", 1))
+    assert "headers in the Request-URI" in headers.reason and headers.answerable
+    contact = _bad(INVITE.replace(b":5060;transport=udp>", b":5060;;transport=udp>", 1))
+    assert "Contact" in contact.reason and contact.answerable
+
+
+def test_a_request_without_from_to_and_call_id_is_still_answered() -> None:
+    """RFC 4475 §3.3.1: the 400 goes back along the Via, matched by the CSeq."""
+    bare = (
+        b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKbare\r\n"
+        b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    error = _bad(bare)
+    assert error.reason == "missing To, From, Call-ID" and error.answerable
+    assert isinstance(error.partial, Request)
+    response = make_response(error.partial, 400)
+    assert response.headers.get("Via") == "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKbare"
+    assert response.headers.get("To") is None
+    no_via = bare.replace(b"Via: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKbare\r\n", b"")
+    assert _bad(no_via).answerable is False
+
+
+def test_a_via_of_another_version_is_read_to_answer_505() -> None:
+    via = Via.parse("SIP/7.0/UDP c.example.com;branch=z9hG4bKv7")
+    assert (via.version, via.host) == ("7.0", "c.example.com")
+    assert str(via) == "SIP/7.0/UDP c.example.com;branch=z9hG4bKv7"
+    # A malformed Via is still good enough to send the 400 back along.
+    assert Via.parse("SIP/2.0/UDP 192.0.2.15;;", lenient=True).params == ()
+    with pytest.raises(ParseError):
+        Via.parse("SIP/2.0/UDP 192.0.2.15;;")
+
+
+def test_stream_parser_tells_when_a_message_is_partly_read() -> None:
+    parser = StreamParser(max_size=4096)
+    assert not parser.in_message
+    parser.feed(b"\r\n\r\n")  # keep-alives are no message
+    assert not parser.in_message
+    parser.feed(INVITE[:100])
+    assert parser.in_message
+    assert len(parser.feed(INVITE[100:])) == 1
+    assert not parser.in_message

@@ -52,7 +52,7 @@ ERROR_CODES: Final[dict[str, str]] = {
     ErrorCode.UNKNOWN_TYPE: "no such message type",
     ErrorCode.UNAUTHENTICATED: "no valid credential (the connection closes)",
     ErrorCode.RATE_LIMITED: "too many messages or calls: slow down",
-    ErrorCode.MESSAGE_TOO_BIG: "the frame is too big",
+    ErrorCode.MESSAGE_TOO_BIG: "reserved: a frame over 64 KiB closes the connection (1009)",
     ErrorCode.INVALID_NUMBER: "the number cannot be read as a phone number",
     ErrorCode.SELF_CALL: "a number cannot call itself",
     ErrorCode.CALL_NOT_FOUND: "no such call (it may be over)",

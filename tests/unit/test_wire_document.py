@@ -111,6 +111,14 @@ def test_the_web_app_has_words_for_every_reason_and_detail() -> None:
         assert keys == set(_names(doc, table)), table
 
 
+def test_docs_protocol_names_everything_in_the_registry() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    doc = document()
+    for part in ("client_messages", "server_messages", "reasons", "details", "errors"):
+        missing = [name for name in doc[part] if f"`{name}`" not in text]
+        assert not missing, f"docs/protocol.md lacks {part}: {missing}"
+
+
 def test_wire_js_imports_the_served_document() -> None:
     source = (STATIC_DIR / "wire.js").read_text()
     assert 'import WIRE from "/v1/wire.json" with { type: "json" };' in source

@@ -631,7 +631,7 @@ class _Call:
             caller.invite(line.client_sdp_filter(pc.localDescription.sdp), self.invited_at)
         )
         _, progress = await caller_inbox.until(
-            caller, Progressed, "call.progress", timeout=SETUP_TIMEOUT
+            caller, Progressed, wire.CallProgress.type, timeout=SETUP_TIMEOUT
         )
         assert caller.call_id is not None
         self.call_id = call_id = caller.call_id
@@ -639,11 +639,11 @@ class _Call:
             RTCSessionDescription(sdp=line.sdp_filter(progress.sdp), type="answer")
         )
 
-        self.stage = "waiting for call.incoming"
+        self.stage = f"waiting for {wire.CallIncoming.type}"
         self.callee_call = callee = await callee_inbox.incoming(call_id, timeout=SETUP_TIMEOUT)
-        self.stage = "waiting for call.ringing"
+        self.stage = f"waiting for {wire.CallRinging.type}"
         ringing_at, _ = await caller_inbox.until(
-            caller, Ringing, "call.ringing", timeout=SETUP_TIMEOUT
+            caller, Ringing, wire.CallRinging.type, timeout=SETUP_TIMEOUT
         )
         self.result.pdd_ms = round((ringing_at - self.invited_at) * 1000.0, 3)
 
@@ -660,11 +660,11 @@ class _Call:
             )
         )
 
-        self.stage = "waiting for call.accepted"
+        self.stage = f"waiting for {wire.CallAccepted.type}"
         accepted_at, _ = await caller_inbox.until(
-            caller, Accepted, "call.accepted", timeout=SETUP_TIMEOUT
+            caller, Accepted, wire.CallAccepted.type, timeout=SETUP_TIMEOUT
         )
-        await callee_inbox.until(callee, Accepted, "call.accepted", timeout=SETUP_TIMEOUT)
+        await callee_inbox.until(callee, Accepted, wire.CallAccepted.type, timeout=SETUP_TIMEOUT)
         self.accepted_at = accepted_at
         # Analyse a second from the middle of the talk (at least 0.3 s in).
         start = accepted_at + max(0.3, plan.hold / 2 - 0.5)
@@ -686,10 +686,12 @@ class _Call:
         hangup = caller.hangup(self.hung_up_at)
         assert hangup is not None
         await line.caller.send_message(hangup)
-        _, ended = await caller_inbox.until(caller, Ended, "call.ended", timeout=END_TIMEOUT)
+        _, ended = await caller_inbox.until(caller, Ended, wire.CallEnded.type, timeout=END_TIMEOUT)
         self.ended = True
         self.result.end_reason = ended.reason
-        _, callee_ended = await callee_inbox.until(callee, Ended, "call.ended", timeout=END_TIMEOUT)
+        _, callee_ended = await callee_inbox.until(
+            callee, Ended, wire.CallEnded.type, timeout=END_TIMEOUT
+        )
         if callee_ended.reason != self.result.end_reason:
             raise CallFailed(
                 f"callee saw the call end {callee_ended.reason!r}, "

@@ -849,7 +849,7 @@ class CallService:
             return
         ctx.sip_ended = True
         call = ctx.call
-        reason = call.end_reason.value if call.end_reason is not None else "failed"
+        reason = call.end_reason.value if call.end_reason is not None else EndReason.FAILED.value
         if call.answered_at is not None:
             self._spawn(sip.bye(reason))
         elif isinstance(sip, IncomingCall):

@@ -458,8 +458,6 @@ def encode_message(message: Message | ServerMessage) -> str:
 
 # Parsing server messages (a client's side) ----------------------------------------------
 
-_OPTIONAL = object()
-
 
 def _field_types(cls: type[ServerMessage]) -> dict[str, tuple[str, Any, bool]]:
     """wire name -> (attribute, Python type, required) for one server message class."""

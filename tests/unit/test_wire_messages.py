@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -214,3 +216,15 @@ def test_dynamic_details_are_built_from_the_registry() -> None:
 def test_error_codes_each_have_a_description() -> None:
     codes = {value for key, value in vars(wire.ErrorCode).items() if key.isupper()}
     assert codes == set(wire.ERROR_CODES)
+
+
+def test_wire_is_a_leaf_package() -> None:
+    """No I/O library and nothing of the server or the media plane is imported."""
+    code = (
+        "import sys, wire, wire.call, wire.document\n"
+        "roots = {name.split('.')[0] for name in sys.modules}\n"
+        "print(sorted(roots & {'aiohttp', 'aiortc', 'asyncio', 'signaling', 'voice'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -3,6 +3,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY signaling ./signaling
 COPY voice ./voice
+COPY wire ./wire
 RUN pip install --no-cache-dir .
 # Signaling on 8080. Media (UDP) binds ANRUF_MEDIA_BIND_ADDRESS: set it to the
 # container's address and ANRUF_MEDIA_ANNOUNCE_ADDRESS to the public one; run with

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from signaling import protocol
+import wire
 from signaling.api.auth import require_device
 from signaling.api.limits import admit_call_attempt
 from signaling.api.problems import problem
@@ -77,26 +77,26 @@ async def _first_message_auth(request: web.Request, ws: web.WebSocketResponse) -
         msg = await ws.receive(timeout=AUTH_TIMEOUT)
     except TimeoutError:
         await WebSocketLink(ws).send(
-            protocol.error(protocol.ErrorCode.UNAUTHENTICATED, "authenticate first")
+            wire.error(wire.ErrorCode.UNAUTHENTICATED, "authenticate first")
         )
         await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"unauthenticated")
         return None
     if msg.type != WSMsgType.TEXT:
         await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"unauthenticated")
         return None
-    message: protocol.Message | None = None
+    message: wire.Message | None = None
     try:
-        message = protocol.parse(msg.data)
-    except protocol.ProtocolError as exc:
+        message = wire.parse(msg.data)
+    except wire.ProtocolError as exc:
         ref = exc.ref
     else:
         ref = message.id
     device = None
-    if isinstance(message, protocol.Auth):
+    if isinstance(message, wire.Auth):
         device = await request.app[IDENTITY].authenticate(message.token)
     if device is None:
         await WebSocketLink(ws).send(
-            protocol.error(protocol.ErrorCode.UNAUTHENTICATED, "unknown or revoked credential", ref)
+            wire.error(wire.ErrorCode.UNAUTHENTICATED, "unknown or revoked credential", ref)
         )
         await ws.close(code=CLOSE_UNAUTHENTICATED, message=b"unauthenticated")
     return device
@@ -109,11 +109,8 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, device: Device
     await presence.attach(device.device_id, device.number, link)
     metrics.connected_devices.set(len(presence))
     await link.send(
-        protocol.encode(
-            "welcome",
-            protocol=protocol.PROTOCOL_VERSION,
-            device_id=device.device_id,
-            number=device.number,
+        wire.encode_message(
+            wire.Welcome(device.device_id, protocol=wire.PROTOCOL_VERSION, number=device.number)
         )
     )
     bucket = TokenBucket(config.ws_messages_per_second, config.ws_message_burst)
@@ -121,17 +118,15 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, device: Device
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
-                await link.send(
-                    protocol.error(protocol.ErrorCode.BAD_MESSAGE, "send JSON text frames")
-                )
+                await link.send(wire.error(wire.ErrorCode.BAD_MESSAGE, "send JSON text frames"))
                 continue
             if not bucket.allow(time.monotonic()):
                 refused += 1
-                metrics.ws_errors.labels(code=protocol.ErrorCode.RATE_LIMITED).inc()
+                metrics.ws_errors.labels(code=wire.ErrorCode.RATE_LIMITED).inc()
                 if refused >= FLOOD_LIMIT:
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"flood")
                     break
-                await link.send(protocol.error(protocol.ErrorCode.RATE_LIMITED, "slow down"))
+                await link.send(wire.error(wire.ErrorCode.RATE_LIMITED, "slow down"))
                 continue
             refused = 0
             await dispatch(app, device.device_id, device.number, msg.data, link.send)
@@ -153,10 +148,10 @@ async def dispatch(
     forwarded there (the "input" bus message), and that node answers the device."""
     calls = app[CALLS]
     try:
-        message = protocol.parse(text)
-    except protocol.ProtocolError as exc:
+        message = wire.parse(text)
+    except wire.ProtocolError as exc:
         app[METRICS].ws_errors.labels(code=exc.code).inc()
-        await reply(protocol.error(exc.code, exc.message, exc.ref))
+        await reply(wire.error(exc.code, exc.message, exc.ref))
         return
     call_id = getattr(message, "call_id", None)
     if call_id is not None and not calls.holds(call_id):
@@ -168,28 +163,28 @@ async def dispatch(
             return
     try:
         match message:
-            case protocol.CallInvite():
+            case wire.CallInvite():
                 if await admit_call_attempt(app, device_id, number, message.id, reply):
                     await calls.invite(device_id, number, message)
-            case protocol.CallAccept():
+            case wire.CallAccept():
                 await calls.accept(device_id, message)
-            case protocol.CallReject():
+            case wire.CallReject():
                 await calls.reject(device_id, message)
-            case protocol.CallHangup():
+            case wire.CallHangup():
                 await calls.hangup(device_id, message)
-            case protocol.CallDtmf():
+            case wire.CallDtmf():
                 await calls.dtmf(device_id, message)
-            case protocol.CallRenegotiate():
+            case wire.CallRenegotiate():
                 await calls.renegotiate(device_id, message)
-            case protocol.Ping():
-                await reply(protocol.encode("pong", ref=message.id))
-            case protocol.Auth():
-                await reply(protocol.encode("welcome", ref=message.id, device_id=device_id))
+            case wire.Ping():
+                await reply(wire.encode_message(wire.Pong(ref=message.id)))
+            case wire.Auth():
+                await reply(wire.encode_message(wire.Welcome(device_id, ref=message.id)))
     except asyncio.CancelledError:
         raise
     except Exception:
         logger.exception("device %s: message failed", device_id)
-        await reply(protocol.error(protocol.ErrorCode.INTERNAL, "internal error", message.id))
+        await reply(wire.error(wire.ErrorCode.INTERNAL, "internal error", message.id))
 
 
 async def close_device(app: web.Application, device: Device) -> None:
@@ -198,7 +193,7 @@ async def close_device(app: web.Application, device: Device) -> None:
         device.device_id,
         CLOSE_REVOKED,
         "revoked",
-        protocol.error(protocol.ErrorCode.UNAUTHENTICATED, "device revoked"),
+        wire.error(wire.ErrorCode.UNAUTHENTICATED, "device revoked"),
     )
 
 
@@ -209,5 +204,5 @@ async def drain(app: web.Application) -> None:
         link = presence.link(device_id)
         if link is not None:
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await link.send(protocol.encode("reconnect", reason="draining"))
+                await link.send(wire.encode_message(wire.Reconnect(wire.RECONNECT_DRAINING)))
                 await link.close(CLOSE_RECONNECT, "server restarting: reconnect")

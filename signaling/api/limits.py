@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from signaling import protocol
+import wire
 from signaling.api.problems import PROBLEM_TYPE_PREFIX, problem
 from signaling.config import Config
 from signaling.identity.numbers import InvalidNumber
@@ -47,7 +47,7 @@ from signaling.ratelimit import KeyedLimiter
 logger = logging.getLogger("anruf.limits")
 
 #: End detail of a call refused because this node is at capacity.
-OVERLOADED = "overloaded"
+OVERLOADED = wire.Detail.OVERLOADED.value
 #: Retry-After (seconds) of what an overloaded node refuses.
 OVERLOAD_RETRY_AFTER = 2
 #: A lagging loop counts as overloaded this long after its last slow sample.
@@ -308,10 +308,10 @@ async def admit_call_attempt(
         return True
     seconds = max(1, math.ceil(retry_after))
     limits.metrics.rate_limited.labels(limit="call_attempts").inc()
-    limits.metrics.ws_errors.labels(code=protocol.ErrorCode.RATE_LIMITED).inc()
+    limits.metrics.ws_errors.labels(code=wire.ErrorCode.RATE_LIMITED).inc()
     await reply(
-        protocol.error(
-            protocol.ErrorCode.RATE_LIMITED,
+        wire.error(
+            wire.ErrorCode.RATE_LIMITED,
             f"too many calls placed: try again in {seconds} s",
             ref,
         )

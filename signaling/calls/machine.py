@@ -17,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from wire.reasons import Detail
+from wire.reasons import EndReason as EndReason  # re-exported: the machine ends calls with it
+
 logger = logging.getLogger("anruf.calls")
 
 
@@ -25,22 +28,6 @@ class CallState(enum.Enum):
     RINGING = "ringing"
     CONNECTED = "connected"
     ENDED = "ended"
-
-
-class EndReason(enum.StrEnum):
-    COMPLETED = "completed"
-    BUSY = "busy"
-    DECLINED = "declined"
-    NO_ANSWER = "no_answer"
-    CANCELLED = "cancelled"
-    UNAVAILABLE = "unavailable"
-    ANSWERED_ELSEWHERE = "answered_elsewhere"
-    DECLINED_ELSEWHERE = "declined_elsewhere"
-    FAILED = "failed"
-    #: The caller's operator does not allow this call (suspended, no bundle for it).
-    NOT_ALLOWED = "not_allowed"
-    #: The bundle's minutes (or its fair-use cap) ran out, before or during the call.
-    QUOTA_EXHAUSTED = "quota_exhausted"
 
 
 class CallStateError(Exception):
@@ -229,7 +216,7 @@ class Call:
 
 def _ring(call: Call, e: Ring) -> list[Effect]:
     if not e.devices:
-        return call._end(e.now, EndReason.UNAVAILABLE, "no_device_online")
+        return call._end(e.now, EndReason.UNAVAILABLE, Detail.NO_DEVICE_ONLINE)
     call.ringing_devices = set(e.devices)
     call.ringing_at = e.now
     call._set_state(CallState.RINGING)
@@ -298,19 +285,19 @@ def _ring_timeout(call: Call, e: RingTimeout) -> list[Effect]:
 
 def _device_lost_before_answer(call: Call, e: DeviceLost) -> list[Effect]:
     if e.device == call.caller_device:
-        return call._end(e.now, EndReason.CANCELLED, "caller_connection_lost")
+        return call._end(e.now, EndReason.CANCELLED, Detail.CALLER_CONNECTION_LOST)
     if e.device not in call.ringing_devices:
         return []
     call.ringing_devices.discard(e.device)
     if call.ringing_devices or call.state is CallState.INVITING:
         return []
-    return call._end(e.now, EndReason.UNAVAILABLE, "callee_connection_lost")
+    return call._end(e.now, EndReason.UNAVAILABLE, Detail.CALLEE_CONNECTION_LOST)
 
 
 def _device_lost_connected(call: Call, e: DeviceLost) -> list[Effect]:
     if e.device not in (call.caller_device, call.callee_device):
         return []
-    return call._end(e.now, EndReason.FAILED, "connection_lost")
+    return call._end(e.now, EndReason.FAILED, Detail.CONNECTION_LOST)
 
 
 _TRANSITIONS: dict[tuple[CallState, type[Input]], Handler] = {

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from wire.reasons import EndReason
+
 #: End reasons counted as a missed call for the callee.
-MISSED_REASONS = frozenset({"no_answer", "cancelled", "unavailable"})
+MISSED_REASONS = frozenset({EndReason.NO_ANSWER, EndReason.CANCELLED, EndReason.UNAVAILABLE})
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from signaling import protocol
+import wire
 from signaling.calls.live import LiveCall, LiveCalls
 from signaling.calls.machine import (
     Accept,
@@ -64,7 +64,7 @@ from voice.relay.api import LegStats, NoOpusError, RelayUnavailable
 logger = logging.getLogger("anruf.calls")
 
 #: End detail of calls whose node died.
-NODE_LOST = "node_lost"
+NODE_LOST = wire.Detail.NODE_LOST
 #: Messages kept for one device while its connection is down (a call's worth).
 MAX_HELD_MESSAGES = 64
 #: How long the end of a dead node's call waits for its devices to reconnect.
@@ -202,32 +202,30 @@ class CallService:
 
     # Requests from devices -------------------------------------------------
 
-    async def invite(self, device_id: str, number: str, message: protocol.CallInvite) -> None:
+    async def invite(self, device_id: str, number: str, message: wire.CallInvite) -> None:
         ref = message.id
         if self.admission is not None and self.admission(len(self._calls), "app"):
-            ended = {"reason": EndReason.FAILED.value, "detail": "overloaded"}
+            ended = {"reason": EndReason.FAILED.value, "detail": wire.Detail.OVERLOADED}
             call_id = uuid.uuid4().hex  # refused before it began: no record, no relay
             await self._send(
-                device_id, protocol.encode("call.ended", ref=ref, call_id=call_id, **ended)
+                device_id, wire.encode("call.ended", ref=ref, call_id=call_id, **ended)
             )
             return
         try:
             callee = self._directory.normalise(message.to, message.region)
         except InvalidNumberError as exc:
-            await self._error(device_id, protocol.ErrorCode.INVALID_NUMBER, exc.detail, ref)
+            await self._error(device_id, wire.ErrorCode.INVALID_NUMBER, exc.detail, ref)
             return
         if callee == number:
-            await self._error(device_id, protocol.ErrorCode.SELF_CALL, "cannot call yourself", ref)
+            await self._error(device_id, wire.ErrorCode.SELF_CALL, "cannot call yourself", ref)
             return
         if self._device_calls.get(device_id):
             await self._error(
-                device_id, protocol.ErrorCode.INVALID_STATE, "this device is already in a call", ref
+                device_id, wire.ErrorCode.INVALID_STATE, "this device is already in a call", ref
             )
             return
         if self.draining:
-            await self._error(
-                device_id, protocol.ErrorCode.DRAINING, "this server is restarting", ref
-            )
+            await self._error(device_id, wire.ErrorCode.DRAINING, "this server is restarting", ref)
             return
 
         call = Call(
@@ -260,9 +258,9 @@ class CallService:
             decision = admission.decision
             if not decision.allowed:
                 logger.info("call %s refused by policy: %s", call.call_id, decision.reason)
-                if decision.reason in ("quota_exhausted", "fair_use_exceeded"):
+                if decision.reason in (wire.Detail.QUOTA_EXHAUSTED, wire.Detail.FAIR_USE_EXCEEDED):
                     await self._feed(ctx, QuotaExhausted(self._clock(), decision.reason))
-                elif decision.reason == "not_an_app_user":
+                elif decision.reason == wire.Detail.NOT_AN_APP_USER:
                     await self._feed(ctx, Unavailable(self._clock(), decision.reason))
                 else:
                     await self._feed(ctx, NotAllowed(self._clock(), decision.reason))
@@ -270,9 +268,9 @@ class CallService:
         if not registered:
             # A phone number: the operator's trunk carries it, if there is one.
             if self._trunk is None:
-                await self._feed(ctx, Unavailable(self._clock(), "not_an_app_user"))
+                await self._feed(ctx, Unavailable(self._clock(), wire.Detail.NOT_AN_APP_USER))
             elif not self._trunk.up:
-                await self._feed(ctx, Fail(self._clock(), "trunk_unavailable"))
+                await self._feed(ctx, Fail(self._clock(), wire.Detail.TRUNK_UNAVAILABLE))
             elif await self._answer_caller(ctx, offer_sdp):
                 await self._invite_trunk(ctx)
             return
@@ -293,21 +291,21 @@ class CallService:
                 ctx.leg(call.caller_device), offer_sdp, call_id=call.call_id
             )
         except NoOpusError:
-            await self._feed(ctx, Fail(self._clock(), "no_opus_in_offer"))
+            await self._feed(ctx, Fail(self._clock(), wire.Detail.NO_OPUS_IN_OFFER))
             return False
         except RelayUnavailable as exc:
             logger.warning("call %s: no media relay: %s", call.call_id, exc)
-            await self._feed(ctx, Fail(self._clock(), "relay_unavailable"))
+            await self._feed(ctx, Fail(self._clock(), wire.Detail.RELAY_UNAVAILABLE))
             return False
         except ValueError as exc:
             logger.info("call %s: unusable offer: %s", call.call_id, exc)
-            await self._feed(ctx, Fail(self._clock(), "bad_sdp"))
+            await self._feed(ctx, Fail(self._clock(), wire.Detail.BAD_SDP))
             return False
         if call.state is CallState.ENDED:  # hung up while the relay answered
             return False
         await self._send(
             call.caller_device,
-            protocol.encode(
+            wire.encode(
                 "call.progress",
                 ref=ctx.invite_ref,
                 call_id=call.call_id,
@@ -335,7 +333,7 @@ class CallService:
             alerted.append(device)
             await self._send(
                 device,
-                protocol.encode(
+                wire.encode(
                     "call.incoming",
                     call_id=call.call_id,
                     **{"from": call.caller},
@@ -358,13 +356,11 @@ class CallService:
         ctx.ringing_announced = True
         call = ctx.call
         if not is_trunk_device(call.caller_device):
-            await self._send(
-                call.caller_device, protocol.encode("call.ringing", call_id=call.call_id)
-            )
+            await self._send(call.caller_device, wire.encode("call.ringing", call_id=call.call_id))
         self._metrics.setup_seconds.observe(time.monotonic() - ctx.started)
         await self._event(ctx, "call.ringing", **data)
 
-    async def accept(self, device_id: str, message: protocol.CallAccept) -> None:
+    async def accept(self, device_id: str, message: wire.CallAccept) -> None:
         ctx = await self._find(device_id, message.call_id, message.id)
         if ctx is None:
             return
@@ -377,26 +373,26 @@ class CallService:
                 await self._relay.accept_answer(ctx.leg(device_id), message.sdp)
             except RelayUnavailable as exc:
                 logger.warning("call %s: no media relay: %s", call.call_id, exc)
-                await self._feed(ctx, Fail(self._clock(), "relay_unavailable"))
+                await self._feed(ctx, Fail(self._clock(), wire.Detail.RELAY_UNAVAILABLE))
                 return
             except ValueError as exc:
                 logger.info("call %s: unusable answer from %s: %s", call.call_id, device_id, exc)
-                await self._error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
-                await self._feed(ctx, Fail(self._clock(), "bad_sdp_in_answer"))
+                await self._error(device_id, wire.ErrorCode.BAD_SDP, str(exc), message.id)
+                await self._feed(ctx, Fail(self._clock(), wire.Detail.BAD_SDP_IN_ANSWER))
                 return
             await self._feed(ctx, Accept(self._clock(), device_id))
 
-    async def reject(self, device_id: str, message: protocol.CallReject) -> None:
+    async def reject(self, device_id: str, message: wire.CallReject) -> None:
         await self._request(
             device_id, message.call_id, message.id, Reject(self._clock(), device_id)
         )
 
-    async def hangup(self, device_id: str, message: protocol.CallHangup) -> None:
+    async def hangup(self, device_id: str, message: wire.CallHangup) -> None:
         await self._request(
             device_id, message.call_id, message.id, Hangup(self._clock(), device_id)
         )
 
-    async def dtmf(self, device_id: str, message: protocol.CallDtmf) -> None:
+    async def dtmf(self, device_id: str, message: wire.CallDtmf) -> None:
         """Digits from an app device to the phone-network party of its call."""
         ctx = await self._find(device_id, message.call_id, message.id)
         if ctx is None:
@@ -406,14 +402,14 @@ class CallService:
             if trunk_leg is None or ctx.call.state is CallState.ENDED:
                 await self._error(
                     device_id,
-                    protocol.ErrorCode.INVALID_STATE,
+                    wire.ErrorCode.INVALID_STATE,
                     "digits can be sent only on a call with a phone number",
                     message.id,
                 )
                 return
             self._relay.send_dtmf(trunk_leg, message.digits)
 
-    async def renegotiate(self, device_id: str, message: protocol.CallRenegotiate) -> None:
+    async def renegotiate(self, device_id: str, message: wire.CallRenegotiate) -> None:
         """The device's network changed (new Wi-Fi, mobile data): a fresh leg from its
         new address takes the old one's place in the bridge; the call goes on."""
         ctx = await self._find(device_id, message.call_id, message.id)
@@ -434,10 +430,10 @@ class CallService:
             try:
                 answer = await self._relay.answer(new_leg, message.sdp, call_id=call.call_id)
             except NoOpusError:
-                await self._error(device_id, protocol.ErrorCode.BAD_SDP, "no Opus", message.id)
+                await self._error(device_id, wire.ErrorCode.BAD_SDP, "no Opus", message.id)
                 return
             except (ValueError, RelayUnavailable) as exc:  # the old leg stays
-                await self._error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
+                await self._error(device_id, wire.ErrorCode.BAD_SDP, str(exc), message.id)
                 return
             ctx.legs[device_id] = new_leg
             self._leg_calls[new_leg] = (call.call_id, device_id)
@@ -460,9 +456,7 @@ class CallService:
             logger.info("call %s: device %s moved to a new leg", call.call_id, device_id)
             await self._send(
                 device_id,
-                protocol.encode(
-                    "call.renegotiated", ref=message.id, call_id=call.call_id, sdp=answer
-                ),
+                wire.encode("call.renegotiated", ref=message.id, call_id=call.call_id, sdp=answer),
             )
 
     def _trunk_leg(self, ctx: _CallContext) -> str | None:
@@ -514,7 +508,7 @@ class CallService:
     def _state_message(self, ctx: _CallContext, device_id: str) -> str:
         call = ctx.call
         outgoing = device_id == call.caller_device
-        return protocol.encode(
+        return wire.encode(
             "call.state",
             call_id=call.call_id,
             state=call.state.value,
@@ -562,7 +556,7 @@ class CallService:
         if device_id in ctx.call.ringing_devices:
             self._spawn(self._lost(call_id, device_id))
         else:
-            self._spawn(self._fail(call_id, f"media:{detail}"))
+            self._spawn(self._fail(call_id, wire.media_detail(detail)))
 
     async def _fail(self, call_id: str, detail: str) -> None:
         ctx = self._calls.get(call_id)
@@ -580,7 +574,7 @@ class CallService:
     async def shutdown(self) -> None:
         """End every call (server stopping): devices are told, records are written."""
         for call_id in list(self._calls):
-            await self._fail(call_id, "server_shutdown")
+            await self._fail(call_id, wire.Detail.SERVER_SHUTDOWN)
         for timer in self._grace_timers.values():
             timer.cancel()
         for task in list(self._tasks):
@@ -609,7 +603,7 @@ class CallService:
             ref = ctx.invite_ref if effect.device == call.caller_device else None
             await self._send(
                 effect.device,
-                protocol.encode(
+                wire.encode(
                     "call.ended",
                     ref=ref,
                     call_id=call.call_id,
@@ -623,9 +617,7 @@ class CallService:
             if ctx.ring_timer is not None:
                 ctx.ring_timer.cancel()
             self._relay.bridge(ctx.leg(call.caller_device), ctx.leg(effect.device))
-            message = protocol.encode(
-                "call.accepted", call_id=call.call_id, device_id=effect.device
-            )
+            message = wire.encode("call.accepted", call_id=call.call_id, device_id=effect.device)
             await self._send(call.caller_device, message)
             await self._send(effect.device, message)
             if isinstance(ctx.sip, IncomingCall) and ctx.sip_answer is not None:
@@ -718,7 +710,7 @@ class CallService:
         except (TrunkUnavailable, RelayUnavailable) as exc:
             logger.info("call %s: not placed on the trunk: %s", call.call_id, exc)
             ctx.sip_ended = True
-            await self._feed(ctx, Fail(self._clock(), "trunk_unavailable"))
+            await self._feed(ctx, Fail(self._clock(), wire.Detail.TRUNK_UNAVAILABLE))
             return
         ctx.sip.on_reoffer = self._reoffer_handler(ctx.leg(device))
         if call.state is CallState.ENDED:  # the caller gave up meanwhile
@@ -776,11 +768,11 @@ class CallService:
                     ctx.leg(call.caller_device), sip_call.offer_sdp, call_id=call.call_id
                 )
             except RelayUnavailable:
-                await self._feed(ctx, Fail(self._clock(), "relay_unavailable"))
+                await self._feed(ctx, Fail(self._clock(), wire.Detail.RELAY_UNAVAILABLE))
                 return
             except ValueError as exc:
                 logger.info("call %s: unusable offer from the network: %s", call.call_id, exc)
-                await self._feed(ctx, Fail(self._clock(), "no_common_codec"))
+                await self._feed(ctx, Fail(self._clock(), wire.Detail.NO_COMMON_CODEC))
                 return
             alerted = await self._alert_devices(ctx)
             await self._feed(ctx, Ring(self._clock(), tuple(alerted)))
@@ -841,12 +833,12 @@ class CallService:
                     await self._relay.accept_rtp_answer(leg, event.sdp)
                 except RelayUnavailable as exc:
                     logger.warning("call %s: no media relay: %s", call_id, exc)
-                    await self._feed(ctx, Fail(now, "relay_unavailable"))
+                    await self._feed(ctx, Fail(now, wire.Detail.RELAY_UNAVAILABLE))
                     return
                 except ValueError as exc:
                     # The network answered with no usable SDP: the call cannot go on.
                     logger.info("call %s: unusable answer from the network: %s", call_id, exc)
-                    await self._feed(ctx, Fail(now, "bad_sdp_in_answer"))
+                    await self._feed(ctx, Fail(now, wire.Detail.BAD_SDP_IN_ANSWER))
                     return
                 await self._announce_ringing(ctx, status=200)
                 await self._feed(ctx, Accept(now, device))
@@ -858,7 +850,7 @@ class CallService:
             return
         ctx.sip_ended = True
         call = ctx.call
-        reason = call.end_reason.value if call.end_reason is not None else "failed"
+        reason = call.end_reason.value if call.end_reason is not None else EndReason.FAILED.value
         if call.answered_at is not None:
             self._spawn(sip.bye(reason))
         elif isinstance(sip, IncomingCall):
@@ -877,7 +869,7 @@ class CallService:
         party = call.callee_device if is_trunk_device(call.caller_device) else call.caller_device
         if party is not None:
             self._spawn(
-                self._send(party, protocol.encode("call.dtmf", call_id=call.call_id, digit=digit))
+                self._send(party, wire.encode("call.dtmf", call_id=call.call_id, digit=digit))
             )
 
     # Operator policy -------------------------------------------------------
@@ -918,7 +910,7 @@ class CallService:
             self._relay.play_notice(ctx.leg(call.caller_device))
             await self._send(
                 call.caller_device,
-                protocol.encode("call.quota_warning", call_id=call_id, seconds_left=left),
+                wire.encode("call.quota_warning", call_id=call_id, seconds_left=left),
             )
             await self._event(ctx, "call.quota_warning", seconds_left=left)
 
@@ -926,7 +918,9 @@ class CallService:
         ctx = self._calls.get(call_id)
         if ctx is not None:
             async with ctx.lock:
-                await self._feed(ctx, QuotaExhausted(self._clock(), "bundle_minutes_used"))
+                await self._feed(
+                    ctx, QuotaExhausted(self._clock(), wire.Detail.BUNDLE_MINUTES_USED)
+                )
 
     async def _save(self, record: CallRecord, admission: Admission | None, *, live: bool) -> None:
         """Store the call record, with the operators' events and without the live row."""
@@ -1006,7 +1000,7 @@ class CallService:
             await self._presence.call_ended(live.call_id, (live.caller, live.callee))
             self._metrics.call_attempts.labels(outcome=EndReason.FAILED.value).inc()
             logger.warning("call %s ended: its node %s is gone", live.call_id, node_id)
-            ended = protocol.encode(
+            ended = wire.encode(
                 "call.ended",
                 call_id=live.call_id,
                 reason=EndReason.FAILED.value,
@@ -1030,14 +1024,14 @@ class CallService:
     async def _find(self, device_id: str, call_id: str, ref: str | None) -> _CallContext | None:
         ctx = self._calls.get(call_id)
         if ctx is None or device_id not in ctx.legs:
-            await self._error(device_id, protocol.ErrorCode.CALL_NOT_FOUND, "no such call", ref)
+            await self._error(device_id, wire.ErrorCode.CALL_NOT_FOUND, "no such call", ref)
             return None
         return ctx
 
     async def _state_error(self, device_id: str, call: Call, ref: str | None) -> None:
         await self._error(
             device_id,
-            protocol.ErrorCode.INVALID_STATE,
+            wire.ErrorCode.INVALID_STATE,
             f"the call is {call.state.value}"
             if call.state is not CallState.ENDED
             else "the call has ended",
@@ -1046,7 +1040,7 @@ class CallService:
 
     async def _error(self, device_id: str, code: str, message: str, ref: str | None) -> None:
         self._metrics.ws_errors.labels(code=code).inc()
-        await self._send(device_id, protocol.error(code, message, ref))
+        await self._send(device_id, wire.error(code, message, ref))
 
     async def _send(self, device_id: str, text: str) -> None:
         if is_trunk_device(device_id):

@@ -16,6 +16,7 @@ from signaling.calls.machine import (
     RingTimeout,
     Unavailable,
 )
+from wire.reasons import Detail, trunk_status_detail
 
 __all__ = ["TRUNK_DEVICE_PREFIX", "failure_input", "final_response", "is_trunk_device"]
 
@@ -31,7 +32,7 @@ def is_trunk_device(device: str) -> bool:
 def failure_input(status: int | None, now: float, device: str) -> Input | None:
     """The input for a final failure response to our INVITE (None: nothing to do)."""
     if status is None:
-        return Fail(now, "trunk_timeout")  # Timer B: the network never answered
+        return Fail(now, Detail.TRUNK_TIMEOUT)  # Timer B: the network never answered
     if status == 487:
         return None  # our own CANCEL took effect: the call has ended already
     if status in (486, 600):
@@ -39,12 +40,12 @@ def failure_input(status: int | None, now: float, device: str) -> Input | None:
     if status in (603, 607):
         return Reject(now, device)
     if status in (404, 484, 604):
-        return Unavailable(now, "no_such_number")
+        return Unavailable(now, Detail.NO_SUCH_NUMBER)
     if status in (410, 480):
-        return Unavailable(now, "callee_unavailable")
+        return Unavailable(now, Detail.CALLEE_UNAVAILABLE)
     if status == 408:
         return RingTimeout(now)
-    return Fail(now, f"trunk_{status}")
+    return Fail(now, trunk_status_detail(status))
 
 
 _FINAL: dict[EndReason, tuple[int, str]] = {
@@ -60,7 +61,7 @@ _FINAL: dict[EndReason, tuple[int, str]] = {
 
 def final_response(reason: EndReason | None, detail: str) -> tuple[int, str]:
     """The final response to an INVITE from the network that our side ends unanswered."""
-    if detail == "no_common_codec":
+    if detail == Detail.NO_COMMON_CODEC:
         return 488, "Not Acceptable Here"
     if reason is None:
         return 500, "Server Internal Error"

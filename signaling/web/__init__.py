@@ -3,6 +3,10 @@
 Plain ES modules, a stylesheet and an icon, served from ``static/`` with a strict
 Content-Security-Policy (scripts, styles and connections only to this origin; no
 inline scripts). Only files that exist in ``static/`` at start-up are served.
+
+The protocol's names (message types, end reasons, details, error codes) come from
+the wire package as a JSON document at ``/v1/wire.json``; ``static/wire.js``
+imports it, so the web app spells none of them by hand.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import re
 from pathlib import Path
 
 from aiohttp import web
+
+from wire.document import document_json
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -59,11 +65,19 @@ def content_security_policy(host: str) -> str:
     )
 
 
+#: The protocol document, made once from the wire package.
+WIRE_JSON = document_json().encode()
+
+
 def _respond(request: web.Request, path: Path) -> web.Response:
+    return _response(request, path.read_bytes(), CONTENT_TYPES[path.suffix])
+
+
+def _response(request: web.Request, body: bytes, content_type: str) -> web.Response:
     return web.Response(
-        body=path.read_bytes(),
+        body=body,
         headers={
-            "Content-Type": CONTENT_TYPES[path.suffix],
+            "Content-Type": content_type,
             "Content-Security-Policy": content_security_policy(request.host),
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
@@ -84,7 +98,13 @@ async def static_file(request: web.Request) -> web.Response:
     return _respond(request, path)
 
 
+async def wire_document(request: web.Request) -> web.Response:
+    """The protocol's names as JSON (wire.document), for the web app's wire.js."""
+    return _response(request, WIRE_JSON, CONTENT_TYPES[".json"])
+
+
 ROUTES = [
     web.get("/", index),
     web.get("/app/{name}", static_file),
+    web.get("/v1/wire.json", wire_document),
 ]

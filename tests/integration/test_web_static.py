@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import aiohttp
 
 from signaling.web import STATIC_DIR
 from tests.conftest import Server
+from wire.document import document
 
 
 async def _get(url: str) -> tuple[int, dict[str, str], str]:
@@ -84,6 +86,16 @@ async def test_every_module_and_its_imports_load(server: Server) -> None:
         queue.extend(_module_imports(source))
     on_disk = {path.name for path in STATIC_DIR.glob("*.js")}
     assert seen == on_disk, "every module is imported and every import exists"
+
+
+async def test_the_wire_document_is_served_as_the_registry_defines_it(server: Server) -> None:
+    """The web app's wire.js imports it: the protocol's names come from one place."""
+    status, headers, text = await _get(server.url + "/v1/wire.json")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "Content-Security-Policy" in headers
+    assert json.loads(text) == document()
 
 
 async def test_stylesheet_and_icon(server: Server) -> None:

@@ -1,4 +1,4 @@
-"""Property-based tests of the WebSocket protocol parser (signaling/protocol.py).
+"""Property-based tests of the WebSocket protocol parser (wire/messages.py).
 
 Any text is a Message or a ProtocolError with one of the documented codes, never
 another exception; valid messages of every type round-trip through JSON.
@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signaling import protocol
+import wire
 
 BOUNDED = settings(
     derandomize=True,
@@ -25,9 +25,9 @@ BOUNDED = settings(
 )
 #: The codes parse() may give; the others are the server's verdicts on valid messages.
 PARSE_CODES = {
-    protocol.ErrorCode.BAD_JSON,
-    protocol.ErrorCode.BAD_MESSAGE,
-    protocol.ErrorCode.UNKNOWN_TYPE,
+    wire.ErrorCode.BAD_JSON,
+    wire.ErrorCode.BAD_MESSAGE,
+    wire.ErrorCode.UNKNOWN_TYPE,
 }
 FIELDS = ["id", "type", "to", "sdp", "call_id", "token", "region", "digits"]
 
@@ -47,22 +47,22 @@ json_values = st.recursive(
     max_leaves=10,
 )
 message_like = st.fixed_dictionaries(
-    {"type": st.sampled_from([*protocol._PARSERS, "x", ""])},
+    {"type": st.sampled_from([*wire.messages._PARSERS, "x", ""])},
     optional={name: json_values for name in FIELDS if name != "type"},
 )
 
 
-def _check(text: str | bytes) -> protocol.Message | None:
+def _check(text: str | bytes) -> wire.Message | None:
     try:
-        message = protocol.parse(text)
-    except protocol.ProtocolError as exc:
+        message = wire.parse(text)
+    except wire.ProtocolError as exc:
         assert exc.code in PARSE_CODES, exc.code
         assert exc.message
         assert exc.ref is None or (isinstance(exc.ref, str) and len(exc.ref) <= 64)
         # The error goes back to the device as JSON: it must encode.
-        json.loads(protocol.error(exc.code, exc.message, exc.ref))
+        json.loads(wire.error(exc.code, exc.message, exc.ref))
         return None
-    assert isinstance(message, protocol.Message)
+    assert isinstance(message, wire.Message)
     return message
 
 
@@ -87,7 +87,7 @@ def test_message_shaped_json_is_a_message_or_a_protocol_error(value: dict[str, A
         for item in dataclasses.fields(message):
             field_value = getattr(message, item.name)
             assert field_value is None or isinstance(field_value, str)
-            assert field_value is None or len(field_value) <= protocol.MAX_SDP_BYTES
+            assert field_value is None or len(field_value) <= wire.MAX_SDP_BYTES
 
 
 @BOUNDED
@@ -106,36 +106,36 @@ sdps = st.text(min_size=1, max_size=400)
 
 
 @st.composite
-def valid_messages(draw: st.DrawFn) -> tuple[dict[str, Any], protocol.Message]:
+def valid_messages(draw: st.DrawFn) -> tuple[dict[str, Any], wire.Message]:
     raw_id = draw(ids)
     ref = None if raw_id is None else str(raw_id)
-    kind = draw(st.sampled_from(sorted(protocol._PARSERS)))
+    kind = draw(st.sampled_from(sorted(wire.messages._PARSERS)))
     data: dict[str, Any] = {"type": kind}
     if raw_id is not None:
         data["id"] = raw_id
-    expected: protocol.Message
+    expected: wire.Message
     if kind == "auth":
         data["token"] = draw(st.text(min_size=1, max_size=256))
-        expected = protocol.Auth(ref, data["token"])
+        expected = wire.Auth(ref, data["token"])
     elif kind == "ping":
-        expected = protocol.Ping(ref)
+        expected = wire.Ping(ref)
     elif kind == "call.invite":
         data["to"] = draw(st.text(min_size=1, max_size=64))
         data["sdp"] = draw(sdps)
         region = draw(st.none() | st.sampled_from(["DE", "AT", "x"]))
         if region is not None:
             data["region"] = region
-        expected = protocol.CallInvite(ref, data["to"], data["sdp"], region)
+        expected = wire.CallInvite(ref, data["to"], data["sdp"], region)
     elif kind == "call.dtmf":
         data["call_id"] = draw(strings)
         data["digits"] = draw(st.text(alphabet="0123456789*#ABCDabcd", min_size=1, max_size=32))
-        expected = protocol.CallDtmf(ref, data["call_id"], data["digits"].upper())
+        expected = wire.CallDtmf(ref, data["call_id"], data["digits"].upper())
     else:
         # call.accept, call.reject, call.hangup and any newer call.* message: a call id
         # and, where the type takes one, an SDP.
         data["call_id"] = draw(strings)
         data["sdp"] = draw(sdps)
-        parsed = protocol._PARSERS[kind](data, ref)
+        parsed = wire.messages._PARSERS[kind](data, ref)
         names = {item.name for item in dataclasses.fields(parsed)}
         assert names <= {"id", "call_id", "sdp"}, names
         expected = parsed
@@ -145,9 +145,9 @@ def valid_messages(draw: st.DrawFn) -> tuple[dict[str, Any], protocol.Message]:
 @BOUNDED
 @given(valid_messages(), st.booleans())
 def test_valid_messages_round_trip(
-    case: tuple[dict[str, Any], protocol.Message], ascii_only: bool
+    case: tuple[dict[str, Any], wire.Message], ascii_only: bool
 ) -> None:
     data, expected = case
     text = json.dumps(data, ensure_ascii=ascii_only)
-    assert protocol.parse(text) == expected
-    assert protocol.parse(text.encode()) == expected
+    assert wire.parse(text) == expected
+    assert wire.parse(text.encode()) == expected

@@ -7,20 +7,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from signaling import protocol
+import wire
 from signaling.ratelimit import TokenBucket
 
 
 def test_parse_invite() -> None:
-    msg = protocol.parse(
+    msg = wire.parse(
         json.dumps({"type": "call.invite", "id": 7, "to": "+4917700000002", "sdp": "v=0"})
     )
-    assert msg == protocol.CallInvite("7", "+4917700000002", "v=0", None)
+    assert msg == wire.CallInvite("7", "+4917700000002", "v=0", None)
 
 
 def test_parse_dtmf_digits_in_upper_case() -> None:
-    msg = protocol.parse('{"type": "call.dtmf", "call_id": "c1", "digits": "12*#abcd"}')
-    assert msg == protocol.CallDtmf(None, "c1", "12*#ABCD")
+    msg = wire.parse('{"type": "call.dtmf", "call_id": "c1", "digits": "12*#abcd"}')
+    assert msg == wire.CallDtmf(None, "c1", "12*#ABCD")
 
 
 @pytest.mark.parametrize(
@@ -42,15 +42,15 @@ def test_parse_dtmf_digits_in_upper_case() -> None:
     ],
 )
 def test_bad_messages_get_a_code(text: str, code: str) -> None:
-    with pytest.raises(protocol.ProtocolError) as info:
-        protocol.parse(text)
+    with pytest.raises(wire.ProtocolError) as info:
+        wire.parse(text)
     assert info.value.code == code
 
 
 def test_error_echoes_the_message_id() -> None:
-    with pytest.raises(protocol.ProtocolError) as info:
-        protocol.parse('{"type": "call.reject", "id": "abc"}')
-    assert json.loads(protocol.error(info.value.code, info.value.message, info.value.ref)) == {
+    with pytest.raises(wire.ProtocolError) as info:
+        wire.parse('{"type": "call.reject", "id": "abc"}')
+    assert json.loads(wire.error(info.value.code, info.value.message, info.value.ref)) == {
         "type": "error",
         "code": "bad_message",
         "message": "field 'call_id' is required",
@@ -83,14 +83,14 @@ message_like = st.fixed_dictionaries(
 @given(st.one_of(json_values, message_like))
 def test_any_json_parses_or_fails_with_a_protocol_error(value: object) -> None:
     try:
-        message = protocol.parse(json.dumps(value))
-    except protocol.ProtocolError as exc:
+        message = wire.parse(json.dumps(value))
+    except wire.ProtocolError as exc:
         assert exc.code in {"bad_json", "bad_message", "unknown_type"}
     else:
-        assert isinstance(message, protocol.Message)
+        assert isinstance(message, wire.Message)
 
 
 @given(st.binary(max_size=200))
 def test_any_bytes_parse_or_fail_with_a_protocol_error(data: bytes) -> None:
-    with contextlib.suppress(protocol.ProtocolError):
-        protocol.parse(data)
+    with contextlib.suppress(wire.ProtocolError):
+        wire.parse(data)

@@ -15,38 +15,42 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
+import wire
 from voice.client.media import MediaEndpoint
 from voice.client.signaling import ServerError, SignalingClient
+from wire.call import (
+    Connected,
+    DeviceCall,
+    DigitReceived,
+    Ended,
+    Phase,
+    Progressed,
+    QuotaWarned,
+    Renegotiated,
+    RenegotiationRefused,
+    RequestRefused,
+    Ringing,
+    Send,
+    StateReported,
+)
+from wire.reasons import DEVICE_ERROR
 
 logger = logging.getLogger("anruf.client")
 
 
 class Call:
-    """One call as this device sees it."""
+    """One call as this device sees it: a wire.call.DeviceCall, its media and its waits."""
 
-    def __init__(
-        self, phone: Phone, media: MediaEndpoint | None, *, peer: str, outgoing: bool
-    ) -> None:
+    def __init__(self, phone: Phone, media: MediaEndpoint | None, machine: DeviceCall) -> None:
         self.phone = phone
         self.media = media
-        self.peer = peer
-        self.outgoing = outgoing
-        self.call_id: str | None = None
-        self.state = "inviting" if outgoing else "incoming"
-        self.end_reason: str | None = None
-        self.end_detail = ""
-        self.invited_at = time.monotonic()
-        self.connected_at: float | None = None
+        self.machine = machine
         self._events: dict[str, asyncio.Event] = {
             name: asyncio.Event() for name in ("progress", "ringing", "connected", "ended")
         }
-        self.incoming_sdp = ""
-        #: The other party is on the phone network (reached over the operator's trunk).
-        self.phone_network = False
         #: Seconds left announced by the server (the caller's bundle runs out).
         self.quota_warnings: list[int] = []
         #: Digits the other party sent (a phone-network party's RFC 4733 events).
@@ -58,47 +62,96 @@ class Call:
         #: The latest call.state the server sent when this device came back.
         self.server_state: str | None = None
 
-    async def _on_message(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
+    @property
+    def peer(self) -> str:
+        return self.machine.peer
+
+    @property
+    def outgoing(self) -> bool:
+        return self.machine.outgoing
+
+    @property
+    def call_id(self) -> str | None:
+        return self.machine.call_id
+
+    @property
+    def state(self) -> Phase:
+        """inviting, incoming, ringing, connected or ended (a str)."""
+        return self.machine.phase
+
+    @property
+    def end_reason(self) -> str | None:
+        return self.machine.end_reason
+
+    @property
+    def end_detail(self) -> str:
+        """The end detail; for a request the server refused, "<code>: <message>"."""
+        if self.machine.end_reason == DEVICE_ERROR:
+            return f"{self.machine.end_detail}: {self.machine.end_message}"
+        return self.machine.end_detail
+
+    @property
+    def invited_at(self) -> float:
+        """time.monotonic() when the call was placed (or came in)."""
+        times = self.machine.times
+        return times.get(Phase.INVITING, times.get(Phase.INCOMING, 0.0))
+
+    @property
+    def connected_at(self) -> float | None:
+        return self.machine.times.get(Phase.CONNECTED)
+
+    @property
+    def incoming_sdp(self) -> str:
+        """The relay's offer for this device's leg (an incoming call)."""
+        return self.machine.offer
+
+    @property
+    def phone_network(self) -> bool:
+        """The other party is on the phone network (reached over the operator's trunk)."""
+        return self.machine.phone_network
+
+    async def send(self, message: wire.Message | None) -> None:
+        """Send a request of this call; its replies are routed back here."""
+        if message is not None:
+            self.phone.expect(message.id or "", self)
+            await self.phone.signaling.send_message(message)
+
+    async def _on_message(self, message: wire.ServerMessage) -> None:
         media = self.media
-        if kind == "call.progress" and media is not None:
-            self.call_id = message["call_id"]
-            self.phone_network = bool(message.get("phone_network", False))
-            await media.accept_answer(message["sdp"])
-            self._set("progress")
-        elif kind == "call.ringing":
-            self.state = "ringing"
-            self._set("ringing")
-        elif kind == "call.accepted":
-            self.state = "connected"
-            self.connected_at = time.monotonic()
-            if media is not None:
-                media.mark("connected")
-            self._set("connected")
-        elif kind == "call.renegotiated" and self._moving is not None:
-            if not self._moving.done():
-                self._moving.set_result(str(message["sdp"]))
-        elif kind == "call.state":
-            self.server_state = str(message.get("state"))
-        elif kind == "call.dtmf":
-            self.dtmf.append(str(message.get("digit", "")))
-            self._dtmf_arrived.set()
-        elif kind == "call.quota_warning":
-            self.quota_warnings.append(int(message.get("seconds_left", 0)))
-            if media is not None:
-                media.mark("quota_warning")
-        elif kind == "call.ended":
-            self.state = "ended"
-            self.end_reason = message.get("reason")
-            self.end_detail = message.get("detail", "")
-            await self._end(media)
-        elif kind == "error" and self._moving is not None and not self._moving.done():
-            self._moving.set_exception(ServerError(message.get("code", "error"), str(message)))
-        elif kind == "error":
-            self.state = "ended"
-            self.end_reason = "error"
-            self.end_detail = f"{message.get('code')}: {message.get('message')}"
-            await self._end(media)
+        for event in self.machine.receive(message, time.monotonic()):
+            match event:
+                case Send(message=request):
+                    await self.send(request)
+                case Progressed(sdp=sdp):
+                    if media is not None:
+                        await media.accept_answer(sdp)
+                    self._set("progress")
+                case Ringing():
+                    self._set("ringing")
+                case Connected():
+                    if media is not None:
+                        media.mark("connected")
+                    self._set("connected")
+                case Renegotiated(sdp=sdp):
+                    if self._moving is not None and not self._moving.done():
+                        self._moving.set_result(sdp)
+                case RenegotiationRefused(code=code):
+                    if self._moving is not None and not self._moving.done():
+                        error = ServerError(code, str(wire.as_dict(message)))
+                        self._moving.set_exception(error)
+                case StateReported(state=state):
+                    self.server_state = state
+                case DigitReceived(digit=digit):
+                    self.dtmf.append(digit)
+                    self._dtmf_arrived.set()
+                case QuotaWarned(seconds_left=seconds_left):
+                    self.quota_warnings.append(seconds_left)
+                    if media is not None:
+                        media.mark("quota_warning")
+                case RequestRefused():
+                    logger.warning("server error: %s", wire.as_dict(message))
+                case Ended():
+                    await self._end(media)
 
     async def _end(self, media: MediaEndpoint | None) -> None:
         self._set("ended")
@@ -131,7 +184,7 @@ class Call:
         if self.call_id is None or self.outgoing or self.media is None:
             raise RuntimeError("only an incoming call taken with Phone.incoming() can be accepted")
         sdp = await self.media.answer(self.incoming_sdp)
-        await self.phone.signaling.send("call.accept", call_id=self.call_id, sdp=sdp)
+        await self.send(self.machine.accept(sdp, time.monotonic()))
 
     async def move(self, bind_address: str, timeout: float = 10) -> None:
         """This device's network changed: its media starts again from ``bind_address``
@@ -148,10 +201,7 @@ class Call:
         self._moving = asyncio.get_running_loop().create_future()
         try:
             offer = await media.create_offer()
-            message_id = await self.phone.signaling.send(
-                "call.renegotiate", call_id=self.call_id, sdp=offer
-            )
-            self.phone.expect(message_id, self)
+            await self.send(self.machine.renegotiate(offer, time.monotonic()))
             answer = await asyncio.wait_for(self._moving, timeout)
             await media.accept_answer(answer)
         except BaseException:
@@ -165,8 +215,7 @@ class Call:
 
     async def send_dtmf(self, digits: str) -> None:
         """Send digits to the other party (a call with a phone number)."""
-        assert self.call_id is not None
-        await self.phone.signaling.send("call.dtmf", call_id=self.call_id, digits=digits)
+        await self.send(self.machine.send_dtmf(digits, time.monotonic()))
 
     async def digits(self, count: int, timeout: float = 10) -> str:
         """Wait until ``count`` digits arrived from the other party; returns them."""
@@ -178,12 +227,11 @@ class Call:
         return "".join(self.dtmf)
 
     async def reject(self) -> None:
-        assert self.call_id is not None
-        await self.phone.signaling.send("call.reject", call_id=self.call_id)
+        await self.send(self.machine.reject(time.monotonic()))
 
     async def hangup(self) -> None:
-        if self.call_id is not None and self.state != "ended":
-            await self.phone.signaling.send("call.hangup", call_id=self.call_id)
+        if self.call_id is not None:
+            await self.send(self.machine.hangup(time.monotonic()))
 
 
 class Phone:
@@ -204,8 +252,7 @@ class Phone:
         self._closing = False
         self._failover: asyncio.Task[None] | None = None
         self.calls: dict[str, Call] = {}
-        self._pending: dict[str, Call] = {}  # message id of call.invite -> call
-        self._replies: dict[str, Call] = {}  # message id of another request -> call
+        self._replies: dict[str, Call] = {}  # message id of a request -> its call
         self._incoming: asyncio.Queue[Call] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
@@ -236,11 +283,9 @@ class Phone:
         self, number: str, *, source: str = "silence", record: Path | None = None
     ) -> Call:
         media = MediaEndpoint(source=source, record=record, ice_servers=self.ice_servers)
-        call = Call(self, media, peer=number, outgoing=True)
+        call = Call(self, media, DeviceCall.place(number, self.signaling.next_id, time.monotonic()))
         offer = await media.create_offer()
-        call.invited_at = time.monotonic()
-        message_id = await self.signaling.send("call.invite", to=number, sdp=offer)
-        self._pending[message_id] = call
+        await call.send(call.machine.invite(offer, time.monotonic()))
         return call
 
     async def incoming(
@@ -258,11 +303,11 @@ class Phone:
     async def _read(self) -> None:
         try:
             while True:
-                message = await self.signaling.receive()
+                data = await self.signaling.receive()
                 try:
-                    await self._route(message)
+                    await self._route(wire.parse_server(data))
                 except Exception:
-                    logger.exception("could not handle %s", message.get("type"))
+                    logger.exception("could not handle %s", data.get("type"))
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -291,33 +336,31 @@ class Phone:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _route(self, message: dict[str, Any]) -> None:
-        ref = message.get("ref")
+    async def _route(self, message: wire.ServerMessage) -> None:
         call: Call | None = None
-        if ref is not None and ref in self._pending:
-            call = self._pending.pop(ref)
-            if "call_id" in message:
-                call.call_id = message["call_id"]
-                self.calls[call.call_id] = call
-        elif message["type"] == "call.incoming":
-            call = Call(self, None, peer=message["from"], outgoing=False)
-            call.call_id = message["call_id"]
-            call.incoming_sdp = message["sdp"]
-            call.phone_network = bool(message.get("phone_network", False))
-            self.calls[call.call_id] = call
+        if message.ref is not None and message.ref in self._replies:
+            call = self._replies[message.ref]
+        elif isinstance(message, wire.CallIncoming):
+            machine = DeviceCall.incoming(message, self.signaling.next_id, time.monotonic())
+            call = Call(self, None, machine)
+            self.calls[message.call_id] = call
             await self._incoming.put(call)
             return
-        elif ref is not None and ref in self._replies:
-            call = self._replies.pop(ref)
-        elif "call_id" in message:
-            call = self.calls.get(message["call_id"])
+        else:
+            call_id = getattr(message, "call_id", None)
+            call = self.calls.get(call_id) if call_id is not None else None
         if call is None:
-            if message["type"] == "error":
-                logger.warning("server error: %s", message)
+            if isinstance(message, wire.ErrorReply):
+                logger.warning("server error: %s", wire.as_dict(message))
             return
         await call._on_message(message)
-        if call.state == "ended" and call.call_id is not None:
-            self.calls.pop(call.call_id, None)  # the caller keeps its Call object
+        if call.call_id is not None:
+            if call.state == Phase.ENDED:
+                self.calls.pop(call.call_id, None)  # the caller keeps its Call object
+                for ref in call.machine.requests:
+                    self._replies.pop(ref, None)
+            else:
+                self.calls[call.call_id] = call
 
     async def close(self) -> None:
         self._closing = True

@@ -1,6 +1,7 @@
 """The app's signaling client: REST for registration, a WebSocket for calls.
 
-Speaks the protocol described in docs/protocol.md; it does not import the server.
+Speaks the protocol of docs/protocol.md through the wire package (its messages and
+JSON); it does not import the server.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 from typing import Any
 
 import aiohttp
+
+import wire
 
 
 class ServerError(Exception):
@@ -88,15 +91,25 @@ class SignalingClient:
         except aiohttp.WSServerHandshakeError as exc:
             raise ServerError(exc.status, exc.message) from exc
         welcome = await self.receive(timeout=10)
-        if welcome.get("type") != "welcome":
+        if welcome.get("type") != wire.Welcome.type:
             raise ServerError(welcome.get("code", "protocol"), welcome.get("message", str(welcome)))
         self.welcome = welcome
         return welcome
 
-    async def send(self, kind: str, **fields: Any) -> str:
+    def next_id(self) -> str:
+        """A message id not used before on this client (replies carry it as ``ref``)."""
+        return str(next(self._ids))
+
+    async def send_message(self, message: wire.Message) -> None:
         if self._ws is None:
             raise RuntimeError("not connected")
-        message_id = str(next(self._ids))
+        await self._ws.send_str(wire.encode_message(message))
+
+    async def send(self, kind: str, **fields: Any) -> str:
+        """Send a message built by hand (tests send malformed ones); returns its id."""
+        if self._ws is None:
+            raise RuntimeError("not connected")
+        message_id = self.next_id()
         await self._ws.send_str(json.dumps({"type": kind, "id": message_id, **fields}))
         return message_id
 
@@ -109,6 +122,10 @@ class SignalingClient:
             data: dict[str, Any] = json.loads(msg.data)
             return data
         raise ConnectionError(f"signaling connection closed ({self._ws.close_code})")
+
+    async def receive_message(self, timeout: float | None = None) -> wire.ServerMessage:
+        """The next server message, typed; raises wire.ProtocolError for one we cannot read."""
+        return wire.parse_server(await self.receive(timeout))
 
     @property
     def connected(self) -> bool:

@@ -22,12 +22,13 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
+import wire
 from voice.client.signaling import SignalingClient
 from voice.codecs.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder
 from voice.ice import ice_configuration
@@ -45,8 +46,13 @@ from voice.loadtest.signature import (
 )
 from voice.relay.leg import RtpPeer
 from voice.relay.ringback import ringback_cycle
+from wire.call import Connected as Accepted
+from wire.call import DeviceCall, Ended, Event, Progressed, RequestRefused, Ringing
+from wire.reasons import DEVICE_ERROR, EndReason
 
 logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
 
 #: From call.invite to call.accepted on both devices.
 SETUP_TIMEOUT = 10.0
@@ -209,19 +215,18 @@ def _new_pc() -> RTCPeerConnection:
 
 
 class _Inbox:
-    """Messages of one device, stamped on arrival, awaited by type and call."""
+    """Messages of one device, stamped on arrival and parsed, fed to its call's machine
+    (wire.call.DeviceCall) until the event a step of the call waits for."""
 
     def __init__(self, client: SignalingClient, name: str) -> None:
         self.client = client
         self.name = name
-        self._queue: asyncio.Queue[tuple[float, dict[str, Any]] | None] = asyncio.Queue()
-        self._stash: list[tuple[float, dict[str, Any]]] = []
+        self._queue: asyncio.Queue[tuple[float, wire.ServerMessage] | None] = asyncio.Queue()
+        self._stash: list[tuple[float, wire.ServerMessage]] = []
         self._task: asyncio.Task[None] | None = None
         self.closed = False
-        #: Ids of this call's requests: an error reply to one of them fails the call.
-        self.refs: set[str] = set()
-        #: The call.ended that failed a wait, if any.
-        self.ended: dict[str, Any] | None = None
+        #: How the server ended the call while a step waited for something else, if it did.
+        self.ended: Ended | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._read())
@@ -229,7 +234,12 @@ class _Inbox:
     async def _read(self) -> None:
         try:
             while True:
-                message = await self.client.receive()
+                data = await self.client.receive()
+                try:
+                    message = wire.parse_server(data)
+                except wire.ProtocolError as exc:
+                    logger.warning("%s: unreadable message %s: %s", self.name, data, exc)
+                    continue
                 self._queue.put_nowait((time.perf_counter(), message))
         except (ConnectionError, RuntimeError) as exc:
             logger.debug("%s signaling closed: %s", self.name, exc)
@@ -246,7 +256,6 @@ class _Inbox:
     def forget(self) -> None:
         """Drop what earlier calls left behind."""
         self._stash.clear()
-        self.refs.clear()
         self.ended = None
         while not self._queue.empty():
             item = self._queue.get_nowait()
@@ -254,54 +263,62 @@ class _Inbox:
                 self._queue.put_nowait(None)
                 break
 
-    async def wait(
-        self,
-        kind: str,
-        *,
-        call_id: str | None = None,
-        ref: str | None = None,
-        timeout: float,
-    ) -> tuple[float, dict[str, Any]]:
-        """(arrival perf_counter, message) of the next `kind` message for this call.
+    async def _next(self, position: int) -> tuple[tuple[float, wire.ServerMessage], int]:
+        """The message after ``position``: stashed ones first, then new ones (stashed)."""
+        if position < len(self._stash):
+            return self._stash[position], position + 1
+        queued = await self._queue.get()
+        if queued is None:
+            self._queue.put_nowait(None)
+            raise CallFailed(f"{self.name}: signaling connection closed")
+        self._stash.append(queued)
+        return queued, len(self._stash)
 
-        Raises CallFailed on an error reply, or when the call ends meanwhile.
-        """
+    def _take(self, item: tuple[float, wire.ServerMessage]) -> None:
+        self._stash.remove(item)
+
+    async def incoming(self, call_id: str, *, timeout: float) -> DeviceCall:
+        """The callee's side of call ``call_id``, from its call.incoming."""
+        position = 0
         async with asyncio.timeout(timeout):
-            position = 0
             while True:
-                if position < len(self._stash):
-                    item = self._stash[position]
-                    position += 1
-                else:
-                    queued = await self._queue.get()
-                    if queued is None:
-                        self._queue.put_nowait(None)
-                        raise CallFailed(f"{self.name}: signaling connection closed")
-                    item = queued
-                    self._stash.append(item)
-                    position = len(self._stash)
-                message = item[1]
-                mtype = message.get("type")
-                if mtype == "error" and message.get("ref") in self.refs:
-                    self._stash.remove(item)
-                    raise CallFailed(
-                        f"{self.name}: error {message.get('code')}: {message.get('message')}"
-                    )
-                if call_id is not None and message.get("call_id") not in (None, call_id):
+                item, position = await self._next(position)
+                at, message = item
+                if isinstance(message, wire.CallIncoming) and message.call_id == call_id:
+                    self._take(item)
+                    return DeviceCall.incoming(message, self.client.next_id, at)
+
+    async def until(
+        self, call: DeviceCall, wanted: type[E], what: str, *, timeout: float
+    ) -> tuple[float, E]:
+        """(arrival perf_counter, event) of the next ``wanted`` event of ``call``.
+
+        Raises CallFailed when the server refuses one of the call's requests, or
+        ends the call meanwhile.
+        """
+        position = 0
+        async with asyncio.timeout(timeout):
+            while True:
+                item, position = await self._next(position)
+                at, message = item
+                if not call.owns(message):
                     continue
-                if mtype == kind and (ref is None or message.get("ref") == ref):
-                    self._stash.remove(item)
-                    return item
-                # Before call.progress the call is known by the invite's ref only.
-                ours = call_id is not None or (ref is not None and message.get("ref") == ref)
-                if mtype == "call.ended" and kind != "call.ended" and ours:
-                    self._stash.remove(item)
-                    detail = message.get("detail")
-                    self.ended = message
-                    raise CallFailed(
-                        f"{self.name}: call ended ({message.get('reason')}"
-                        f"{': ' + detail if detail else ''}) while waiting for {kind}"
-                    )
+                self._take(item)
+                position -= 1
+                for event in call.receive(message, at):
+                    if isinstance(event, wanted):
+                        return at, event
+                    if isinstance(event, RequestRefused):
+                        raise CallFailed(f"{self.name}: error {event.code}: {event.message}")
+                    if isinstance(event, Ended) and event.reason == DEVICE_ERROR:
+                        raise CallFailed(f"{self.name}: error {event.detail}: {event.message}")
+                    if isinstance(event, Ended):
+                        self.ended = event
+                        detail = f": {event.detail}" if event.detail else ""
+                        raise CallFailed(
+                            f"{self.name}: call ended ({event.reason}{detail})"
+                            f" while waiting for {what}"
+                        )
 
 
 # -- plan and result ------------------------------------------------------------------
@@ -564,6 +581,9 @@ class _Call:
         self.streams: list[_Outbound] = []
         self.caller_peer: _Endpoint | None = None
         self.callee_peer: _Endpoint | None = None
+        #: The call as each device sees it.
+        self.caller_call: DeviceCall | None = None
+        self.callee_call: DeviceCall | None = None
 
         # What each side sends, and what its peer must hear.
         self.loop_b = tone_loop(signature_for(plan.index, "b"))
@@ -604,25 +624,26 @@ class _Call:
 
         self.stage = "inviting"
         self.invited_at = time.perf_counter()
-        ref = await line.caller.send(
-            "call.invite",
-            to=line.callee_number,
-            sdp=line.client_sdp_filter(pc.localDescription.sdp),
+        self.caller_call = caller = DeviceCall.place(
+            line.callee_number, line.caller.next_id, self.invited_at
         )
-        caller_inbox.refs.add(ref)
-        _, progress = await caller_inbox.wait("call.progress", ref=ref, timeout=SETUP_TIMEOUT)
-        self.call_id = call_id = str(progress["call_id"])
+        await line.caller.send_message(
+            caller.invite(line.client_sdp_filter(pc.localDescription.sdp), self.invited_at)
+        )
+        _, progress = await caller_inbox.until(
+            caller, Progressed, wire.CallProgress.type, timeout=SETUP_TIMEOUT
+        )
+        assert caller.call_id is not None
+        self.call_id = call_id = caller.call_id
         await pc.setRemoteDescription(
-            RTCSessionDescription(sdp=line.sdp_filter(progress["sdp"]), type="answer")
+            RTCSessionDescription(sdp=line.sdp_filter(progress.sdp), type="answer")
         )
 
-        self.stage = "waiting for call.incoming"
-        _, incoming = await callee_inbox.wait(
-            "call.incoming", call_id=call_id, timeout=SETUP_TIMEOUT
-        )
-        self.stage = "waiting for call.ringing"
-        ringing_at, _ = await caller_inbox.wait(
-            "call.ringing", call_id=call_id, timeout=SETUP_TIMEOUT
+        self.stage = f"waiting for {wire.CallIncoming.type}"
+        self.callee_call = callee = await callee_inbox.incoming(call_id, timeout=SETUP_TIMEOUT)
+        self.stage = f"waiting for {wire.CallRinging.type}"
+        ringing_at, _ = await caller_inbox.until(
+            caller, Ringing, wire.CallRinging.type, timeout=SETUP_TIMEOUT
         )
         self.result.pdd_ms = round((ringing_at - self.invited_at) * 1000.0, 3)
 
@@ -630,22 +651,20 @@ class _Call:
         self.callee_peer = _Endpoint(_new_pc(), self.meter_a)
         callee_pc = self.callee_peer.pc
         await callee_pc.setRemoteDescription(
-            RTCSessionDescription(sdp=line.sdp_filter(incoming["sdp"]), type="offer")
+            RTCSessionDescription(sdp=line.sdp_filter(callee.offer), type="offer")
         )
         await callee_pc.setLocalDescription(await callee_pc.createAnswer())
-        callee_inbox.refs.add(
-            await line.callee.send(
-                "call.accept",
-                call_id=call_id,
-                sdp=line.client_sdp_filter(callee_pc.localDescription.sdp),
+        await line.callee.send_message(
+            callee.accept(
+                line.client_sdp_filter(callee_pc.localDescription.sdp), time.perf_counter()
             )
         )
 
-        self.stage = "waiting for call.accepted"
-        accepted_at, _ = await caller_inbox.wait(
-            "call.accepted", call_id=call_id, timeout=SETUP_TIMEOUT
+        self.stage = f"waiting for {wire.CallAccepted.type}"
+        accepted_at, _ = await caller_inbox.until(
+            caller, Accepted, wire.CallAccepted.type, timeout=SETUP_TIMEOUT
         )
-        await callee_inbox.wait("call.accepted", call_id=call_id, timeout=SETUP_TIMEOUT)
+        await callee_inbox.until(callee, Accepted, wire.CallAccepted.type, timeout=SETUP_TIMEOUT)
         self.accepted_at = accepted_at
         # Analyse a second from the middle of the talk (at least 0.3 s in).
         start = accepted_at + max(0.3, plan.hold / 2 - 0.5)
@@ -664,16 +683,18 @@ class _Call:
 
         self.stage = "hanging up"
         self.hung_up_at = time.perf_counter()
-        caller_inbox.refs.add(await line.caller.send("call.hangup", call_id=call_id))
-        _, ended = await caller_inbox.wait("call.ended", call_id=call_id, timeout=END_TIMEOUT)
+        hangup = caller.hangup(self.hung_up_at)
+        assert hangup is not None
+        await line.caller.send_message(hangup)
+        _, ended = await caller_inbox.until(caller, Ended, wire.CallEnded.type, timeout=END_TIMEOUT)
         self.ended = True
-        self.result.end_reason = ended.get("reason")
-        _, callee_ended = await callee_inbox.wait(
-            "call.ended", call_id=call_id, timeout=END_TIMEOUT
+        self.result.end_reason = ended.reason
+        _, callee_ended = await callee_inbox.until(
+            callee, Ended, wire.CallEnded.type, timeout=END_TIMEOUT
         )
-        if callee_ended.get("reason") != self.result.end_reason:
+        if callee_ended.reason != self.result.end_reason:
             raise CallFailed(
-                f"callee saw the call end {callee_ended.get('reason')!r}, "
+                f"callee saw the call end {callee_ended.reason!r}, "
                 f"caller {self.result.end_reason!r}"
             )
         self.stage = "done"
@@ -688,12 +709,15 @@ class _Call:
         ended = self.line._caller_inbox.ended
         if ended is not None:  # the server ended it early: say why, detail included
             self.ended = True
-            reason, detail = ended.get("reason"), ended.get("detail")
+            reason, detail = ended.reason, ended.detail
             self.result.end_reason = f"{reason}/{detail}" if detail else reason
-        if self.call_id is not None and not self.ended:
+        caller = self.caller_call
+        if caller is not None and self.call_id is not None and not self.ended:
             # A failed call must not stay up on the server: hang it up, ignore the reply.
             with contextlib.suppress(Exception):
-                await self.line.caller.send("call.hangup", call_id=self.call_id)
+                hangup = caller.hangup(time.perf_counter())
+                if hangup is not None:
+                    await self.line.caller.send_message(hangup)
         for peer in (self.caller_peer, self.callee_peer):
             if peer is None:
                 continue
@@ -742,7 +766,7 @@ class _Call:
             result.mos = min(moses) if moses else None
         result.ok = (
             result.error is None
-            and result.end_reason == "completed"
+            and result.end_reason == EndReason.COMPLETED
             and a.integrity == "ok"
             and b.integrity == "ok"
         )

@@ -2,6 +2,7 @@
 // (an incoming call starts as "incoming"), following docs/protocol.md message by message.
 
 import { gathered, inboundAudio, microphone, peerConnection, QualityMeter } from "./media.js";
+import { DETAIL, ERROR, REASON, RECEIVE, SEND } from "./wire.js";
 
 const RENEGOTIATE_TIMEOUT_MS = 5000;
 
@@ -49,8 +50,8 @@ export class Call extends EventTarget {
       await this.pc.setLocalDescription(offer);
       await gathered(this.pc);
       if (!this.active) return;
-      this.inviteId = this.signaling.send("call.invite", { to: this.peer, sdp: this.pc.localDescription.sdp });
-      if (this.inviteId === null) this.end("failed", "connection_lost");
+      this.inviteId = this.signaling.send(SEND.CALL_INVITE, { to: this.peer, sdp: this.pc.localDescription.sdp });
+      if (this.inviteId === null) this.end(REASON.FAILED, DETAIL.CONNECTION_LOST);
     } catch (error) {
       this.fail(error);
     }
@@ -68,10 +69,10 @@ export class Call extends EventTarget {
       await this.pc.setLocalDescription(answer);
       await gathered(this.pc);
       if (!this.active) return;
-      const sent = this.signaling.send("call.accept", { call_id: this.callId, sdp: this.pc.localDescription.sdp });
-      if (sent === null) this.end("failed", "connection_lost");
+      const sent = this.signaling.send(SEND.CALL_ACCEPT, { call_id: this.callId, sdp: this.pc.localDescription.sdp });
+      if (sent === null) this.end(REASON.FAILED, DETAIL.CONNECTION_LOST);
     } catch (error) {
-      this.signaling.send("call.hangup", { call_id: this.callId });
+      this.signaling.send(SEND.CALL_HANGUP, { call_id: this.callId });
       this.fail(error);
     }
   }
@@ -121,7 +122,7 @@ export class Call extends EventTarget {
       await pc.setLocalDescription(await pc.createOffer());
       await gathered(pc);
       if (!this.active || this.nextPc !== pc) throw new Error("the call ended meanwhile");
-      const sent = this.signaling.send("call.renegotiate", { call_id: this.callId, sdp: pc.localDescription.sdp });
+      const sent = this.signaling.send(SEND.CALL_RENEGOTIATE, { call_id: this.callId, sdp: pc.localDescription.sdp });
       if (sent === null) throw new Error("offline");
       setTimeout(() => {
         if (this.nextPc !== pc) return; // answered meanwhile
@@ -156,13 +157,13 @@ export class Call extends EventTarget {
 
   fail(error) {
     this.errorName = error && error.name ? error.name : "";
-    this.end("error", "", error && error.message ? error.message : String(error));
+    this.end(REASON.ERROR, "", error && error.message ? error.message : String(error));
   }
 
   reject() {
     if (this.state !== "incoming") return;
     this.hungUpHere = true;
-    this.signaling.send("call.reject", { call_id: this.callId });
+    this.signaling.send(SEND.CALL_REJECT, { call_id: this.callId });
   }
 
   hangup() {
@@ -173,17 +174,17 @@ export class Call extends EventTarget {
     }
     this.hungUpHere = true;
     if (this.callId) {
-      if (this.signaling.send("call.hangup", { call_id: this.callId }) !== null) return;
+      if (this.signaling.send(SEND.CALL_HANGUP, { call_id: this.callId }) !== null) return;
     } else if (this.inviteId) {
       this.hangupWanted = true; // sent as soon as the call has an id
       return;
     }
-    this.end("cancelled", "");
+    this.end(REASON.CANCELLED, "");
   }
 
   sendDigit(digit) {
     if (this.state !== "connected" || !this.callId || !this.phoneNetwork) return false;
-    return this.signaling.send("call.dtmf", { call_id: this.callId, digits: digit }) !== null;
+    return this.signaling.send(SEND.CALL_DTMF, { call_id: this.callId, digits: digit }) !== null;
   }
 
   setMuted(muted) {
@@ -233,47 +234,47 @@ export class Call extends EventTarget {
   /** A server message about this call. */
   async handle(message) {
     switch (message.type) {
-      case "call.progress":
+      case RECEIVE.CALL_PROGRESS:
         this.callId = message.call_id;
         this.phoneNetwork = message.phone_network === true;
-        if (this.hangupWanted) this.signaling.send("call.hangup", { call_id: this.callId });
+        if (this.hangupWanted) this.signaling.send(SEND.CALL_HANGUP, { call_id: this.callId });
         try {
           await this.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
         } catch (error) {
-          this.signaling.send("call.hangup", { call_id: this.callId });
+          this.signaling.send(SEND.CALL_HANGUP, { call_id: this.callId });
           this.fail(error);
         }
         break;
-      case "call.ringing":
+      case RECEIVE.CALL_RINGING:
         if (this.state === "inviting") {
           this.state = "ringing";
           this.changed();
         }
         break;
-      case "call.accepted":
+      case RECEIVE.CALL_ACCEPTED:
         if (this.active) {
           this.state = "connected";
           this.connectedAt = Date.now();
           this.changed();
         }
         break;
-      case "call.quota_warning":
+      case RECEIVE.CALL_QUOTA_WARNING:
         this.quotaSecondsLeft = Number(message.seconds_left) || 0;
         this.changed();
         break;
-      case "call.renegotiated":
+      case RECEIVE.CALL_RENEGOTIATED:
         await this.renegotiated(message.sdp);
         break;
-      case "call.dtmf":
+      case RECEIVE.CALL_DTMF:
         this.dispatchEvent(new CustomEvent("dtmf", { detail: String(message.digit || "") }));
         break;
-      case "call.ended":
+      case RECEIVE.CALL_ENDED:
         if (message.call_id) this.callId = message.call_id;
-        this.end(message.reason || "failed", message.detail || "");
+        this.end(message.reason || REASON.FAILED, message.detail || "");
         break;
-      case "error":
-        if (!this.callId || message.code !== "call_not_found") {
-          this.end("error", message.code || "", message.message || "");
+      case RECEIVE.ERROR:
+        if (!this.callId || message.code !== ERROR.CALL_NOT_FOUND) {
+          this.end(REASON.ERROR, message.code || "", message.message || "");
         }
         break;
       default:

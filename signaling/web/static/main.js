@@ -8,6 +8,7 @@ import { signInErrorText } from "./reasons.js";
 import { Signaling } from "./signaling.js";
 import { clearAccount, loadAccount, loadContacts, saveAccount, saveContacts } from "./store.js";
 import * as ui from "./ui.js";
+import { DETAIL, REASON, RECEIVE } from "./wire.js";
 
 const { $ } = ui;
 const TITLE = "Anruf";
@@ -158,7 +159,7 @@ function onStatus(next) {
     refreshContacts();
   }
   if (!next.online && call && call.state === "inviting" && call.inviteId === null) {
-    call.end("failed", "connection_lost");
+    call.end(REASON.FAILED, DETAIL.CONNECTION_LOST);
   }
 }
 
@@ -343,7 +344,7 @@ function onCallChange(c) {
 }
 
 function onMessage(message) {
-  if (message.type === "call.incoming") {
+  if (message.type === RECEIVE.CALL_INCOMING) {
     onIncoming(message);
     return;
   }
@@ -351,7 +352,7 @@ function onMessage(message) {
     (c) => c && c.active && ((message.ref && message.ref === c.inviteId) || (message.call_id && message.call_id === c.callId)),
   );
   if (target) target.handle(message);
-  else if (message.type === "error" && call && call.active && call.inviteId && !call.callId) call.handle(message);
+  else if (message.type === RECEIVE.ERROR && call && call.active && call.inviteId && !call.callId) call.handle(message);
 }
 
 function onIncoming(message) {

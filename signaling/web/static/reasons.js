@@ -1,71 +1,73 @@
-// Plain words for the end reasons and details of docs/protocol.md, and for the
+// Plain words for the end reasons and details of the protocol (wire.js), and for the
 // problems the sign-in requests answer with.
 
+import { DETAIL, ERROR, REASON, TRUNK_STATUS } from "./wire.js";
+
 const DETAILS = {
-  caller_connection_lost: "The caller lost their connection",
-  callee_connection_lost: "The other side lost their connection",
-  no_device_online: "Not reachable right now",
-  not_an_app_user: "This number doesn't use Anruf",
-  no_such_number: "This number doesn't exist",
-  callee_unavailable: "Not reachable right now",
-  subscriber_suspended: "Calls are not allowed on your plan",
-  destination_not_allowed: "Your plan doesn't include calls to this destination",
-  destination_blocked: "Calls to this destination are not possible",
-  velocity_exceeded: "Too many calls to phone numbers in the last hour. Try again later",
-  quota_exhausted: "Your minutes are used up",
-  fair_use_exceeded: "You reached your plan's fair-use limit",
-  bundle_minutes_used: "The call ended: the minutes are used up",
-  trunk_unavailable: "Phone network unavailable. Try again later",
-  trunk_timeout: "The phone network did not answer",
-  no_common_codec: "The call could not be set up (no common audio format)",
-  no_opus_in_offer: "Your browser offered no supported audio format",
-  bad_sdp: "The call could not be set up",
-  bad_sdp_in_answer: "The call could not be set up",
-  connection_lost: "The connection was lost",
-  relay_unavailable: "The service is busy. Try again later",
-  overloaded: "The service is busy right now. Try again in a moment",
-  "media:ice_failed": "No audio connection could be made",
-  "media:dtls_failed": "The secure audio connection failed",
-  "media:media_timeout": "The audio stopped",
-  "media:consent_expired": "The audio connection was lost",
-  "media:closed_by_device": "The audio connection was closed",
-  "media:relay_worker_lost": "The call was interrupted by a server problem",
-  server_shutdown: "The service restarted. Please call again",
-  node_lost: "The call was interrupted by a server problem. Please call again",
+  [DETAIL.CALLER_CONNECTION_LOST]: "The caller lost their connection",
+  [DETAIL.CALLEE_CONNECTION_LOST]: "The other side lost their connection",
+  [DETAIL.NO_DEVICE_ONLINE]: "Not reachable right now",
+  [DETAIL.NOT_AN_APP_USER]: "This number doesn't use Anruf",
+  [DETAIL.NO_SUCH_NUMBER]: "This number doesn't exist",
+  [DETAIL.CALLEE_UNAVAILABLE]: "Not reachable right now",
+  [DETAIL.SUBSCRIBER_SUSPENDED]: "Calls are not allowed on your plan",
+  [DETAIL.DESTINATION_NOT_ALLOWED]: "Your plan doesn't include calls to this destination",
+  [DETAIL.DESTINATION_BLOCKED]: "Calls to this destination are not possible",
+  [DETAIL.VELOCITY_EXCEEDED]: "Too many calls to phone numbers in the last hour. Try again later",
+  [DETAIL.QUOTA_EXHAUSTED]: "Your minutes are used up",
+  [DETAIL.FAIR_USE_EXCEEDED]: "You reached your plan's fair-use limit",
+  [DETAIL.BUNDLE_MINUTES_USED]: "The call ended: the minutes are used up",
+  [DETAIL.TRUNK_UNAVAILABLE]: "Phone network unavailable. Try again later",
+  [DETAIL.TRUNK_TIMEOUT]: "The phone network did not answer",
+  [DETAIL.NO_COMMON_CODEC]: "The call could not be set up (no common audio format)",
+  [DETAIL.NO_OPUS_IN_OFFER]: "Your browser offered no supported audio format",
+  [DETAIL.BAD_SDP]: "The call could not be set up",
+  [DETAIL.BAD_SDP_IN_ANSWER]: "The call could not be set up",
+  [DETAIL.CONNECTION_LOST]: "The connection was lost",
+  [DETAIL.RELAY_UNAVAILABLE]: "The service is busy. Try again later",
+  [DETAIL.OVERLOADED]: "The service is busy right now. Try again in a moment",
+  [DETAIL.MEDIA_ICE_FAILED]: "No audio connection could be made",
+  [DETAIL.MEDIA_DTLS_FAILED]: "The secure audio connection failed",
+  [DETAIL.MEDIA_TIMEOUT]: "The audio stopped",
+  [DETAIL.MEDIA_CONSENT_EXPIRED]: "The audio connection was lost",
+  [DETAIL.MEDIA_CLOSED_BY_DEVICE]: "The audio connection was closed",
+  [DETAIL.MEDIA_RELAY_WORKER_LOST]: "The call was interrupted by a server problem",
+  [DETAIL.SERVER_SHUTDOWN]: "The service restarted. Please call again",
+  [DETAIL.NODE_LOST]: "The call was interrupted by a server problem. Please call again",
 };
 
 const REASONS = {
-  completed: "Call ended",
-  busy: "Busy",
-  declined: "Declined",
-  no_answer: "No answer",
-  cancelled: "Cancelled",
-  unavailable: "Not reachable right now",
-  answered_elsewhere: "Answered on another device",
-  declined_elsewhere: "Declined on another device",
-  not_allowed: "This call is not allowed",
-  quota_exhausted: "Your minutes are used up",
-  failed: "The call failed",
-  error: "The call could not be placed",
+  [REASON.COMPLETED]: "Call ended",
+  [REASON.BUSY]: "Busy",
+  [REASON.DECLINED]: "Declined",
+  [REASON.NO_ANSWER]: "No answer",
+  [REASON.CANCELLED]: "Cancelled",
+  [REASON.UNAVAILABLE]: "Not reachable right now",
+  [REASON.ANSWERED_ELSEWHERE]: "Answered on another device",
+  [REASON.DECLINED_ELSEWHERE]: "Declined on another device",
+  [REASON.NOT_ALLOWED]: "This call is not allowed",
+  [REASON.QUOTA_EXHAUSTED]: "Your minutes are used up",
+  [REASON.FAILED]: "The call failed",
+  [REASON.ERROR]: "The call could not be placed",
 };
 
 const ERRORS = {
-  invalid_number: "That doesn't look like a phone number",
-  self_call: "You can't call yourself",
-  invalid_state: "You are already in a call",
-  call_not_found: "The call is already over",
-  rate_limited: "Too many requests. Wait a moment",
-  bad_sdp: "Your browser's audio setup was refused",
-  draining: "The service is restarting. Try again in a moment",
+  [ERROR.INVALID_NUMBER]: "That doesn't look like a phone number",
+  [ERROR.SELF_CALL]: "You can't call yourself",
+  [ERROR.INVALID_STATE]: "You are already in a call",
+  [ERROR.CALL_NOT_FOUND]: "The call is already over",
+  [ERROR.RATE_LIMITED]: "Too many requests. Wait a moment",
+  [ERROR.BAD_SDP]: "Your browser's audio setup was refused",
+  [ERROR.DRAINING]: "The service is restarting. Try again in a moment",
 };
 
 /** A sentence for why a call ended: the detail when it says more than the reason. */
 export function endReasonText(reason, detail = "") {
-  if (reason === "error") return ERRORS[detail] || REASONS.error;
-  if (reason === "cancelled" && detail === "caller_connection_lost") return DETAILS[detail];
-  if (reason === "quota_exhausted") return DETAILS[detail] || REASONS.quota_exhausted;
-  if (detail && DETAILS[detail] && reason !== "completed") return DETAILS[detail];
-  if (reason === "failed" && /^trunk_\d{3}$/.test(detail)) {
+  if (reason === REASON.ERROR) return ERRORS[detail] || REASONS[REASON.ERROR];
+  if (reason === REASON.CANCELLED && detail === DETAIL.CALLER_CONNECTION_LOST) return DETAILS[detail];
+  if (reason === REASON.QUOTA_EXHAUSTED) return DETAILS[detail] || REASONS[REASON.QUOTA_EXHAUSTED];
+  if (detail && DETAILS[detail] && reason !== REASON.COMPLETED) return DETAILS[detail];
+  if (reason === REASON.FAILED && TRUNK_STATUS.test(detail)) {
     return `The phone network refused the call (${detail.slice(6)})`;
   }
   return REASONS[reason] || "Call ended";
@@ -74,10 +76,10 @@ export function endReasonText(reason, detail = "") {
 /** What a finished call's panel says under "Call ended": who ended it, or why. */
 export function callEndText(call) {
   const { reason, detail = "" } = call;
-  if (reason === "completed") return call.hungUpHere ? "You hung up" : "They hung up";
-  if (reason === "cancelled" && !detail) return call.outgoing ? "You cancelled the call" : "The caller hung up";
-  if (reason === "declined") return call.outgoing ? "They declined the call" : "You declined the call";
-  if (reason === "error" && !detail) return deviceErrorText(call.errorName, call.errorMessage);
+  if (reason === REASON.COMPLETED) return call.hungUpHere ? "You hung up" : "They hung up";
+  if (reason === REASON.CANCELLED && !detail) return call.outgoing ? "You cancelled the call" : "The caller hung up";
+  if (reason === REASON.DECLINED) return call.outgoing ? "They declined the call" : "You declined the call";
+  if (reason === REASON.ERROR && !detail) return deviceErrorText(call.errorName, call.errorMessage);
   return endReasonText(reason, detail);
 }
 
@@ -91,7 +93,7 @@ const DEVICE_ERRORS = {
 
 function deviceErrorText(name, message) {
   if (DEVICE_ERRORS[name]) return DEVICE_ERRORS[name];
-  return sentence(message) || REASONS.error;
+  return sentence(message) || REASONS[REASON.ERROR];
 }
 
 /** "the code is not correct" → "The code is not correct" (no trailing full stop). */
@@ -151,6 +153,6 @@ export function signInErrorText(error) {
 /** Short words for a history entry. */
 export function historyReasonText(call) {
   if (call.missed) return "Missed";
-  if (call.end_reason === "completed") return "";
+  if (call.end_reason === REASON.COMPLETED) return "";
   return endReasonText(call.end_reason, call.end_detail || "");
 }

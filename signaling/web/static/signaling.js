@@ -1,6 +1,8 @@
 // The call WebSocket (/v1/ws): authenticates with its first message, reconnects by
 // itself with exponential backoff, and checks the line with ping/pong.
 
+import { RECEIVE, SEND } from "./wire.js";
+
 const CLOSE_REPLACED = 4000;
 const CLOSE_UNAUTHENTICATED = 4001;
 const CLOSE_RECONNECT = 4002; // the server restarts: connect again now (another takes over)
@@ -37,7 +39,7 @@ export class Signaling extends EventTarget {
     clearTimeout(this.retryTimer);
     const ws = new WebSocket(this.url());
     this.ws = ws;
-    ws.addEventListener("open", () => ws.send(JSON.stringify({ type: "auth", token: this.token })));
+    ws.addEventListener("open", () => ws.send(JSON.stringify({ type: SEND.AUTH, token: this.token })));
     ws.addEventListener("message", (event) => this.receive(ws, event.data));
     ws.addEventListener("close", (event) => this.closed(ws, event.code));
     ws.addEventListener("error", () => {}); // a close event follows
@@ -51,14 +53,14 @@ export class Signaling extends EventTarget {
     } catch {
       return;
     }
-    if (message.type === "welcome") {
+    if (message.type === RECEIVE.WELCOME) {
       this.open = true;
       this.attempt = 0;
       this.startPings();
       this.emit("status", { online: true, welcome: message });
       return;
     }
-    if (message.type === "pong") {
+    if (message.type === RECEIVE.PONG) {
       clearTimeout(this.pongTimer);
       return;
     }
@@ -113,7 +115,7 @@ export class Signaling extends EventTarget {
   startPings() {
     this.stopPings();
     this.pingTimer = setInterval(() => {
-      if (!this.send("ping")) return;
+      if (!this.send(SEND.PING)) return;
       clearTimeout(this.pongTimer);
       this.pongTimer = setTimeout(() => this.drop(), PONG_WITHIN_MS);
     }, PING_EVERY_MS);

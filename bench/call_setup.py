@@ -57,6 +57,7 @@ from voice.client.client import Call, Phone
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
 from voice.client.signaling import SignalingClient
 from voice.ice import restrict_host_addresses
+from wire import CallAccepted, EndReason
 
 TEST_PREFIX = "+4917700000"
 TEST_CODE = "246810"
@@ -165,7 +166,7 @@ async def relay_call(
             sample.setup_s = heard - call.invited_at
             sample.setup_from_offer_s = heard - started
             incoming = await _first(answering, call, "callee answering", timeout)
-            await _first(call.connected(timeout), call, "call.accepted", timeout)
+            await _first(call.connected(timeout), call, CallAccepted.type, timeout)
             assert call.connected_at is not None
             await asyncio.sleep(max(0.0, call.connected_at + talk - time.monotonic()))
             await call.hangup()
@@ -191,7 +192,7 @@ async def relay_call(
         )
         await _tidy(caller, callee, call, incoming)
 
-    if not sample.error and sample.end_reasons != ("completed", "completed"):
+    if not sample.error and sample.end_reasons != (EndReason.COMPLETED, EndReason.COMPLETED):
         sample.error = f"ended {sample.end_reasons[0]!r} / {sample.end_reasons[1]!r}" + (
             f" ({call.end_detail})" if call is not None and call.end_detail else ""
         )

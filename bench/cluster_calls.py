@@ -75,6 +75,7 @@ from bench._nodes import (
     workdir,
 )
 from voice.loadtest.server import process_cpu_seconds
+from wire import EndReason
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/4"
 #: The bench's numbers: NUMBER_PREFIX + 4 digits, inside the nodes' test range.
@@ -202,7 +203,7 @@ async def direct_call(index: int, hold: float) -> dict[str, Any]:
     a, _ = _check_tone(_Call._analysis_packets(meter_a, callee_peer), signature_a, index, "a")
     b, _ = _check_tone(_Call._analysis_packets(meter_b, caller_peer), signature_b, index, "b")
     outcome["directions"] = {"a": {"integrity": a}, "b": {"integrity": b}}
-    outcome["end_reason"] = "completed" if outcome["error"] is None else None
+    outcome["end_reason"] = EndReason.COMPLETED if outcome["error"] is None else None
     outcome["ok"] = outcome["error"] is None and a == "ok" and b == "ok"
     return outcome
 
@@ -496,11 +497,11 @@ def _failure(call: dict[str, Any], cdr: str | None, kind: str) -> str | None:
         integrity = (directions.get(name) or {}).get("integrity")
         if integrity != "ok":
             return f"audio {name} {integrity}"
-    if call.get("end_reason") != "completed":
+    if call.get("end_reason") != EndReason.COMPLETED:
         return f"ended {call.get('end_reason')}"
     if call.get("setup_ms") is None:
         return "no setup time"
-    if kind == "relayed" and cdr != "completed":
+    if kind == "relayed" and cdr != EndReason.COMPLETED:
         return f"CDR {cdr}"
     return None
 

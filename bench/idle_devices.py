@@ -67,6 +67,7 @@ from bench._nodes import (
     workdir,
 )
 from tests.ports import free_port
+from wire import Ping, Pong, Welcome
 
 GIB = 1 << 30
 HEARTBEAT = 20.0
@@ -125,13 +126,13 @@ def _bare_main(port: int, ready: Any) -> None:
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE)
         await ws.prepare(request)
         sockets[token] = ws
-        await ws.send_str(json.dumps({"type": "welcome", "device_id": token[:8]}))
+        await ws.send_str(json.dumps({"type": Welcome.type, "device_id": token[:8]}))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     data = json.loads(msg.data)
-                    if data.get("type") == "ping":
-                        await ws.send_str(json.dumps({"type": "pong", "ref": data.get("id")}))
+                    if data.get("type") == Ping.type:
+                        await ws.send_str(json.dumps({"type": Pong.type, "ref": data.get("id")}))
         finally:
             sockets.pop(token, None)
         return ws
@@ -185,7 +186,7 @@ class Devices:
         )
         first = await ws.receive(timeout=30)
         data = json.loads(first.data) if isinstance(first.data, str) else {}
-        if data.get("type") != "welcome":
+        if data.get("type") != Welcome.type:
             await ws.close()
             raise RuntimeError(f"no welcome: {first.type} {first.data!r}")
         self.sockets.append(ws)
@@ -199,7 +200,7 @@ class Devices:
                 continue
             data = json.loads(msg.data)
             future = self.waiting.get(str(data.get("ref")))
-            if data.get("type") == "pong" and future is not None and not future.done():
+            if data.get("type") == Pong.type and future is not None and not future.done():
                 future.set_result(None)
             elif len(self.unexpected) < 5:
                 self.unexpected.append(msg.data[:200])
@@ -229,7 +230,7 @@ class Devices:
             future = asyncio.get_running_loop().create_future()
             self.waiting[ref] = future
             try:
-                await ws.send_str(json.dumps({"type": "ping", "id": ref}))
+                await ws.send_str(json.dumps({"type": Ping.type, "id": ref}))
                 await asyncio.wait_for(future, 10)
                 ok += 1
             except (TimeoutError, ConnectionError, RuntimeError):

@@ -28,6 +28,7 @@ from bench._nodes import Node, machine_load, workdir
 from voice.client.client import Phone
 from voice.client.signaling import SignalingClient
 from voice.ice import restrict_host_addresses
+from wire import EndReason
 
 TEST_PREFIX = "+4917700000"
 TEST_CODE = "246810"
@@ -79,7 +80,7 @@ async def run(url: str, calls: int, talk: float) -> None:
             await outgoing.hangup()
             reason = await outgoing.ended(timeout=10)
             await incoming.ended(timeout=10)
-            if reason != "completed":
+            if reason != EndReason.COMPLETED:
                 raise RuntimeError(f"call {n} ended {reason} {outgoing.end_detail}")
             side = "caller" if n % 2 == 0 else "callee"
             print(

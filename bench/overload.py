@@ -41,6 +41,7 @@ from bench._nodes import Node, workdir
 from voice.client.media import MediaEndpoint
 from voice.client.signaling import SignalingClient
 from voice.ice import restrict_host_addresses
+from wire import CallEnded, CallHangup, CallInvite, CallProgress, Detail, EndReason
 
 TEST_PREFIX = "+4917700000"
 TEST_CODE = "246810"
@@ -91,7 +92,7 @@ async def reply_to(client: SignalingClient, ref: str, timeout: float = 30.0) -> 
 
 async def invite(client: SignalingClient, to: str, sdp: str) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
-    ref = await client.send("call.invite", to=to, sdp=sdp)
+    ref = await client.send(CallInvite.type, to=to, sdp=sdp)
     reply = await reply_to(client, ref)
     return time.perf_counter() - started, reply
 
@@ -99,7 +100,7 @@ async def invite(client: SignalingClient, to: str, sdp: str) -> tuple[float, dic
 async def ended(client: SignalingClient, call_id: str, timeout: float = 30.0) -> None:
     while True:
         message = await client.receive(timeout=timeout)
-        if message.get("type") == "call.ended" and message.get("call_id") == call_id:
+        if message.get("type") == CallEnded.type and message.get("call_id") == call_id:
             return
 
 
@@ -138,7 +139,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 calls: list[tuple[SignalingClient, str]] = []
                 for (latency, reply), caller in zip(taken, first, strict=True):
-                    if reply.get("type") == "call.progress":
+                    if reply.get("type") == CallProgress.type:
                         admitted.append(latency)
                         calls.append((caller, str(reply["call_id"])))
                     else:
@@ -148,15 +149,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 for latency, reply in over:
                     if (reply.get("type"), reply.get("reason"), reply.get("detail")) == (
-                        "call.ended",
-                        "failed",
-                        "overloaded",
+                        CallEnded.type,
+                        EndReason.FAILED,
+                        Detail.OVERLOADED,
                     ):
                         refused.append(latency)
                     else:
                         wrong.append(f"round {r + 1} not refused: {reply}")
                 for caller, call_id in calls:
-                    await caller.send("call.hangup", call_id=call_id)
+                    await caller.send(CallHangup.type, call_id=call_id)
                 await asyncio.gather(*(ended(c, call_id) for c, call_id in calls))
                 for _ in range(200):  # up to 10 s for the node to settle its calls
                     if await active_calls(session, node) <= 0:

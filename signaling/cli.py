@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import wire
 from signaling import logs
 
 DEFAULT_PROFILE_DIR = Path(os.environ.get("ANRUF_PROFILE_DIR", "~/.config/anruf")).expanduser()
@@ -450,7 +451,7 @@ async def _call(args: argparse.Namespace) -> int:
             await _talk(call, args.duration)
         await call.ended(timeout=10)
         print(_ended_line(call))
-        return 0 if call.end_reason == "completed" else 3
+        return 0 if call.end_reason == wire.EndReason.COMPLETED else 3
     finally:
         await phone.close()
 

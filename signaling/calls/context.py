@@ -11,8 +11,8 @@ from signaling.calls.parties import Party, PhoneNetwork
 from signaling.calls.timers import TimerHandle
 
 if TYPE_CHECKING:
+    from signaling.calls.trunk_side import InboundSip, OutboundSip
     from signaling.carrier.policy import Admission
-    from signaling.sip.trunk import IncomingCall, OutboundCall
     from voice.relay.relay import LegStats
 
 __all__ = ["CallContext", "NetworkSide"]
@@ -23,8 +23,10 @@ class NetworkSide:
     """The phone-network side of a call (signaling/calls/trunk_side.py)."""
 
     party: PhoneNetwork
-    #: Our INVITE to the network, or the network's to us (signaling.sip.trunk).
-    sip: OutboundCall | IncomingCall | None = None
+    #: Our INVITE to the network (an app user calls a phone number) …
+    outbound: OutboundSip | None = None
+    #: … or the network's INVITE to us (a phone number calls an app user).
+    inbound: InboundSip | None = None
     #: The SIP call is over (no CANCEL/BYE/final response from us any more).
     ended: bool = False
     #: Our SDP answer to the network's INVITE, sent with the 200 when an app answers.

@@ -47,7 +47,7 @@ from signaling.calls.parties import AppDevice, Party, PhoneNetwork, party_from_i
 from signaling.calls.quota import OperatorEvents, Policy, admitted, live_rating, refusal
 from signaling.calls.records import CallRecord
 from signaling.calls.timers import LoopTimers, Timers
-from signaling.calls.trunk_side import Trunk, TrunkSide
+from signaling.calls.trunk_side import InboundSip, Trunk, TrunkSide
 from signaling.carrier.rating import CallKind
 from signaling.identity.service import InvalidNumberError
 from voice.relay.relay import LegStats, NoOpusError
@@ -55,7 +55,6 @@ from voice.relay.workers import RelayUnavailable
 
 if TYPE_CHECKING:
     from signaling.metrics import Metrics
-    from signaling.sip.trunk import IncomingCall
 
 logger = logging.getLogger("anruf.calls")
 
@@ -407,7 +406,7 @@ class CallService:
 
     # The phone network (trunk_side.py) ---------------------------------------
 
-    async def incoming_from_trunk(self, sip_call: IncomingCall) -> None:
+    async def incoming_from_trunk(self, sip_call: InboundSip) -> None:
         """An INVITE from the network: ring the called app user's devices."""
         await self._trunk_side.incoming(sip_call)
 

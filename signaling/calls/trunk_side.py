@@ -23,8 +23,6 @@ from signaling.identity.service import InvalidNumberError
 from signaling.sip.trunk import (
     Answered,
     CallEvent,
-    IncomingCall,
-    OutboundCall,
     Progress,
     TrunkUnavailable,
 )
@@ -36,9 +34,38 @@ from voice.relay.workers import RelayUnavailable
 if TYPE_CHECKING:
     from signaling.calls.service import CallService
 
-__all__ = ["Trunk", "TrunkSide"]
+__all__ = ["InboundSip", "OutboundSip", "Trunk", "TrunkSide"]
 
 logger = logging.getLogger("anruf.calls")
+
+#: A re-INVITE's offer in, our answer out (raises: the re-INVITE fails, 488).
+Reoffer = Callable[[str], Awaitable[str]]
+
+
+class OutboundSip(Protocol):
+    """Our INVITE to the network (signaling.sip.trunk.OutboundCall)."""
+
+    on_reoffer: Reoffer | None
+
+    async def cancel(self, reason: str = "") -> None: ...
+    async def bye(self, reason: str = "") -> None: ...
+
+
+class InboundSip(Protocol):
+    """The network's INVITE to us (signaling.sip.trunk.IncomingCall)."""
+
+    from_number: str
+    to_number: str
+    offer_sdp: str
+    on_reoffer: Reoffer | None
+    on_event: Callable[[CallEvent], None] | None
+
+    async def progress(self, status: int = 180, sdp: str | None = None) -> None: ...
+    async def answer(self, sdp: str) -> None: ...
+    async def reject(
+        self, status: int, reason: str = "", *, retry_after: int | None = None
+    ) -> None: ...
+    async def bye(self, reason: str = "") -> None: ...
 
 
 class Trunk(Protocol):
@@ -49,7 +76,7 @@ class Trunk(Protocol):
 
     async def invite(
         self, *, to_number: str, from_number: str, sdp: str, on_event: Callable[[Any], None]
-    ) -> OutboundCall: ...
+    ) -> OutboundSip: ...
 
 
 class TrunkSide:
@@ -86,7 +113,7 @@ class TrunkSide:
             await host.relay_unavailable(ctx, exc)
             return
         try:
-            network.sip = await self._trunk.invite(
+            network.outbound = await self._trunk.invite(
                 to_number=call.callee,
                 from_number=call.caller,
                 sdp=offer,
@@ -97,7 +124,7 @@ class TrunkSide:
             network.ended = True
             await host.feed(ctx, Fail(host.clock(), "trunk_unavailable"))
             return
-        network.sip.on_reoffer = self._reoffer_handler(call.call_id, leg)
+        network.outbound.on_reoffer = self._reoffer_handler(call.call_id, leg)
         if call.state is CallState.ENDED:  # the caller gave up meanwhile
             self.end(ctx)
             return
@@ -106,7 +133,7 @@ class TrunkSide:
 
     # Phone number -> app user ----------------------------------------------------
 
-    async def incoming(self, sip_call: IncomingCall) -> None:
+    async def incoming(self, sip_call: InboundSip) -> None:
         """An INVITE from the network: ring the called app user's devices."""
         host = self._host
         if host.refuses_new_call("trunk"):
@@ -130,7 +157,7 @@ class TrunkSide:
         call_id = uuid.uuid4().hex
         party = PhoneNetwork(call_id)
         ctx = host.new_call(call_id, caller, callee, party, None)
-        network = ctx.network = NetworkSide(party, sip=sip_call)
+        network = ctx.network = NetworkSide(party, inbound=sip_call)
         call = ctx.call
         sip_call.on_event = self._listener(call_id)
         sip_call.on_reoffer = self._reoffer_handler(call_id, ctx.leg(party))
@@ -165,16 +192,12 @@ class TrunkSide:
     async def answered(self, ctx: CallContext) -> None:
         """An app device answered the network's call: 200 OK with our SDP."""
         network = ctx.network
-        if (
-            network is not None
-            and isinstance(network.sip, IncomingCall)
-            and network.answer is not None
-        ):
-            await network.sip.answer(network.answer)
+        if network is not None and network.inbound is not None and network.answer is not None:
+            await network.inbound.answer(network.answer)
 
     # Both ways -------------------------------------------------------------------
 
-    def _reoffer_handler(self, call_id: str, leg_id: str) -> Callable[[str], Awaitable[str]]:
+    def _reoffer_handler(self, call_id: str, leg_id: str) -> Reoffer:
         """A re-INVITE from the network (hold, resume, a new address) updates its leg."""
         host = self._host
 
@@ -253,16 +276,18 @@ class TrunkSide:
     def end(self, ctx: CallContext) -> None:
         """Our side ended: CANCEL, BYE or a final response to the network, once."""
         network = ctx.network
-        if network is None or network.sip is None or network.ended:
+        if network is None or network.ended:
+            return
+        sip = network.inbound or network.outbound
+        if sip is None:
             return
         network.ended = True
-        sip = network.sip
         call = ctx.call
         reason = call.end_reason.value if call.end_reason is not None else "failed"
         if call.answered_at is not None:
             self._host.spawn(sip.bye(reason))
-        elif isinstance(sip, IncomingCall):
+        elif network.inbound is not None:
             status, phrase = final_response(call.end_reason, call.end_detail)
-            self._host.spawn(sip.reject(status, phrase))
-        else:
-            self._host.spawn(sip.cancel(reason))
+            self._host.spawn(network.inbound.reject(status, phrase))
+        elif network.outbound is not None:
+            self._host.spawn(network.outbound.cancel(reason))

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from signaling.calls.machine import EndReason
+from signaling.calls.machine import Call, EndReason
+from signaling.calls.parties import Party
 from signaling.calls.quota import Policy
 from signaling.calls.records import CallRecord
 
@@ -43,6 +44,25 @@ class LiveCall:
     devices: tuple[str, ...]
     #: The operator policy's admission, enough to rate the call and tell the operators.
     rating: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls, call: Call, node_id: str, parties: tuple[Party, ...], rating: dict[str, Any]
+    ) -> LiveCall:
+        """The row of ``call`` held by ``node_id``, with the parties that have legs."""
+        return cls(
+            call_id=call.call_id,
+            node_id=node_id,
+            caller=call.caller,
+            callee=call.callee,
+            caller_device=call.caller_device.device_id,
+            callee_device=None if call.callee_device is None else call.callee_device.device_id,
+            invited_at=call.invited_at,
+            ringing_at=call.ringing_at,
+            answered_at=call.answered_at,
+            devices=tuple(sorted(party.device_id for party in parties)),
+            rating=rating,
+        )
 
     def record(self, ended_at: float, reason: str, detail: str) -> CallRecord:
         """The call's record, ended at ``ended_at`` by someone other than its node."""

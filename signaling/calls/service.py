@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from signaling import protocol
 from signaling.calls.context import CallContext
@@ -44,8 +44,10 @@ from signaling.calls.machine import (
     Timer,
 )
 from signaling.calls.parties import AppDevice, Party, PhoneNetwork, party_from_id
+from signaling.calls.ports import Directory, MediaRelay, Presence
 from signaling.calls.quota import OperatorEvents, Policy, admitted, live_rating, refusal
-from signaling.calls.records import CallRecord
+from signaling.calls.records import record_of
+from signaling.calls.table import CallTable
 from signaling.calls.timers import LoopTimers, Timers
 from signaling.calls.trunk_side import InboundSip, Trunk, TrunkSide
 from signaling.carrier.rating import CallKind
@@ -62,47 +64,6 @@ logger = logging.getLogger("anruf.calls")
 ORPHAN_NOTICE_SECONDS = 60.0
 #: The relay cannot serve the call (no worker, no relay host): an outage, not bad SDP.
 RELAY_UNAVAILABLE = "relay_unavailable"
-
-
-class MediaRelay(Protocol):
-    """What CallService needs of the media relay (voice.relay.Relay)."""
-
-    async def answer(self, leg_id: str, offer_sdp: str) -> str: ...
-    async def offer(self, leg_id: str) -> str: ...
-    async def accept_answer(self, leg_id: str, answer_sdp: str) -> None: ...
-    def start_ringback(self, leg_id: str) -> None: ...
-    def play_notice(self, leg_id: str) -> None: ...
-    def send_dtmf(self, leg_id: str, digits: str) -> None: ...
-    async def offer_rtp(self, leg_id: str) -> str: ...
-    async def answer_rtp(self, leg_id: str, offer_sdp: str) -> str: ...
-    async def accept_rtp_answer(self, leg_id: str, answer_sdp: str) -> None: ...
-    async def update_rtp(self, leg_id: str, offer_sdp: str) -> str: ...
-    def bridge(self, a: str, b: str) -> None: ...
-    async def close_leg(self, leg_id: str) -> LegStats: ...
-
-
-class Directory(Protocol):
-    """Numbers known to the service (IdentityService)."""
-
-    def normalise(self, raw: str, region: str | None = None) -> str:
-        """E.164; raises InvalidNumberError."""
-        ...
-
-    async def is_registered(self, number: str) -> bool: ...
-
-
-class Presence(Protocol):
-    """Which devices are online where (signaling.presence.Presence)."""
-
-    @property
-    def node_id(self) -> str: ...
-
-    async def send(self, device_id: str, text: str) -> bool: ...
-    async def online(self, device_id: str) -> bool: ...
-    async def devices(self, number: str) -> list[str]: ...
-    async def busy(self, number: str) -> bool: ...
-    async def call_started(self, call_id: str, numbers: tuple[str, ...]) -> None: ...
-    async def call_ended(self, call_id: str, numbers: tuple[str, ...]) -> None: ...
 
 
 class CallService:
@@ -143,10 +104,7 @@ class CallService:
         self._book = LiveCallBook(records, live, policy)
         self._events = OperatorEvents(policy)
         self._trunk_side = TrunkSide(self, trunk)
-        self._calls: dict[str, CallContext] = {}
-        self._party_calls: dict[Party, set[str]] = {}
-        self._number_calls: dict[str, set[str]] = {}
-        self._leg_calls: dict[str, tuple[str, Party]] = {}  # leg id -> (call id, party)
+        self._calls = CallTable()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -177,7 +135,7 @@ class CallService:
         if callee == number:
             await self._error(device_id, protocol.ErrorCode.SELF_CALL, "cannot call yourself", ref)
             return
-        if self._party_calls.get(caller):
+        if self._calls.in_a_call(caller):
             await self._error(
                 device_id, protocol.ErrorCode.INVALID_STATE, "this device is already in a call", ref
             )
@@ -263,7 +221,7 @@ class CallService:
         alerted: list[Party] = []
         for device_id in await self._presence.devices(call.callee):
             device = AppDevice(device_id)
-            if device in self._party_calls:  # on this call or another: do not ring it
+            if self._calls.in_a_call(device):  # on this call or another: do not ring it
                 continue
             try:
                 offer = await self.relay.offer(ctx.leg(device))
@@ -360,8 +318,7 @@ class CallService:
                 await self._state_error(device_id, call, message.id)
                 return
             assert isinstance(move, Renegotiation)
-            old_leg = ctx.leg(device)
-            new_leg = f"{old_leg.split('~')[0]}~{uuid.uuid4().hex[:8]}"
+            new_leg = f"{ctx.leg(device).split('~')[0]}~{uuid.uuid4().hex[:8]}"
             try:
                 answer = await self.relay.answer(new_leg, message.sdp)
             except NoOpusError:
@@ -373,9 +330,7 @@ class CallService:
             except ValueError as exc:  # the old leg stays
                 await self._error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
                 return
-            ctx.legs[device] = new_leg
-            self._leg_calls[new_leg] = (call.call_id, device)
-            self._leg_calls.pop(old_leg, None)
+            old_leg = self._calls.move_leg(ctx, device, new_leg)
             if move.peer is not None:
                 self.relay.bridge(new_leg, ctx.leg(move.peer))
             elif ctx.network is not None and ctx.ringing_announced:
@@ -412,11 +367,10 @@ class CallService:
 
     def dtmf_received(self, leg_id: str, digit: str) -> None:
         """Relay callback: a digit (RFC 4733) from the network reaches the app party."""
-        owner = self._leg_calls.get(leg_id)
-        ctx = self._calls.get(owner[0]) if owner is not None else None
-        if ctx is None:
+        owner = self._calls.owner(leg_id)
+        if owner is None:
             return
-        call = ctx.call
+        call = owner[0].call
         party: Party | None = call.caller_device
         if isinstance(party, PhoneNetwork):
             party = call.callee_device
@@ -430,14 +384,14 @@ class CallService:
         """The device connected (to this node or another): what it missed while away
         is delivered in order, then the state of each of its calls held here."""
         self._held.back(device_id)
-        if self._held.holds(device_id) or AppDevice(device_id) in self._party_calls:
+        if self._held.holds(device_id) or self._calls.in_a_call(AppDevice(device_id)):
             self.spawn(self._resume(device_id))
 
     async def _resume(self, device_id: str) -> None:
         if not await self._held.deliver(device_id):
             return
         device = AppDevice(device_id)
-        for call_id in sorted(self._party_calls.get(device, ())):
+        for call_id in self._calls.calls_of(device):
             ctx = self._calls.get(call_id)
             if ctx is not None and ctx.call.state is not CallState.ENDED:
                 await self.send(device, self._state_message(ctx, device))
@@ -457,7 +411,7 @@ class CallService:
         """The device's last link closed. A device that was only ringing is dropped at
         once (it can no longer answer); a caller or talker gets a grace period."""
         device = AppDevice(device_id)
-        for call_id in list(self._party_calls.get(device, ())):
+        for call_id in self._calls.calls_of(device):
             ctx = self._calls.get(call_id)
             if ctx is None:
                 continue
@@ -468,27 +422,27 @@ class CallService:
 
     def _grace_expired(self, device_id: str) -> None:
         device = AppDevice(device_id)
-        for call_id in list(self._party_calls.get(device, ())):
+        for call_id in self._calls.calls_of(device):
             self.spawn(self._lost(call_id, device))
 
-    async def _lost(self, call_id: str, device: AppDevice) -> None:
+    async def _lost(self, call_id: str, device: Party) -> None:
         ctx = self._calls.get(call_id)
+        if ctx is None:
+            return
         # A device that came back on another node meanwhile is not lost (the
         # nodes' "connected" and "disconnected" news may cross).
-        if ctx is not None and not await self._presence.online(device.device_id):
+        if isinstance(device, PhoneNetwork) or not await self._presence.online(device.device_id):
             async with ctx.lock:
                 await self.feed(ctx, DeviceLost(self.clock(), device))
 
     def leg_failed(self, leg_id: str, detail: str) -> None:
         """Relay callback: a leg's ICE/DTLS failed or its media stopped."""
-        owner = self._leg_calls.get(leg_id)
+        owner = self._calls.owner(leg_id)
         if owner is None:
             return
-        call_id, party = owner
-        ctx = self._calls.get(call_id)
-        if ctx is None:
-            return
-        if party in ctx.call.ringing_devices and isinstance(party, AppDevice):
+        ctx, party = owner
+        call_id = ctx.call.call_id
+        if party in ctx.call.ringing_devices:
             self.spawn(self._lost(call_id, party))
         else:
             self.spawn(self.fail(call_id, f"media:{detail}"))
@@ -506,7 +460,7 @@ class CallService:
 
     async def shutdown(self) -> None:
         """End every call (server stopping): devices are told, records are written."""
-        for call_id in list(self._calls):
+        for call_id in self._calls.call_ids():
             await self.fail(call_id, "server_shutdown")
         self._held.close()
         for task in list(self._tasks):
@@ -595,17 +549,11 @@ class CallService:
             await self._finish(ctx, effect)
 
     async def _release(self, ctx: CallContext, party: Party) -> LegStats | None:
-        leg = ctx.legs.pop(party, None)
-        calls = self._party_calls.get(party)
-        if calls is not None:
-            calls.discard(ctx.call.call_id)
-            if not calls:
-                del self._party_calls[party]
+        leg = self._calls.leave(ctx, party)
         if isinstance(party, PhoneNetwork):
             self._trunk_side.end(ctx)
         if leg is None:
             return None
-        self._leg_calls.pop(leg, None)
         stats = await self.relay.close_leg(leg)
         earlier = ctx.earlier_stats.pop(party, None)
         return stats if earlier is None else earlier.then(stats)
@@ -623,30 +571,11 @@ class CallService:
                 media["callee"] = callee_stats.as_dict()
         for party in list(ctx.legs):
             await self._release(ctx, party)
-        self._calls.pop(call.call_id, None)
-        for number in (call.caller, call.callee):
-            calls = self._number_calls.get(number)
-            if calls is not None:
-                calls.discard(call.call_id)
-                if not calls:
-                    del self._number_calls[number]
+        self._calls.remove(ctx)
         await self._presence.call_ended(call.call_id, (call.caller, call.callee))
         self._metrics.active_calls.set(len(self._calls))
         self._metrics.call_attempts.labels(outcome=ended.reason.value).inc()
-        record = CallRecord(
-            call_id=call.call_id,
-            caller=call.caller,
-            callee=call.callee,
-            caller_device=call.caller_device.device_id,
-            callee_device=None if call.callee_device is None else call.callee_device.device_id,
-            invited_at=call.invited_at,
-            ringing_at=call.ringing_at,
-            answered_at=call.answered_at,
-            ended_at=call.ended_at or self.clock(),
-            end_reason=ended.reason.value,
-            end_detail=ended.detail,
-            media=media,
-        )
+        record = record_of(call, media, self.clock())
         await self._book.save(record, ctx.admission, live=ctx.live)
         logger.info(
             "call %s ended: %s %s (%.1f s)",
@@ -663,26 +592,15 @@ class CallService:
     # Several nodes -----------------------------------------------------------
 
     async def busy(self, number: str) -> bool:
-        return bool(self._number_calls.get(number)) or await self._presence.busy(number)
+        return self._calls.number_busy(number) or await self._presence.busy(number)
 
     async def write_live(self, ctx: CallContext) -> None:
         """The call rings: from now on a crash of this node still ends it on record."""
         if ctx.live:
             return
-        call = ctx.call
         ctx.live = await self._book.ringing(
-            LiveCall(
-                call_id=call.call_id,
-                node_id=self._presence.node_id,
-                caller=call.caller,
-                callee=call.callee,
-                caller_device=call.caller_device.device_id,
-                callee_device=None if call.callee_device is None else call.callee_device.device_id,
-                invited_at=call.invited_at,
-                ringing_at=call.ringing_at,
-                answered_at=call.answered_at,
-                devices=tuple(sorted(party.device_id for party in ctx.legs)),
-                rating=live_rating(ctx.admission),
+            LiveCall.of(
+                ctx.call, self._presence.node_id, tuple(ctx.legs), live_rating(ctx.admission)
             )
         )
 
@@ -730,13 +648,8 @@ class CallService:
         self._metrics.active_calls.set(len(self._calls))
 
     def register(self, ctx: CallContext, party: Party) -> None:
-        call = ctx.call
-        self._calls[call.call_id] = ctx
+        self._calls.add(ctx, party)
         self.idle.clear()
-        self._party_calls.setdefault(party, set()).add(call.call_id)
-        self._leg_calls[ctx.leg(party)] = (call.call_id, party)
-        for number in (call.caller, call.callee):
-            self._number_calls.setdefault(number, set()).add(call.call_id)
 
     def context(self, call_id: str) -> CallContext | None:
         return self._calls.get(call_id)

@@ -1123,3 +1123,14 @@ async def test_a_relay_outage_on_a_reinvite_ends_the_call(phone_world: World) ->
     assert phone_world.ended("bob-phone") == ("failed", "relay_unavailable")  # … and the call
     assert sip.byes == ["failed"]
     assert_idle(phone_world)
+
+
+async def test_the_rtp_leg_failing_while_the_network_rings_is_unavailable(
+    phone_world: World,
+) -> None:
+    call_id, sip = await placed(phone_world)
+    phone_world.service.leg_failed(f"{call_id}:sip:{call_id}", "media_timeout")
+    await phone_world.service.settle()
+    assert phone_world.ended("alice-phone") == ("unavailable", "callee_connection_lost")
+    assert sip.cancelled == ["unavailable"]
+    assert_idle(phone_world)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from signaling.calls.parties import Party
@@ -229,6 +229,8 @@ class Call:
     max_seconds: float | None = None
     warn_before: float = 60.0
     quota_warned: bool = False
+    #: A copy that only tries an input (``allows``): it logs nothing.
+    trial: bool = field(default=False, repr=False, compare=False)
 
     @property
     def ring_deadline(self) -> float | None:
@@ -270,6 +272,16 @@ class Call:
             parties.add(self.callee_device)
         return parties
 
+    def allows(self, event: Input) -> bool:
+        """Whether ``event`` is legal now; the call is left as it is. For a request
+        whose own side effects (a relay operation) must not happen otherwise."""
+        copy = replace(self, ringing_devices=set(self.ringing_devices), trial=True)
+        try:
+            copy.handle(event)
+        except CallStateError:
+            return False
+        return True
+
     def handle(self, event: Input) -> list[Effect]:
         handler = _TRANSITIONS.get((self.state, type(event)))
         if handler is None:
@@ -279,7 +291,8 @@ class Call:
     # helpers used by the table
 
     def _set_state(self, state: CallState) -> None:
-        logger.debug("call %s: %s -> %s", self.call_id, self.state.value, state.value)
+        if not self.trial:
+            logger.debug("call %s: %s -> %s", self.call_id, self.state.value, state.value)
         self.state = state
 
     def _end(

@@ -1,11 +1,14 @@
 """CallService: the B2BUA. Feeds each call's state machine and carries out its effects
 (messages to devices, relay legs, the call's timer, records, metrics).
 
-Its parts, each in a module of its own: the machine (machine.py) decides what is
-legal and when; parties.py types who takes part; held.py keeps messages for
-devices that are briefly away; trunk_side.py is the phone-network side of calls;
-quota.py the caller's operator (admission, limit, events); live.py the calls in
-progress on record and the orphaned calls of dead nodes.
+One timer per call, re-armed from the machine's ``next_deadline()`` after every
+input; one lock per call that serialises its inputs. Its parts, each in a module
+of its own: the machine (machine.py) decides what is legal and when; parties.py
+types who takes part; placing.py sets a call up until it rings; trunk_side.py is
+the phone-network side of calls; held.py keeps messages for devices that are
+briefly away; quota.py the caller's operator (admission, limit, events); live.py
+the calls in progress on record and the orphaned calls of dead nodes; table.py
+the calls held here; ports.py the Protocols of what the service drives.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from signaling.calls.held import HeldDelivery
 from signaling.calls.live import NODE_LOST, LiveCall, LiveCallBook, LiveStore, RecordSink
 from signaling.calls.machine import (
     Accept,
-    Busy,
     Call,
     CallState,
     CallStateError,
@@ -40,18 +42,16 @@ from signaling.calls.machine import (
     Reject,
     Renegotiate,
     Renegotiation,
-    Ring,
     Timer,
 )
 from signaling.calls.parties import AppDevice, Party, PhoneNetwork, party_from_id
+from signaling.calls.placing import CallPlacing
 from signaling.calls.ports import Directory, MediaRelay, Presence
-from signaling.calls.quota import OperatorEvents, Policy, admitted, live_rating, refusal
+from signaling.calls.quota import OperatorEvents, Policy, live_rating
 from signaling.calls.records import record_of
 from signaling.calls.table import CallTable
 from signaling.calls.timers import LoopTimers, Timers
 from signaling.calls.trunk_side import InboundSip, Trunk, TrunkSide
-from signaling.carrier.rating import CallKind
-from signaling.identity.service import InvalidNumberError
 from voice.relay.relay import LegStats, NoOpusError
 from voice.relay.workers import RelayUnavailable
 
@@ -96,14 +96,15 @@ class CallService:
         self.policy = policy
         self.clock = clock
         self.ring_timeout = ring_timeout
-        self._presence = presence
-        self._metrics = metrics
+        self.presence = presence
+        self.metrics = metrics
         self._grace = reconnect_grace
         self._timers = timers if timers is not None else LoopTimers()
         self._held = HeldDelivery(presence, self._timers)
         self._book = LiveCallBook(records, live, policy)
         self._events = OperatorEvents(policy)
-        self._trunk_side = TrunkSide(self, trunk)
+        self.placing = CallPlacing(self)
+        self.trunk_side = TrunkSide(self, trunk)
         self._calls = CallTable()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -118,143 +119,7 @@ class CallService:
     # Requests from devices -------------------------------------------------
 
     async def invite(self, device_id: str, number: str, message: protocol.CallInvite) -> None:
-        ref = message.id
-        caller = AppDevice(device_id)
-        if self.refuses_new_call("app"):
-            ended = {"reason": EndReason.FAILED.value, "detail": "overloaded"}
-            call_id = uuid.uuid4().hex  # refused before it began: no record, no relay
-            await self.send(
-                caller, protocol.encode("call.ended", ref=ref, call_id=call_id, **ended)
-            )
-            return
-        try:
-            callee = self.directory.normalise(message.to, message.region)
-        except InvalidNumberError as exc:
-            await self._error(device_id, protocol.ErrorCode.INVALID_NUMBER, exc.detail, ref)
-            return
-        if callee == number:
-            await self._error(device_id, protocol.ErrorCode.SELF_CALL, "cannot call yourself", ref)
-            return
-        if self._calls.in_a_call(caller):
-            await self._error(
-                device_id, protocol.ErrorCode.INVALID_STATE, "this device is already in a call", ref
-            )
-            return
-        if self.draining:
-            await self._error(
-                device_id, protocol.ErrorCode.DRAINING, "this server is restarting", ref
-            )
-            return
-        call_id = uuid.uuid4().hex
-        ctx = self.new_call(call_id, number, callee, caller, ref)
-        busy = await self.busy(callee)
-        await self.begin(ctx)
-        async with ctx.lock:
-            if busy:
-                await self.feed(ctx, Busy(self.clock()))
-            else:
-                await self._place(ctx, message.sdp)
-
-    async def _place(self, ctx: CallContext, offer_sdp: str) -> None:
-        call = ctx.call
-        registered = await self.directory.is_registered(call.callee)
-        if self.policy is not None:
-            kind = CallKind.APP if registered else CallKind.PHONE
-            admission = await self.policy.admit(call.call_id, call.caller, call.callee, kind)
-            ctx.admission = admission
-            await self.policy.call_event(admission, "call.started")
-            decision = admission.decision
-            if not decision.allowed:
-                logger.info("call %s refused by policy: %s", call.call_id, decision.reason)
-                await self.feed(ctx, refusal(decision, self.clock()))
-                return
-            await self.feed(ctx, admitted(decision, self.clock()))
-        if not registered:
-            # A phone number: the operator's trunk carries it, if there is one.
-            await self._trunk_side.place(ctx, offer_sdp)
-            return
-        if not await self.answer_caller(ctx, offer_sdp):
-            return
-        alerted = await self.alert_devices(ctx)
-        if alerted is None:
-            return
-        await self.feed(ctx, Ring(self.clock(), tuple(alerted)))
-        if call.state is CallState.RINGING:
-            await self.write_live(ctx)
-            await self.announce_ringing(ctx, devices=len(alerted))
-
-    async def answer_caller(self, ctx: CallContext, offer_sdp: str) -> bool:
-        """The relay answers the caller's offer (call.progress) and plays ringback."""
-        call = ctx.call
-        try:
-            answer = await self.relay.answer(ctx.leg(call.caller_device), offer_sdp)
-        except NoOpusError:
-            await self.feed(ctx, Fail(self.clock(), "no_opus_in_offer"))
-            return False
-        except RelayUnavailable as exc:
-            await self.relay_unavailable(ctx, exc)
-            return False
-        except ValueError as exc:
-            logger.info("call %s: unusable offer: %s", call.call_id, exc)
-            await self.feed(ctx, Fail(self.clock(), "bad_sdp"))
-            return False
-        if call.state is CallState.ENDED:  # hung up while the relay answered
-            return False
-        await self.send(
-            call.caller_device,
-            protocol.encode(
-                "call.progress",
-                ref=ctx.invite_ref,
-                call_id=call.call_id,
-                to=call.callee,
-                sdp=answer,
-                phone_network=ctx.admission is not None and ctx.admission.kind is CallKind.PHONE,
-            ),
-        )
-        self.relay.start_ringback(ctx.leg(call.caller_device))
-        return True
-
-    async def alert_devices(self, ctx: CallContext) -> list[Party] | None:
-        """Offer the call to every online device of the callee that is not busy; None
-        when the relay is out (the call has ended failed/relay_unavailable)."""
-        call = ctx.call
-        alerted: list[Party] = []
-        for device_id in await self._presence.devices(call.callee):
-            device = AppDevice(device_id)
-            if self._calls.in_a_call(device):  # on this call or another: do not ring it
-                continue
-            try:
-                offer = await self.relay.offer(ctx.leg(device))
-            except RelayUnavailable as exc:
-                ctx.legs.pop(device, None)
-                await self.relay_unavailable(ctx, exc)
-                return None
-            except Exception:
-                logger.exception("call %s: no relay leg for device %s", call.call_id, device)
-                continue
-            self.register(ctx, device)
-            alerted.append(device)
-            await self.send(
-                device,
-                protocol.encode(
-                    "call.incoming",
-                    call_id=call.call_id,
-                    **{"from": call.caller},
-                    sdp=offer,
-                    phone_network=isinstance(call.caller_device, PhoneNetwork),
-                ),
-            )
-        return alerted
-
-    async def announce_ringing(self, ctx: CallContext, **data: Any) -> None:
-        """The caller hears that the callee's phone rings (once per call)."""
-        if ctx.ringing_announced:
-            return
-        ctx.ringing_announced = True
-        call = ctx.call
-        await self.send(call.caller_device, protocol.encode("call.ringing", call_id=call.call_id))
-        self._metrics.setup_seconds.observe(time.monotonic() - ctx.started)
-        await self.event(ctx, "call.ringing", **data)
+        await self.placing.invite(device_id, number, message)
 
     async def accept(self, device_id: str, message: protocol.CallAccept) -> None:
         device = AppDevice(device_id)
@@ -263,7 +128,7 @@ class CallService:
             return
         async with ctx.lock:
             call = ctx.call
-            if call.state is not CallState.RINGING or device not in call.ringing_devices:
+            if not call.allows(Accept(self.clock(), device)):
                 await self._state_error(device_id, call, message.id)
                 return
             try:
@@ -273,7 +138,7 @@ class CallService:
                 return
             except ValueError as exc:
                 logger.info("call %s: unusable answer from %s: %s", call.call_id, device, exc)
-                await self._error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
+                await self.error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
                 await self.feed(ctx, Fail(self.clock(), "bad_sdp_in_answer"))
                 return
             await self.feed(ctx, Accept(self.clock(), device))
@@ -294,7 +159,7 @@ class CallService:
         async with ctx.lock:
             network = ctx.network
             if network is None or ctx.call.state is CallState.ENDED:
-                await self._error(
+                await self.error(
                     device_id,
                     protocol.ErrorCode.INVALID_STATE,
                     "digits can be sent only on a call with a phone number",
@@ -322,13 +187,13 @@ class CallService:
             try:
                 answer = await self.relay.answer(new_leg, message.sdp)
             except NoOpusError:
-                await self._error(device_id, protocol.ErrorCode.BAD_SDP, "no Opus", message.id)
+                await self.error(device_id, protocol.ErrorCode.BAD_SDP, "no Opus", message.id)
                 return
             except RelayUnavailable as exc:
                 await self.relay_unavailable(ctx, exc)
                 return
             except ValueError as exc:  # the old leg stays
-                await self._error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
+                await self.error(device_id, protocol.ErrorCode.BAD_SDP, str(exc), message.id)
                 return
             old_leg = self._calls.move_leg(ctx, device, new_leg)
             if move.peer is not None:
@@ -340,7 +205,7 @@ class CallService:
             stats = await self.relay.close_leg(old_leg)
             earlier = ctx.earlier_stats.get(device)
             ctx.earlier_stats[device] = stats if earlier is None else earlier.then(stats)
-            self._metrics.renegotiations.inc()
+            self.metrics.renegotiations.inc()
             logger.info("call %s: device %s moved to a new leg", call.call_id, device)
             await self.send(
                 device,
@@ -363,7 +228,7 @@ class CallService:
 
     async def incoming_from_trunk(self, sip_call: InboundSip) -> None:
         """An INVITE from the network: ring the called app user's devices."""
-        await self._trunk_side.incoming(sip_call)
+        await self.trunk_side.incoming(sip_call)
 
     def dtmf_received(self, leg_id: str, digit: str) -> None:
         """Relay callback: a digit (RFC 4733) from the network reaches the app party."""
@@ -431,7 +296,7 @@ class CallService:
             return
         # A device that came back on another node meanwhile is not lost (the
         # nodes' "connected" and "disconnected" news may cross).
-        if isinstance(device, PhoneNetwork) or not await self._presence.online(device.device_id):
+        if isinstance(device, PhoneNetwork) or not await self.presence.online(device.device_id):
             async with ctx.lock:
                 await self.feed(ctx, DeviceLost(self.clock(), device))
 
@@ -532,7 +397,7 @@ class CallService:
             )
             await self.send(call.caller_device, message)
             await self.send(effect.device, message)
-            await self._trunk_side.answered(ctx)
+            await self.trunk_side.answered(ctx)
             await self.event(ctx, "call.answered")
             if ctx.live and call.answered_at is not None:
                 await self._book.answered(call.call_id, effect.device.device_id, call.answered_at)
@@ -551,7 +416,7 @@ class CallService:
     async def _release(self, ctx: CallContext, party: Party) -> LegStats | None:
         leg = self._calls.leave(ctx, party)
         if isinstance(party, PhoneNetwork):
-            self._trunk_side.end(ctx)
+            self.trunk_side.end(ctx)
         if leg is None:
             return None
         stats = await self.relay.close_leg(leg)
@@ -572,9 +437,9 @@ class CallService:
         for party in list(ctx.legs):
             await self._release(ctx, party)
         self._calls.remove(ctx)
-        await self._presence.call_ended(call.call_id, (call.caller, call.callee))
-        self._metrics.active_calls.set(len(self._calls))
-        self._metrics.call_attempts.labels(outcome=ended.reason.value).inc()
+        await self.presence.call_ended(call.call_id, (call.caller, call.callee))
+        self.metrics.active_calls.set(len(self._calls))
+        self.metrics.call_attempts.labels(outcome=ended.reason.value).inc()
         record = record_of(call, media, self.clock())
         await self._book.save(record, ctx.admission, live=ctx.live)
         logger.info(
@@ -592,7 +457,7 @@ class CallService:
     # Several nodes -----------------------------------------------------------
 
     async def busy(self, number: str) -> bool:
-        return self._calls.number_busy(number) or await self._presence.busy(number)
+        return self._calls.number_busy(number) or await self.presence.busy(number)
 
     async def write_live(self, ctx: CallContext) -> None:
         """The call rings: from now on a crash of this node still ends it on record."""
@@ -600,7 +465,7 @@ class CallService:
             return
         ctx.live = await self._book.ringing(
             LiveCall.of(
-                ctx.call, self._presence.node_id, tuple(ctx.legs), live_rating(ctx.admission)
+                ctx.call, self.presence.node_id, tuple(ctx.legs), live_rating(ctx.admission)
             )
         )
 
@@ -608,8 +473,8 @@ class CallService:
         """A node died (or this node restarted after a crash): end its calls on
         record as failed/node_lost, and tell their devices wherever they are now."""
         for live in await self._book.end_orphans(node_id, last_seen):
-            await self._presence.call_ended(live.call_id, (live.caller, live.callee))
-            self._metrics.call_attempts.labels(outcome=EndReason.FAILED.value).inc()
+            await self.presence.call_ended(live.call_id, (live.caller, live.callee))
+            self.metrics.call_attempts.labels(outcome=EndReason.FAILED.value).inc()
             logger.warning("call %s ended: its node %s is gone", live.call_id, node_id)
             ended = protocol.encode(
                 "call.ended",
@@ -644,12 +509,15 @@ class CallService:
         """The call is on this node from now on (busy for both numbers everywhere)."""
         call = ctx.call
         self.register(ctx, call.caller_device)
-        await self._presence.call_started(call.call_id, (call.caller, call.callee))
-        self._metrics.active_calls.set(len(self._calls))
+        await self.presence.call_started(call.call_id, (call.caller, call.callee))
+        self.metrics.active_calls.set(len(self._calls))
 
     def register(self, ctx: CallContext, party: Party) -> None:
         self._calls.add(ctx, party)
         self.idle.clear()
+
+    def in_a_call(self, party: Party) -> bool:
+        return self._calls.in_a_call(party)
 
     def context(self, call_id: str) -> CallContext | None:
         return self._calls.get(call_id)
@@ -669,12 +537,12 @@ class CallService:
     async def _find(self, device: Party, call_id: str, ref: str | None) -> CallContext | None:
         ctx = self._calls.get(call_id)
         if ctx is None or device not in ctx.legs:
-            await self._error(str(device), protocol.ErrorCode.CALL_NOT_FOUND, "no such call", ref)
+            await self.error(str(device), protocol.ErrorCode.CALL_NOT_FOUND, "no such call", ref)
             return None
         return ctx
 
     async def _state_error(self, device_id: str, call: Call, ref: str | None) -> None:
-        await self._error(
+        await self.error(
             device_id,
             protocol.ErrorCode.INVALID_STATE,
             f"the call is {call.state.value}"
@@ -683,8 +551,8 @@ class CallService:
             ref,
         )
 
-    async def _error(self, device_id: str, code: str, message: str, ref: str | None) -> None:
-        self._metrics.ws_errors.labels(code=code).inc()
+    async def error(self, device_id: str, code: str, message: str, ref: str | None) -> None:
+        self.metrics.ws_errors.labels(code=code).inc()
         await self._held.send(device_id, protocol.error(code, message, ref))
 
 

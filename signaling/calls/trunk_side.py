@@ -95,7 +95,7 @@ class TrunkSide:
             await host.feed(ctx, Unavailable(host.clock(), "not_an_app_user"))
         elif not self._trunk.up:
             await host.feed(ctx, Fail(host.clock(), "trunk_unavailable"))
-        elif await host.answer_caller(ctx, offer_sdp):
+        elif await host.placing.answer_caller(ctx, offer_sdp):
             await self._invite(ctx)
 
     async def _invite(self, ctx: CallContext) -> None:
@@ -180,14 +180,14 @@ class TrunkSide:
                 logger.info("call %s: unusable offer from the network: %s", call_id, exc)
                 await host.feed(ctx, Fail(host.clock(), "no_common_codec"))
                 return
-            alerted = await host.alert_devices(ctx)
+            alerted = await host.placing.alert_devices(ctx)
             if alerted is None:
                 return
             await host.feed(ctx, Ring(host.clock(), tuple(alerted)))
             if call.state is CallState.RINGING:
                 await sip_call.progress(180)
                 await host.write_live(ctx)
-                await host.announce_ringing(ctx, devices=len(alerted))
+                await host.placing.announce_ringing(ctx, devices=len(alerted))
 
     async def answered(self, ctx: CallContext) -> None:
         """An app device answered the network's call: 200 OK with our SDP."""
@@ -258,7 +258,7 @@ class TrunkSide:
                         logger.info("call %s: unusable early media SDP: %s", call_id, exc)
                     else:
                         host.relay.bridge(ctx.leg(call.caller_device), leg)
-                await host.announce_ringing(ctx, status=event.status)
+                await host.placing.announce_ringing(ctx, status=event.status)
             elif isinstance(event, Answered):
                 try:
                     await host.relay.accept_rtp_answer(leg, event.sdp)
@@ -270,7 +270,7 @@ class TrunkSide:
                     logger.info("call %s: unusable answer from the network: %s", call_id, exc)
                     await host.feed(ctx, Fail(now, "bad_sdp_in_answer"))
                     return
-                await host.announce_ringing(ctx, status=200)
+                await host.placing.announce_ringing(ctx, status=200)
                 await host.feed(ctx, Accept(now, party))
 
     def end(self, ctx: CallContext) -> None:

@@ -361,3 +361,14 @@ def test_no_renegotiation_after_the_end() -> None:
     call.handle(Hangup(103.0, ALICE_PHONE))
     with pytest.raises(CallStateError, match="state ended"):
         call.handle(Renegotiate(104.0, ALICE_PHONE))
+
+
+def test_allows_asks_the_table_without_changing_the_call() -> None:
+    call = ringing()
+    assert call.allows(Accept(105.0, BOB_PHONE))
+    assert not call.allows(Accept(105.0, MALLORY))
+    assert call.allows(RingTimeout(146.0))
+    assert call.state is CallState.RINGING and call.ringing_devices == {BOB_PHONE, BOB_TABLET}
+    assert call.answered_at is None and call.ended_at is None
+    call.handle(Accept(105.0, BOB_PHONE))
+    assert not call.allows(Accept(105.0, BOB_TABLET))

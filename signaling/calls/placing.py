@@ -153,6 +153,8 @@ class CallPlacing:
                 offer = await host.relay.offer(ctx.leg(device))
             except RelayUnavailable as exc:
                 ctx.legs.pop(device, None)
+                if alerted:  # they were offered the call: they hear it end too
+                    await host.feed(ctx, Ring(host.clock(), tuple(alerted)))
                 await host.relay_unavailable(ctx, exc)
                 return None
             except Exception:

@@ -557,6 +557,25 @@ async def test_a_relay_outage_while_offering_the_callee_is_relay_unavailable(
     assert_idle(world)
 
 
+async def test_devices_offered_the_call_before_the_relay_went_out_hear_it_end(
+    world: World,
+) -> None:
+    offer = world.relay.offer
+
+    async def first_only(leg_id: str) -> str:
+        if leg_id.endswith("bob-tablet"):
+            raise RelayUnavailable("the relay host is gone")
+        return await offer(leg_id)
+
+    world.relay.offer = first_only  # type: ignore[method-assign]
+    await world.invite()
+    assert world.last("bob-phone", "call.incoming")
+    assert world.ended("bob-phone") == ("failed", "relay_unavailable")
+    assert world.ended("alice-phone") == ("failed", "relay_unavailable")
+    assert world.inbox("bob-tablet") == []
+    assert_idle(world)
+
+
 async def test_a_device_the_relay_cannot_offer_is_left_out(world: World) -> None:
     world.relay.failures["offer"] = RuntimeError("one leg failed")
     await world.invite()

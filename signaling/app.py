@@ -13,7 +13,6 @@ from aiohttp import WSCloseCode, web
 
 from signaling.api import health, limits, openapi, operator, rest
 from signaling.api.problems import problem_middleware
-from signaling.calls.live import LiveCalls
 from signaling.calls.service import CallService
 from signaling.carrier.delivery import EventDelivery
 from signaling.carrier.operators import OperatorStore
@@ -43,6 +42,7 @@ from signaling.presence import Presence
 from signaling.sip.trunk import IncomingCall, SipTrunk, trunk_settings
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
+from signaling.store.live_calls import LiveCalls
 from signaling.web import ROUTES as WEB_ROUTES
 from signaling.ws import close_device, dispatch, drain, websocket
 from voice.ice import restrict_host_addresses, set_media_ports

@@ -7,6 +7,13 @@ anything else raises CallStateError naming the state and the input.
     INVITING --Ring--> RINGING --Accept--> CONNECTED --Hangup--> ENDED
         |                 |  Reject/Cancel/RingTimeout/...           ^
         +--- Busy/Unavailable/Fail/Cancel ------------------------+
+
+Time is the machine's too: ``next_deadline()`` says when it next needs to hear
+the time (the ring timeout while ringing; the minute-left warning and the end of
+the caller's bundle while connected), and ``handle_timer(now)`` (the ``Timer``
+input) acts on whatever is due by ``now``, as aioquic's ``get_timer()`` and
+``handle_timer(now)``. The service keeps one timer per call, armed from
+``next_deadline()`` after every input.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from signaling.calls.parties import Party
 from wire.reasons import Detail
 from wire.reasons import EndReason as EndReason  # re-exported: the machine ends calls with it
 
@@ -28,6 +36,10 @@ class CallState(enum.Enum):
     RINGING = "ringing"
     CONNECTED = "connected"
     ENDED = "ended"
+
+
+#: End detail of a call cut when the caller's bundle ran out while it talked.
+BUNDLE_MINUTES_USED = Detail.BUNDLE_MINUTES_USED
 
 
 class CallStateError(Exception):
@@ -51,7 +63,7 @@ class Input:
 class Ring(Input):
     """The callee's devices have been offered the call."""
 
-    devices: tuple[str, ...]
+    devices: tuple[Party, ...]
 
 
 @dataclass(frozen=True)
@@ -66,17 +78,17 @@ class Unavailable(Input):
 
 @dataclass(frozen=True)
 class Accept(Input):
-    device: str
+    device: Party
 
 
 @dataclass(frozen=True)
 class Reject(Input):
-    device: str
+    device: Party
 
 
 @dataclass(frozen=True)
 class Hangup(Input):
-    device: str
+    device: Party
 
 
 @dataclass(frozen=True)
@@ -88,7 +100,7 @@ class RingTimeout(Input):
 class DeviceLost(Input):
     """A participant's device is gone (its connection did not come back in time)."""
 
-    device: str
+    device: Party
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,27 @@ class QuotaExhausted(Input):
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Admitted(Input):
+    """The caller's operator allows the call: it may talk ``max_seconds`` (None: no
+    limit), and the caller is warned ``warn_before`` seconds before that runs out."""
+
+    max_seconds: float | None
+    warn_before: float = 60.0
+
+
+@dataclass(frozen=True)
+class Timer(Input):
+    """The time has come (or passed) for what ``next_deadline()`` announced."""
+
+
+@dataclass(frozen=True)
+class Renegotiate(Input):
+    """A party's device moves to a new media leg (its network changed); the call goes on."""
+
+    device: Party
+
+
 # Effects ------------------------------------------------------------------
 
 
@@ -124,14 +157,30 @@ class Effect:
 class Notify(Effect):
     """Tell one device that the call is over for it, and why."""
 
-    device: str
+    device: Party
     reason: EndReason
     detail: str = ""
 
 
 @dataclass(frozen=True)
 class Connected(Effect):
-    device: str
+    device: Party
+
+
+@dataclass(frozen=True)
+class QuotaWarning(Effect):
+    """Tell the caller that the bundle runs out in ``seconds_left`` seconds."""
+
+    seconds_left: int
+
+
+@dataclass(frozen=True)
+class Renegotiation(Effect):
+    """``device`` may take a new leg: bridged to ``peer`` once the call is connected,
+    before that (``peer`` None) it hears what the caller hears while ringing."""
+
+    device: Party
+    peer: Party | None
 
 
 @dataclass(frozen=True)
@@ -151,17 +200,23 @@ class Call:
     call_id: str
     caller: str
     callee: str
-    caller_device: str
+    caller_device: Party
     invited_at: float
     ring_timeout: float
     state: CallState = CallState.INVITING
-    ringing_devices: set[str] = field(default_factory=set)
-    callee_device: str | None = None
+    ringing_devices: set[Party] = field(default_factory=set)
+    callee_device: Party | None = None
     ringing_at: float | None = None
     answered_at: float | None = None
     ended_at: float | None = None
     end_reason: EndReason | None = None
     end_detail: str = ""
+    #: Talk time the caller's operator allows (Admitted); None: no limit.
+    max_seconds: float | None = None
+    warn_before: float = 60.0
+    quota_warned: bool = False
+    #: A copy that only tries an input (``allows``): it logs nothing.
+    trial: bool = field(default=False, repr=False, compare=False)
 
     @property
     def ring_deadline(self) -> float | None:
@@ -171,12 +226,47 @@ class Call:
         return self.ringing_at + self.ring_timeout
 
     @property
-    def devices(self) -> set[str]:
+    def quota_deadlines(self) -> tuple[float, float] | None:
+        """When the caller is warned, and when the call is cut, while it talks."""
+        if self.state is not CallState.CONNECTED or self.max_seconds is None:
+            return None
+        if self.answered_at is None:
+            return None
+        end = self.answered_at + self.max_seconds
+        return end - min(self.warn_before, self.max_seconds), end
+
+    def next_deadline(self) -> float | None:
+        """When the machine next needs ``handle_timer`` (None: nothing is timed)."""
+        ring = self.ring_deadline
+        if ring is not None:
+            return ring
+        quota = self.quota_deadlines
+        if quota is None:
+            return None
+        warn_at, end_at = quota
+        return end_at if self.quota_warned else warn_at
+
+    def handle_timer(self, now: float) -> list[Effect]:
+        """What is due by ``now``; nothing when the call is not timed or not yet due."""
+        return self.handle(Timer(now))
+
+    @property
+    def devices(self) -> set[Party]:
         """Every device still taking part in the call."""
-        parties = {self.caller_device} | self.ringing_devices
+        parties: set[Party] = {self.caller_device} | self.ringing_devices
         if self.callee_device is not None:
             parties.add(self.callee_device)
         return parties
+
+    def allows(self, event: Input) -> bool:
+        """Whether ``event`` is legal now; the call is left as it is. For a request
+        whose own side effects (a relay operation) must not happen otherwise."""
+        copy = replace(self, ringing_devices=set(self.ringing_devices), trial=True)
+        try:
+            copy.handle(event)
+        except CallStateError:
+            return False
+        return True
 
     def handle(self, event: Input) -> list[Effect]:
         handler = _TRANSITIONS.get((self.state, type(event)))
@@ -187,7 +277,8 @@ class Call:
     # helpers used by the table
 
     def _set_state(self, state: CallState) -> None:
-        logger.debug("call %s: %s -> %s", self.call_id, self.state.value, state.value)
+        if not self.trial:
+            logger.debug("call %s: %s -> %s", self.call_id, self.state.value, state.value)
         self.state = state
 
     def _end(
@@ -200,10 +291,10 @@ class Call:
         """End the call: every remaining device hears the reason (ringing devices may
         hear ``callee_reason`` instead, e.g. declined_elsewhere)."""
         effects: list[Effect] = [Notify(self.caller_device, reason, detail)]
-        others = set(self.ringing_devices)
+        others: set[Party] = set(self.ringing_devices)
         if self.callee_device is not None:
             others.add(self.callee_device)
-        for device in sorted(others):
+        for device in sorted(others, key=str):
             effects.append(Notify(device, callee_reason or reason, detail))
         self.ringing_devices.clear()
         self.ended_at = now
@@ -246,7 +337,7 @@ def _quota_exhausted(call: Call, e: QuotaExhausted) -> list[Effect]:
 def _accept(call: Call, e: Accept) -> list[Effect]:
     if e.device not in call.ringing_devices:
         raise CallStateError(call.state, e)
-    others = sorted(call.ringing_devices - {e.device})
+    others = sorted(call.ringing_devices - {e.device}, key=str)
     call.ringing_devices.clear()
     call.callee_device = e.device
     call.answered_at = e.now
@@ -300,6 +391,39 @@ def _device_lost_connected(call: Call, e: DeviceLost) -> list[Effect]:
     return call._end(e.now, EndReason.FAILED, Detail.CONNECTION_LOST)
 
 
+def _admitted(call: Call, e: Admitted) -> list[Effect]:
+    call.max_seconds = e.max_seconds
+    call.warn_before = e.warn_before
+    return []
+
+
+def _timer(call: Call, e: Timer) -> list[Effect]:
+    ring = call.ring_deadline
+    if ring is not None and e.now >= ring:
+        return _ring_timeout(call, RingTimeout(e.now))
+    quota = call.quota_deadlines
+    if quota is None:
+        return []
+    warn_at, end_at = quota
+    if e.now >= end_at:
+        return call._end(e.now, EndReason.QUOTA_EXHAUSTED, BUNDLE_MINUTES_USED)
+    if not call.quota_warned and e.now >= warn_at:
+        call.quota_warned = True
+        return [QuotaWarning(max(0, round(end_at - e.now)))]
+    return []
+
+
+def _renegotiate(call: Call, e: Renegotiate) -> list[Effect]:
+    if call.state is CallState.CONNECTED:
+        if e.device == call.caller_device and call.callee_device is not None:
+            return [Renegotiation(e.device, call.callee_device)]
+        if e.device == call.callee_device:
+            return [Renegotiation(e.device, call.caller_device)]
+    elif e.device == call.caller_device:
+        return [Renegotiation(e.device, None)]
+    raise CallStateError(call.state, e)
+
+
 _TRANSITIONS: dict[tuple[CallState, type[Input]], Handler] = {
     (CallState.INVITING, Ring): _ring,
     (CallState.INVITING, Busy): _busy,
@@ -323,4 +447,11 @@ _TRANSITIONS: dict[tuple[CallState, type[Input]], Handler] = {
     (CallState.CONNECTED, Hangup): _hangup_connected,
     (CallState.CONNECTED, DeviceLost): _device_lost_connected,
     (CallState.CONNECTED, Fail): _fail,
+    (CallState.INVITING, Admitted): _admitted,
+    (CallState.INVITING, Timer): _timer,
+    (CallState.RINGING, Timer): _timer,
+    (CallState.CONNECTED, Timer): _timer,
+    (CallState.INVITING, Renegotiate): _renegotiate,
+    (CallState.RINGING, Renegotiate): _renegotiate,
+    (CallState.CONNECTED, Renegotiate): _renegotiate,
 }

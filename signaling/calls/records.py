@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from signaling.calls.machine import Call
 from wire.reasons import EndReason
 
 #: End reasons counted as a missed call for the callee.
@@ -44,3 +45,21 @@ class CallRecord:
         if self.answered_at is None:
             return 0.0
         return max(0.0, self.ended_at - self.answered_at)
+
+
+def record_of(call: Call, media: dict[str, dict[str, Any]], now: float) -> CallRecord:
+    """The record of a call that has ended (``now`` if the machine did not say when)."""
+    return CallRecord(
+        call_id=call.call_id,
+        caller=call.caller,
+        callee=call.callee,
+        caller_device=call.caller_device.device_id,
+        callee_device=None if call.callee_device is None else call.callee_device.device_id,
+        invited_at=call.invited_at,
+        ringing_at=call.ringing_at,
+        answered_at=call.answered_at,
+        ended_at=call.ended_at or now,
+        end_reason=call.end_reason.value if call.end_reason is not None else EndReason.FAILED,
+        end_detail=call.end_detail,
+        media=media,
+    )

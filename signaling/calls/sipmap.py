@@ -16,20 +16,13 @@ from signaling.calls.machine import (
     RingTimeout,
     Unavailable,
 )
+from signaling.calls.parties import PhoneNetwork
 from wire.reasons import Detail, trunk_status_detail
 
-__all__ = ["TRUNK_DEVICE_PREFIX", "failure_input", "final_response", "is_trunk_device"]
-
-#: Calls' parties on the phone network stand in the call machine as a device
-#: named after the call: "sip:<call id>".
-TRUNK_DEVICE_PREFIX = "sip:"
+__all__ = ["failure_input", "final_response"]
 
 
-def is_trunk_device(device: str) -> bool:
-    return device.startswith(TRUNK_DEVICE_PREFIX)
-
-
-def failure_input(status: int | None, now: float, device: str) -> Input | None:
+def failure_input(status: int | None, now: float, device: PhoneNetwork) -> Input | None:
     """The input for a final failure response to our INVITE (None: nothing to do)."""
     if status is None:
         return Fail(now, Detail.TRUNK_TIMEOUT)  # Timer B: the network never answered

@@ -10,7 +10,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from signaling.calls.live import LiveCall, LiveCalls
+from signaling.calls.live import LiveCall
 from signaling.calls.records import CallRecord
 from signaling.carrier.operators import MAX_PER_HOUR, BundleSpec, OperatorStore
 from signaling.carrier.policy import PENDING_SECONDS, CarrierPolicy, FraudRules
@@ -31,6 +31,7 @@ from signaling.carrier.rating import (
 from signaling.config import load_config
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
+from signaling.store.live_calls import LiveCalls
 from signaling.store.schema import events
 from tests.unit.conftest import Clock
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from signaling.calls.live import LiveCall, LiveCalls
+from signaling.calls.live import LiveCall
 from signaling.cluster.node import Node
 from signaling.store.database import Database
+from signaling.store.live_calls import LiveCalls
 from tests.conftest import ALICE, BOB
 
 

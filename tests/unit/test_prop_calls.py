@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from signaling.calls.machine import (
     Accept,
+    Admitted,
     Busy,
     Call,
     CallState,
@@ -27,11 +28,16 @@ from signaling.calls.machine import (
     NotAllowed,
     Notify,
     QuotaExhausted,
+    QuotaWarning,
     Reject,
+    Renegotiate,
+    Renegotiation,
     Ring,
     RingTimeout,
+    Timer,
     Unavailable,
 )
+from signaling.calls.parties import AppDevice, Party, PhoneNetwork
 
 BOUNDED = settings(
     derandomize=True,
@@ -40,8 +46,15 @@ BOUNDED = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-CALLER_DEVICE = "caller-phone"
-CALLEE_DEVICES = st.sampled_from(["callee-phone", "callee-laptop", "stranger"])
+CALLER_DEVICE = AppDevice("caller-phone")
+CALLEE_DEVICES = st.sampled_from(
+    [
+        AppDevice("callee-phone"),
+        AppDevice("callee-laptop"),
+        AppDevice("stranger"),
+        PhoneNetwork("c1"),
+    ]
+)
 DEVICES = st.just(CALLER_DEVICE) | CALLEE_DEVICES
 NOW = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 DETAIL = st.text(max_size=10)
@@ -59,6 +72,9 @@ inputs: st.SearchStrategy[Input] = st.one_of(
     st.builds(Fail, NOW, DETAIL),
     st.builds(NotAllowed, NOW, DETAIL),
     st.builds(QuotaExhausted, NOW, DETAIL),
+    st.builds(Admitted, NOW, st.none() | st.integers(0, 7200), st.sampled_from([0.0, 60.0])),
+    st.builds(Timer, NOW),
+    st.builds(Renegotiate, NOW, DEVICES),
 )
 
 
@@ -78,7 +94,7 @@ def new_call() -> Call:
 def test_any_inputs_keep_the_machine_consistent(events: list[Input]) -> None:
     call = new_call()
     effects: list[Effect] = []
-    ever_rang: set[str] = set()
+    ever_rang: set[Party] = set()
     for event in events:
         before = call.state
         if before is CallState.RINGING:
@@ -91,12 +107,18 @@ def test_any_inputs_keep_the_machine_consistent(events: list[Input]) -> None:
             continue
         if before is CallState.ENDED:
             raise AssertionError(f"{event} was accepted after the end")
+        if isinstance(event, Renegotiate):  # a new leg: the call itself goes on as it was
+            (move,) = produced
+            assert isinstance(move, Renegotiation) and move.device == event.device
+            assert call.state is before
         effects += produced
         if call.state is CallState.ENDED:
             assert not call.ringing_devices
             assert call.end_reason is not None and call.ended_at == event.now
         if call.state is CallState.CONNECTED:
             assert call.callee_device is not None and not call.ringing_devices
+        if call.state is CallState.ENDED:
+            assert call.next_deadline() is None
 
     ended = [e for e in effects if isinstance(e, Ended)]
     assert len(ended) == (1 if call.state is CallState.ENDED else 0)
@@ -131,3 +153,28 @@ def test_ended_is_absorbing(prefix: list[Input], after: list[Input]) -> None:
             raise AssertionError(f"{event} was accepted after the end")
         assert call.state is CallState.ENDED
         assert (call.end_reason, call.end_detail, call.ended_at, call.callee_device) == snapshot
+
+
+@BOUNDED
+@given(st.lists(inputs, max_size=25), st.floats(min_value=0, max_value=1e4))
+def test_a_timer_at_the_deadline_always_makes_progress(events: list[Input], late: float) -> None:
+    """The service re-arms one timer from next_deadline(): a timer that fires then
+    (or later) either acts or moves the deadline on, so it never spins."""
+    call = new_call()
+    for event in events:
+        with contextlib.suppress(CallStateError):
+            call.handle(event)
+    for _ in range(3):  # ring timeout, warning, cut: at most three in a row
+        deadline = call.next_deadline()
+        if deadline is None:
+            return
+        if call.state is CallState.RINGING:
+            assert call.ringing_at is not None and deadline == call.ringing_at + call.ring_timeout
+        effects = call.handle_timer(deadline + late)
+        assert effects, f"nothing due at {deadline + late} in {call.state}"
+        if not any(isinstance(e, Ended) for e in effects):
+            (warning,) = effects
+            assert isinstance(warning, QuotaWarning) and warning.seconds_left >= 0
+            later = call.next_deadline()
+            assert later is not None and later > deadline
+    assert call.next_deadline() is None

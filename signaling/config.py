@@ -105,6 +105,12 @@ class Config:
     sip_max_message_bytes: int = 16384
     #: Requests per second from one source IP before we drop (and 503) them.
     sip_requests_per_second: float = 50.0
+    #: Server / User-Agent header of the trunk's messages; empty = none.
+    sip_user_agent: str = ""
+    #: Failed digest responses from one source and username before that pair is
+    #: locked out for sip_auth_lockout_seconds; 0 = never.
+    sip_auth_max_failures: int = 5
+    sip_auth_lockout_seconds: float = 60.0
 
     # Several nodes (docs/operations.md)
     #: redis://HOST:PORT/DB shared by the nodes; empty = one node, in-process bus.

@@ -70,6 +70,7 @@ async def test_the_sbc_answers_our_challenge(tmp_path: Path) -> None:
         # such a peer needs sip_inbound_algorithms = ["MD5"].
         inbound_algorithms=("MD5",),
         options_interval=0.0,
+        user_agent="Anruf",  # the scenario checks Server
     )
     async with running_trunk(settings, on_incoming) as trunk:
         port = trunk_port(trunk)

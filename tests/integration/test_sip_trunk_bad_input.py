@@ -64,7 +64,10 @@ async def sipp_call_works(trunk: SipTrunk, workdir: Path) -> None:
     assert await sipp.exit_code() == 0, sipp.log()
 
 
-SETTINGS = TrunkSettings(listen_port=0, accepted_sources=("127.0.0.1",), options_interval=0)
+#: user_agent: sip_uac_call.xml checks that Server carries the setting.
+SETTINGS = TrunkSettings(
+    listen_port=0, accepted_sources=("127.0.0.1",), options_interval=0, user_agent="Anruf"
+)
 
 
 async def test_bad_datagrams_get_400_or_are_dropped(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ def inbound_settings(**changes: object) -> TrunkSettings:
         "listen_port": 0,
         "accepted_sources": ("127.0.0.1",),
         "options_interval": 0.0,
+        # The scenarios check that Server and User-Agent carry this setting.
+        "user_agent": "Anruf",
     }
     return TrunkSettings(**{**base, **changes})  # type: ignore[arg-type]
 

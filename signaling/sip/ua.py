@@ -548,7 +548,9 @@ class UserAgent:
                 handler(txn, message, None, now)
             return
         self.stats["requests_received"] += 1
-        if txn is None:
+        if txn is None or message.method == "ACK":
+            # An ACK for a 2xx; RFC 6026 §8.4 passes one that matched the INVITE's
+            # transaction in the Accepted state (same branch) up too.
             self._stray_request(message, now)
             return
         assert isinstance(txn, ServerTransaction)

@@ -767,3 +767,30 @@ def test_a_stateless_403_has_the_same_to_tag_for_a_retransmission(clock: Clock) 
     first, second = ours.sent_responses("INVITE")
     assert first.status == second.status == 403
     assert first.to_addr.tag == second.to_addr.tag
+
+
+def test_an_ack_on_the_invites_branch_stops_the_2xx_too(clock: Clock) -> None:
+    """RFC 6026 §8.4: an ACK matching the INVITE's transaction (Accepted) reaches the
+    core like any 2xx ACK, and nothing is answered to it."""
+    ours, sbc = client_and_server(clock)
+    remote = invite(sbc, clock)
+    settle(ours, sbc, clock.now)
+    (call,) = ours.offered()
+    call.answer(ANSWER, now=clock.now)
+    ours.absorb(ours.ua.take())
+    ours.outbox.clear()
+    invite_request = remote.invite_request
+    assert invite_request is not None
+    ack = make_request(
+        "ACK",
+        invite_request.uri,
+        via=invite_request.top_via,
+        from_addr=invite_request.from_addr,
+        to_addr=invite_request.to_addr.with_tag(call.local_tag),
+        call_id=call.call_id,
+        cseq=invite_request.cseq.seq,
+    )
+    sent = len(ours.sent)
+    ours.absorb(ours.ua.receive_datagram(ack.encode(), SipTarget("udp", SBC, 5060), clock.now))
+    assert not ours.ua.retransmissions
+    assert len(ours.sent) == sent and ours.ua.stats["internal_errors"] == 0

@@ -374,9 +374,10 @@ class UserAgent:
         self._start_client(request, target, done, now)
 
     def _mark_target(self, target: SipTarget, up: bool) -> None:
-        self._target_state(target, self.health.mark(target, up), up)
+        self._target_state(target, self.health.mark(target, up))
 
-    def _target_state(self, target: SipTarget, overall: bool | None, up: bool = True) -> None:
+    def _target_state(self, target: SipTarget, overall: bool | None) -> None:
+        """Tell the application when the trunk as a whole came up or went down."""
         if overall is None:
             return
         logger.info("SIP trunk: %s", "up" if overall else f"down ({target} failed)")

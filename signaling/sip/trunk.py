@@ -354,9 +354,12 @@ class SipTrunk:
     # the core's actions
 
     def _apply(self, step: Callable[[float], None]) -> None:
-        """Run a session method with the time, then what it produced."""
-        step(self._clock())
-        self._run(self.ua.take())
+        """Run a session method with the time, then what it produced (also when it
+        raised: CallError or ValueError for the application)."""
+        try:
+            step(self._clock())
+        finally:
+            self._run(self.ua.take())
 
     def _run(self, actions: list[UaAction]) -> None:
         for action in actions:

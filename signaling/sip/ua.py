@@ -18,7 +18,7 @@ out), ``CallUpdate`` (``Progress``, ``Answered`` or the one ``Ended`` of a call)
 ``Reoffered`` (a re-INVITE's offer: ``answer_reoffer`` or ``reject_reoffer``) and
 ``TrunkStateChanged`` (an SBC target came up, or the last went down).
 
-The path of one message (docs/sip.md, "Abuse")::
+The path of one message (docs/sip.md, "Limits and bad input")::
 
     bytes ─► SourceGuard.charge(source)   blocked: dropped; over the rate: dropped,
        │                                  an accepted source gets a paced 503

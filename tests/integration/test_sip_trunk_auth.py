@@ -103,6 +103,18 @@ async def test_the_sbc_answers_our_challenge(tmp_path: Path) -> None:
         assert "algorithm=MD5" in authorization
 
 
+def network_settings(**changes: object) -> TrunkSettings:
+    """The operator's side: it challenges our INVITEs (SHA-256 first)."""
+    base = TrunkSettings(
+        listen_port=0,
+        accepted_sources=("127.0.0.1",),
+        inbound_username="anruf",
+        inbound_password="sha-s3cret",
+        options_interval=0.0,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
 async def test_sha256_between_two_trunks_and_bad_credentials() -> None:
     answered: list[IncomingCall] = []
 
@@ -110,14 +122,7 @@ async def test_sha256_between_two_trunks_and_bad_credentials() -> None:
         answered.append(call)
         await call.answer(SDP)
 
-    network = TrunkSettings(
-        listen_port=0,
-        accepted_sources=("127.0.0.1",),
-        inbound_username="anruf",
-        inbound_password="sha-s3cret",
-        options_interval=0.0,
-    )
-    async with running_trunk(network, on_incoming) as sbc:
+    async with running_trunk(network_settings(), on_incoming) as sbc:
         target = SipTarget("udp", "127.0.0.1", trunk_port(sbc))
         ours = TrunkSettings(
             listen_port=0,
@@ -155,15 +160,7 @@ async def test_wrong_passwords_lock_the_source_out_and_show_in_metrics() -> None
         answered.append(call)
         await call.answer(SDP)
 
-    network = TrunkSettings(
-        listen_port=0,
-        accepted_sources=("127.0.0.1",),
-        inbound_username="anruf",
-        inbound_password="sha-s3cret",
-        auth_max_failures=2,
-        auth_lockout_seconds=60.0,
-        options_interval=0.0,
-    )
+    network = network_settings(auth_max_failures=2, auth_lockout_seconds=60.0)
     async with running_trunk(network, on_incoming) as sbc:
         target = SipTarget("udp", "127.0.0.1", trunk_port(sbc))
         wrong = TrunkSettings(

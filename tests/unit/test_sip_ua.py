@@ -170,9 +170,55 @@ def answered_call(
     settle(caller, callee, clock.now)
     (incoming,) = callee.offered()
     incoming.answer(ANSWER, now=clock.now)
-    callee.absorb(callee.ua.take())
-    settle(caller, callee, clock.now)
+    flush(callee, caller, clock)
     return call, incoming
+
+
+def flush(node: Node, other: Node, clock: Clock) -> None:
+    """After a session method: collect what ``node`` produced and deliver it all."""
+    node.absorb(node.ua.take())
+    settle(node, other, clock.now)
+
+
+def offered_call(
+    caller: Node, callee: Node, clock: Clock
+) -> tuple[OutboundSession, IncomingSession]:
+    """``caller``'s INVITE reached ``callee`` (100 Trying came back)."""
+    call = invite(caller, clock)
+    settle(caller, callee, clock.now)
+    return call, callee.offered()[-1]
+
+
+def ringing(caller: Node, callee: Node, clock: Clock) -> tuple[OutboundSession, IncomingSession]:
+    """``caller``'s INVITE reached ``callee``, which answered 180."""
+    call, incoming = offered_call(caller, callee, clock)
+    incoming.progress(180, now=clock.now)
+    flush(callee, caller, clock)
+    return call, incoming
+
+
+def options_from_sbc(call_id: str) -> Request:
+    return make_request(
+        "OPTIONS",
+        URI("sip", None, OURS, 5060),
+        via=Via("UDP", SBC, 5060, (("branch", new_branch()),)),
+        from_addr=Address(URI("sip", "sbc", SBC)).with_tag("t"),
+        to_addr=Address(URI("sip", None, OURS)),
+        call_id=call_id,
+        cseq=1,
+    )
+
+
+def invite_from_stranger(branch: str) -> Request:
+    return make_request(
+        "INVITE",
+        URI("sip", CALLEE, OURS, 5060),
+        via=Via("UDP", STRANGER, 5060, (("branch", branch),)),
+        from_addr=Address(URI("sip", "scanner", STRANGER)).with_tag("t"),
+        to_addr=Address(URI("sip", CALLEE, OURS)),
+        call_id="scan",
+        cseq=1,
+    )
 
 
 # INVITE, both directions -------------------------------------------------------------
@@ -180,9 +226,7 @@ def answered_call(
 
 def test_our_invite_is_answered_acked_and_hung_up(clock: Clock) -> None:
     ours, sbc = client_and_server(clock)
-    call = invite(ours, clock)
-    settle(ours, sbc, clock.now)
-    (incoming,) = sbc.offered()
+    call, incoming = offered_call(ours, sbc, clock)
     assert (incoming.from_number, incoming.to_number, incoming.offer_sdp) == (
         CALLER,
         CALLEE,
@@ -191,22 +235,19 @@ def test_our_invite_is_answered_acked_and_hung_up(clock: Clock) -> None:
     assert [r.status for r in sbc.sent_responses("INVITE")] == [100]
 
     incoming.progress(180, now=clock.now)
-    sbc.absorb(sbc.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(sbc, ours, clock)
     assert ours.call_events(call) == [Progress(180)]
     assert call.state == "early"
 
     incoming.answer(ANSWER, now=clock.now)
-    sbc.absorb(sbc.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(sbc, ours, clock)
     assert ours.call_events(call)[-1] == Answered(ANSWER)
     assert call.state == incoming.state == "answered"
     assert len(ours.sent_requests("ACK")) == 1
     assert not sbc.ua.retransmissions  # the ACK stopped the 2xx retransmission
 
     call.bye("caller hung up", now=clock.now)
-    ours.absorb(ours.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(ours, sbc, clock)
     assert ours.call_events(call)[-1] == Ended(None, "bye", False, "caller hung up")
     assert sbc.call_events(incoming) == [Ended(None, "bye", True, "caller hung up")]
     assert [r.status for r in sbc.sent_responses("BYE")] == [200]
@@ -215,37 +256,29 @@ def test_our_invite_is_answered_acked_and_hung_up(clock: Clock) -> None:
 
 def test_the_sbcs_invite_rings_is_answered_and_the_sbc_hangs_up(clock: Clock) -> None:
     ours, sbc = client_and_server(clock)
-    remote = invite(sbc, clock)
-    settle(ours, sbc, clock.now)
-    (call,) = ours.offered()
+    remote, call = offered_call(sbc, ours, clock)
     assert ours.ua.stats["calls_incoming"] == 1
 
     call.progress(183, ANSWER, now=clock.now)
-    ours.absorb(ours.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(ours, sbc, clock)
     assert sbc.call_events(remote) == [Progress(183, ANSWER)]
 
     call.answer(ANSWER, now=clock.now)
-    ours.absorb(ours.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(ours, sbc, clock)
     assert sbc.call_events(remote)[-1] == Answered(ANSWER)
     with pytest.raises(CallError):
         call.answer(ANSWER, now=clock.now)
 
     remote.bye("", now=clock.now)
-    sbc.absorb(sbc.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(sbc, ours, clock)
     assert ours.call_events(call) == [Ended(None, "bye", True, "")]
 
 
 def test_a_rejected_invite_ends_with_its_status(clock: Clock) -> None:
     ours, sbc = client_and_server(clock)
-    call = invite(ours, clock)
-    settle(ours, sbc, clock.now)
-    (incoming,) = sbc.offered()
+    call, incoming = offered_call(ours, sbc, clock)
     incoming.reject(486, "Busy Here", now=clock.now)
-    sbc.absorb(sbc.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(sbc, ours, clock)
     assert ours.call_events(call) == [Ended(486, "rejected", True, "Busy Here")]
     assert sbc.call_events(incoming) == [Ended(486, "rejected", False, "Busy Here")]
     assert len(ours.sent_requests("ACK")) == 1  # the transaction's ACK for a non-2xx
@@ -262,9 +295,7 @@ def test_no_response_to_our_invite_is_timer_b(clock: Clock) -> None:
 
 def test_no_ack_for_our_2xx_ends_the_call_with_bye(clock: Clock) -> None:
     ours, sbc = client_and_server(clock)
-    remote = invite(sbc, clock)
-    settle(ours, sbc, clock.now)
-    (call,) = ours.offered()
+    remote, call = offered_call(sbc, ours, clock)
     call.answer(ANSWER, now=clock.now)
     ours.absorb(ours.ua.take())
     ours.outbox.clear()  # the 200 OK is lost, and every retransmission of it
@@ -284,15 +315,9 @@ def test_no_ack_for_our_2xx_ends_the_call_with_bye(clock: Clock) -> None:
 
 def test_our_cancel_ends_a_ringing_call_with_487(clock: Clock) -> None:
     ours, sbc = client_and_server(clock)
-    call = invite(ours, clock)
-    settle(ours, sbc, clock.now)
-    (incoming,) = sbc.offered()
-    incoming.progress(180, now=clock.now)
-    sbc.absorb(sbc.ua.take())
-    settle(ours, sbc, clock.now)
+    call, incoming = ringing(ours, sbc, clock)
     call.cancel("caller gave up", now=clock.now)
-    ours.absorb(ours.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(ours, sbc, clock)
     assert sbc.call_events(incoming) == [Ended(487, "cancel", True, "caller gave up")]
     assert ours.call_events(call)[-1] == Ended(487, "cancel", False, "caller gave up")
     assert [r.status for r in sbc.sent_responses("CANCEL")] == [200]
@@ -312,15 +337,9 @@ def test_a_cancel_before_any_provisional_waits_for_one(clock: Clock) -> None:
 
 def test_the_sbcs_cancel_ends_our_ringing_call(clock: Clock) -> None:
     ours, sbc = client_and_server(clock)
-    remote = invite(sbc, clock)
-    settle(ours, sbc, clock.now)
-    (call,) = ours.offered()
-    call.progress(180, now=clock.now)
-    ours.absorb(ours.ua.take())
-    settle(ours, sbc, clock.now)
+    remote, call = ringing(sbc, ours, clock)
     remote.cancel("no answer", now=clock.now)
-    sbc.absorb(sbc.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(sbc, ours, clock)
     assert ours.call_events(call) == [Ended(487, "cancel", True, "no answer")]
     assert [r.status for r in ours.sent_responses("INVITE")] == [100, 180, 487]
 
@@ -350,12 +369,9 @@ def bye_from(dialog: Dialog, *, from_tag: str | None = None) -> bytes:
 
 def test_a_bye_with_a_wrong_from_tag_gets_481_and_the_call_goes_on(clock: Clock) -> None:
     ours, sbc = client_and_server(clock)
-    remote = invite(sbc, clock)
-    settle(ours, sbc, clock.now)
-    (call,) = ours.offered()
+    remote, call = offered_call(sbc, ours, clock)
     call.answer(ANSWER, now=clock.now)
-    ours.absorb(ours.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(ours, sbc, clock)
     assert remote.dialog is not None
     source = SipTarget("udp", SBC, 5060)
 
@@ -371,9 +387,7 @@ def test_a_bye_with_a_wrong_from_tag_gets_481_and_the_call_goes_on(clock: Clock)
 
 def test_an_ack_with_a_wrong_from_tag_does_not_stop_the_2xx(clock: Clock) -> None:
     ours, sbc = client_and_server(clock)
-    remote = invite(sbc, clock)
-    settle(ours, sbc, clock.now)
-    (call,) = ours.offered()
+    remote, call = offered_call(sbc, ours, clock)
     call.answer(ANSWER, now=clock.now)
     ours.absorb(ours.ua.take())
     ours.outbox.clear()  # the SBC never sees the 200
@@ -591,15 +605,7 @@ def test_malformed_tcp_requests_are_charged_to_their_source(clock: Clock) -> Non
 
 def test_an_accepted_source_over_its_rate_gets_one_503_a_second(clock: Clock) -> None:
     ours, _ = client_and_server(clock, ours={"requests_per_second_per_source": 1.0})
-    options = make_request(
-        "OPTIONS",
-        URI("sip", None, OURS, 5060),
-        via=Via("UDP", SBC, 5060, (("branch", new_branch()),)),
-        from_addr=Address(URI("sip", "sbc", SBC)).with_tag("t"),
-        to_addr=Address(URI("sip", None, OURS)),
-        call_id="flood",
-        cseq=1,
-    )
+    options = options_from_sbc("flood")
     source = SipTarget("udp", SBC, 5060)
     for i in range(10):
         options.headers.replace_first(
@@ -614,15 +620,7 @@ def test_an_accepted_source_over_its_rate_gets_one_503_a_second(clock: Clock) ->
 
 def test_a_request_from_a_stranger_gets_403_without_a_server_header(clock: Clock) -> None:
     ours, _ = client_and_server(clock)
-    request = make_request(
-        "INVITE",
-        URI("sip", CALLEE, OURS, 5060),
-        via=Via("UDP", STRANGER, 5060, (("branch", new_branch()),)),
-        from_addr=Address(URI("sip", "scanner", STRANGER)).with_tag("t"),
-        to_addr=Address(URI("sip", CALLEE, OURS)),
-        call_id="scan",
-        cseq=1,
-    )
+    request = invite_from_stranger(new_branch())
     source = SipTarget("udp", STRANGER, 5060)
     ours.absorb(ours.ua.receive_datagram(request.encode(), source, clock.now))
     (forbidden,) = ours.sent_responses("INVITE")
@@ -635,9 +633,7 @@ def test_the_server_header_is_the_setting(clock: Clock) -> None:
     call = invite(ours, clock)
     settle(ours, sbc, clock.now)
     assert ours.sent_requests("INVITE")[0].headers.get("User-Agent") == "Trunk/1"
-    remote = invite(sbc, clock)
-    settle(ours, sbc, clock.now)
-    (incoming,) = ours.offered()
+    remote, incoming = offered_call(sbc, ours, clock)
     incoming.reject(486, now=clock.now)
     ours.absorb(ours.ua.take())
     responses = [r for r in ours.sent_responses("INVITE") if r.status > 100]
@@ -667,15 +663,7 @@ def test_our_answers_and_options_advertise_supported(clock: Clock) -> None:
     _, call = answered_call(sbc, ours, clock)
     ok = ours.sent_responses("INVITE")[-1]
     assert ok.status == 200 and "Supported" in ok.headers
-    options = make_request(
-        "OPTIONS",
-        URI("sip", None, OURS, 5060),
-        via=Via("UDP", SBC, 5060, (("branch", new_branch()),)),
-        from_addr=Address(URI("sip", "sbc", SBC)).with_tag("t"),
-        to_addr=Address(URI("sip", None, OURS)),
-        call_id="ping",
-        cseq=1,
-    )
+    options = options_from_sbc("ping")
     ours.absorb(ours.ua.receive_datagram(options.encode(), SipTarget("udp", SBC, 5060), 0))
     (pong,) = ours.sent_responses("OPTIONS")
     assert pong.status == 200
@@ -731,8 +719,7 @@ def test_a_forgotten_call_lingers_for_late_retransmissions(clock: Clock) -> None
     ours, sbc = client_and_server(clock)
     call, incoming = answered_call(ours, sbc, clock)
     call.bye("", now=clock.now)
-    ours.absorb(ours.ua.take())
-    settle(ours, sbc, clock.now)
+    flush(ours, sbc, clock)
     assert (call.call_id, call.local_tag) in ours.ua.calls
     run_timers((ours, sbc), clock, clock.now + 64 * 0.5 + 5 + 1)
     assert not ours.ua.calls and not ours.ua.layer.transactions and not ours.ua.handlers
@@ -752,15 +739,7 @@ def test_a_2xx_retransmitted_after_timer_m_is_acked_again(clock: Clock) -> None:
 
 def test_a_stateless_403_has_the_same_to_tag_for_a_retransmission(clock: Clock) -> None:
     ours, _ = client_and_server(clock)
-    request = make_request(
-        "INVITE",
-        URI("sip", CALLEE, OURS, 5060),
-        via=Via("UDP", STRANGER, 5060, (("branch", "z9hG4bKsame"),)),
-        from_addr=Address(URI("sip", "scanner", STRANGER)).with_tag("t"),
-        to_addr=Address(URI("sip", CALLEE, OURS)),
-        call_id="scan",
-        cseq=1,
-    )
+    request = invite_from_stranger("z9hG4bKsame")
     source = SipTarget("udp", STRANGER, 5060)
     for _ in range(2):
         ours.absorb(ours.ua.receive_datagram(request.encode(), source, clock.now))
@@ -773,9 +752,7 @@ def test_an_ack_on_the_invites_branch_stops_the_2xx_too(clock: Clock) -> None:
     """RFC 6026 §8.4: an ACK matching the INVITE's transaction (Accepted) reaches the
     core like any 2xx ACK, and nothing is answered to it."""
     ours, sbc = client_and_server(clock)
-    remote = invite(sbc, clock)
-    settle(ours, sbc, clock.now)
-    (call,) = ours.offered()
+    remote, call = offered_call(sbc, ours, clock)
     call.answer(ANSWER, now=clock.now)
     ours.absorb(ours.ua.take())
     ours.outbox.clear()

@@ -103,8 +103,15 @@ class Config:
     #: OPTIONS keep-alive to each SBC target; 0 = none (the trunk is always up).
     sip_options_interval: float = 30.0
     sip_max_message_bytes: int = 16384
-    #: Requests per second from one source IP before we drop (and 503) them.
+    #: Messages per second (requests and responses) from one source IP before we
+    #: drop them (and 503 an accepted source's requests).
     sip_requests_per_second: float = 50.0
+    #: Server / User-Agent header of the trunk's messages; empty = none.
+    sip_user_agent: str = ""
+    #: Failed digest responses from one source and username before that pair is
+    #: locked out for sip_auth_lockout_seconds; 0 = never.
+    sip_auth_max_failures: int = 5
+    sip_auth_lockout_seconds: float = 60.0
 
     # Several nodes (docs/operations.md)
     #: redis://HOST:PORT/DB shared by the nodes; empty = one node, in-process bus.

@@ -127,6 +127,12 @@ class _TrunkCollector(Collector):
             value=len(trunk.blocked_sources()),
         )
         yield GaugeMetricFamily(
+            "anruf_sip_auth_locked_out",
+            "Source and username pairs locked out after wrong digest responses "
+            "(anruf_sip_events: auth_failures, auth_lockouts)",
+            value=len(trunk.locked_out()),
+        )
+        yield GaugeMetricFamily(
             "anruf_sip_active_calls", "Calls on the SIP trunk", value=trunk.active_calls
         )
         yield GaugeMetricFamily("anruf_sip_trunk_up", "1 while the trunk is up", value=trunk.up)

@@ -168,6 +168,7 @@ async def _digest_exchange(workdir: Path) -> None:
         inbound_password="capture-only-password",
         inbound_algorithms=("MD5",),
         options_interval=0.0,
+        user_agent="Anruf",  # the scenario checks Server
     )
     async with running_trunk(settings, answer) as trunk:
         port = trunk.addresses[0][2]

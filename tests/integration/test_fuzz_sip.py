@@ -264,12 +264,12 @@ def _counts(server: Server) -> Callable[[], dict[str, int]]:
         return {
             "calls": server.app[CALLS].active_calls,
             "relay legs": server.app[RELAY].active_legs,
-            "transactions": len(trunk._layer.transactions),
-            "trunk calls": len(trunk._calls),
-            "active trunk calls": len(trunk._active),
-            "client handlers": len(trunk._handlers),
-            "incoming": len(trunk._incoming),
-            "retransmissions": len(trunk._retransmissions),
+            "transactions": len(trunk.ua.layer.transactions),
+            "trunk calls": len(trunk.ua.calls),
+            "active trunk calls": len(trunk.ua.active),
+            "client handlers": len(trunk.ua.handlers),
+            "incoming": len(trunk.ua.incoming),
+            "retransmissions": len(trunk.ua.retransmissions),
             "tcp connections": len(trunk._transport.connections),
             "internal errors": trunk.stats["internal_errors"],
         }
@@ -299,7 +299,7 @@ async def test_mutated_sip_messages_break_nothing(
     )
     trunk: SipTrunk = server.app[TRUNK]
     trunk.settings = dataclasses.replace(trunk.settings, timers=FAST_TIMERS)
-    trunk._layer.t = FAST_TIMERS
+    trunk.ua.layer.t = FAST_TIMERS
     sbc.trunk_port = next(port for kind, _host, port in trunk.addresses if kind == "udp")
     operator = await add_operator(server)
     bundle = await add_bundle(server, operator, phone_minutes=100_000)
@@ -433,7 +433,7 @@ async def test_a_cancelled_invite_that_never_ends_is_let_go() -> None:
             assert isinstance(ended, Ended) and ended.status == 487
             # (An ended call lingers 64*T1 + T4 for late retransmissions.)
             await until(
-                lambda: not (trunk._layer.transactions or trunk._handlers or trunk._calls),
+                lambda: not (trunk.ua.layer.transactions or trunk.ua.handlers or trunk.ua.calls),
                 FAST_TIMERS.timeout + FAST_TIMERS.t4 + 2,
             )
     finally:

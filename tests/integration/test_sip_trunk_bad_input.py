@@ -64,7 +64,10 @@ async def sipp_call_works(trunk: SipTrunk, workdir: Path) -> None:
     assert await sipp.exit_code() == 0, sipp.log()
 
 
-SETTINGS = TrunkSettings(listen_port=0, accepted_sources=("127.0.0.1",), options_interval=0)
+#: user_agent: sip_uac_call.xml checks that Server carries the setting.
+SETTINGS = TrunkSettings(
+    listen_port=0, accepted_sources=("127.0.0.1",), options_interval=0, user_agent="Anruf"
+)
 
 
 async def test_bad_datagrams_get_400_or_are_dropped(tmp_path: Path) -> None:
@@ -130,7 +133,10 @@ async def test_unknown_sources_get_403() -> None:
     try:
         async with running_trunk(settings) as trunk:
             port = trunk_port(trunk)
-            assert statuses(await peer.exchange(request(peer, "INVITE"), port)) == [403]
+            (forbidden,) = await peer.exchange(request(peer, "INVITE"), port)
+            assert forbidden.status == 403
+            # A scanner does not learn the product (user_agent is empty by default).
+            assert "Server" not in forbidden.headers
             truncated = request(peer, n=2)[:-40]
             assert statuses(await peer.exchange(truncated, port)) == [403]
             assert await peer.exchange(request(peer, "ACK", n=3), port) == []
@@ -198,3 +204,71 @@ async def test_broken_tcp_streams_are_closed() -> None:
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"SIP/2.0 200 OK\r\n")
         writer.close()
+
+
+#: Tight limits for the flood tests below: 20 messages/s (bursts of 40), then blocked.
+STRANGERS = TrunkSettings(
+    listen_port=0,
+    accepted_sources=("192.0.2.0/24",),
+    options_interval=0,
+    requests_per_second_per_source=20.0,
+    block_after=1.0,
+    block_seconds=60.0,
+)
+
+
+async def test_responses_from_an_unknown_source_are_charged_and_get_it_blocked() -> None:
+    """Datagrams that parse as responses count against the source like requests."""
+    peer = await RawPeer.open()
+    response = (
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKfake\r\n"
+        b"From: <sip:a@127.0.0.1>;tag=a\r\nTo: <sip:b@127.0.0.1>;tag=b\r\n"
+        b"Call-ID: fake\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    try:
+        async with running_trunk(STRANGERS) as trunk:
+            port = trunk_port(trunk)
+            sent = 0
+            async with asyncio.timeout(10.0):
+                while not trunk.blocked_sources():
+                    for _ in range(10):
+                        peer.send(response, port)
+                    sent += 10
+                    await until(partial(trunk_has_read, trunk, sent - 10), 2.0)
+                    await asyncio.sleep(0.02)
+            assert trunk.blocked_sources() == ["127.0.0.1"]
+            assert trunk.stats["sources_blocked"] == 1
+            assert trunk.stats["responses_dropped"] > 0
+            assert peer.received == []
+            # Blocked: even a request is now dropped unanswered.
+            assert await peer.exchange(request(peer, "OPTIONS"), port) == []
+            assert trunk.stats["requests_blocked"] >= 1
+    finally:
+        peer.close()
+
+
+async def test_well_framed_malformed_tcp_requests_get_their_source_blocked() -> None:
+    malformed = (
+        f"OPTIONS sip:{CALLEE}@127.0.0.1 SIP/2.0\r\n"
+        "Via: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bKbad\r\n"
+        "From: <sip:+4917700000001@127.0.0.1>;tag=t1\r\n"
+        f"To: <sip:{CALLEE}@127.0.0.1>\r\nCall-ID: bad-1\r\nCSeq: banana\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    async with running_trunk(STRANGERS) as trunk:
+        port = trunk_port(trunk)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            async with asyncio.timeout(10.0):
+                while not trunk.blocked_sources():
+                    writer.write(malformed * 10)
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                # The connection of a blocked source is closed on its next bytes.
+                writer.write(malformed)
+                while await reader.read(65536):
+                    pass
+        finally:
+            writer.close()
+        assert trunk.stats["sources_blocked"] == 1
+        assert trunk.stats["messages_malformed"] > 20

@@ -1,5 +1,6 @@
 """The trunk against SIPp as the operator's SBC, on 127.0.0.1: calls both ways, early
-media, CANCEL, busy, hold and resume, TCP, Timer B and the OPTIONS keep-alive."""
+media, CANCEL, busy, hold and resume, TCP, Timer B and the OPTIONS keep-alive; and a
+raw socket as the SBC where SIPp cannot say it (tags, P-Asserted-Identity)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from signaling.sip.message import SipTarget
+from signaling.sip.message import Address, Request, SipTarget, parse_message
 from signaling.sip.transaction import TimerValues
 from signaling.sip.trunk import (
     Answered,
@@ -23,6 +24,7 @@ from tests.integration.sip_trunk_support import (
     CALLER,
     SDP,
     Events,
+    RawPeer,
     Sipp,
     free_port,
     running_trunk,
@@ -39,6 +41,8 @@ def inbound_settings(**changes: object) -> TrunkSettings:
         "listen_port": 0,
         "accepted_sources": ("127.0.0.1",),
         "options_interval": 0.0,
+        # The scenarios check that Server and User-Agent carry this setting.
+        "user_agent": "Anruf",
     }
     return TrunkSettings(**{**base, **changes})  # type: ignore[arg-type]
 
@@ -260,3 +264,68 @@ async def test_limits_refuse_calls() -> None:
             await trunk.invite(to_number=CALLEE, from_number=CALLER, sdp=SDP, on_event=Events())
         await asyncio.sleep(0.6)  # the bucket refills at 2 calls/s
         await trunk.invite(to_number=CALLEE, from_number=CALLER, sdp=SDP, on_event=Events())
+
+
+async def test_a_bye_with_a_wrong_from_tag_gets_481_and_the_call_goes_on() -> None:
+    """RFC 3261 §12.2.2: a request is in the dialog only with its Call-ID, To tag and
+    From tag; a BYE that guessed the first two does not end the call."""
+    peer = await RawPeer.open()
+    events = Events()
+
+    async def on_incoming(call: IncomingCall) -> None:
+        call.on_event = events
+        await call.answer(SDP)
+
+    def invite(n: int, method: str, from_tag: str, to_tag: str = "", body: str = "") -> bytes:
+        to = f";tag={to_tag}" if to_tag else ""
+        return (
+            f"{method} sip:{CALLEE}@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{peer.port};branch=z9hG4bKdlg{n};rport\r\n"
+            f"From: <sip:{CALLER}@127.0.0.1>;tag={from_tag}\r\n"
+            f"To: <sip:{CALLEE}@127.0.0.1>{to}\r\n"
+            f"Call-ID: dialog-1@127.0.0.1\r\nCSeq: {n} {method}\r\n"
+            f"Contact: <sip:{CALLER}@127.0.0.1:{peer.port}>\r\nMax-Forwards: 70\r\n"
+            + ("Content-Type: application/sdp\r\n" if body else "")
+            + f"Content-Length: {len(body)}\r\n\r\n{body}"
+        ).encode()
+
+    try:
+        async with running_trunk(inbound_settings(), on_incoming) as trunk:
+            port = trunk_port(trunk)
+            responses = await peer.exchange(invite(1, "INVITE", "caller", body=SDP), port, 0.3)
+            ok = responses[-1]
+            assert ok.status == 200 and "Supported" in ok.headers
+            ours = ok.to_addr.tag or ""
+            peer.send(invite(1, "ACK", "caller", ours).replace(b"dlg1", b"dlg1ack"), port)
+            forged = await peer.exchange(invite(2, "BYE", "not-the-caller", ours), port)
+            assert [r.status for r in forged] == [481]
+            await asyncio.sleep(0.1)
+            assert trunk.active_calls == 1 and not events.items
+            real = await peer.exchange(invite(3, "BYE", "caller", ours), port)
+            assert [r.status for r in real] == [200]
+            assert await events.wait_for(Ended) == Ended(None, "bye", True, "")
+    finally:
+        peer.close()
+
+
+async def test_our_invite_asserts_the_callers_number() -> None:
+    """RFC 3325: the operator's network takes the caller's verified number from
+    P-Asserted-Identity; Supported is there, User-Agent only when set."""
+    peer = await RawPeer.open()
+    try:
+        settings = inbound_settings(sbc=(SipTarget("udp", "127.0.0.1", peer.port),))
+        settings = TrunkSettings(**{**settings.__dict__, "user_agent": ""})
+        async with running_trunk(settings) as trunk:
+            call = await trunk.invite(
+                to_number=CALLEE, from_number=CALLER, sdp=SDP, on_event=Events()
+            )
+            await until(lambda: bool(peer.received), 2.0)
+            invite = parse_message(peer.received[0])
+            assert isinstance(invite, Request) and invite.method == "INVITE"
+            asserted = Address.parse(invite.headers.get("P-Asserted-Identity") or "")
+            assert asserted.uri.user == CALLER and asserted.uri.param("user") == "phone"
+            assert "Supported" in invite.headers
+            assert "User-Agent" not in invite.headers
+            await call.cancel()
+    finally:
+        peer.close()

@@ -40,6 +40,7 @@ async def test_a_lost_invite_is_sent_again(tmp_path: Path) -> None:
         sbc=(SipTarget("udp", "127.0.0.1", forwarder.port),),
         accepted_sources=("127.0.0.1",),
         options_interval=0.0,
+        user_agent="Anruf",  # the scenario checks User-Agent
     )
     events = Events()
     try:
@@ -64,7 +65,9 @@ async def test_a_lost_200_ok_is_sent_again_until_the_ack(tmp_path: Path) -> None
         await call.progress(180)
         await call.answer(SDP)
 
-    settings = TrunkSettings(listen_port=0, accepted_sources=("127.0.0.1",), options_interval=0)
+    settings = TrunkSettings(
+        listen_port=0, accepted_sources=("127.0.0.1",), options_interval=0, user_agent="Anruf"
+    )
     async with running_trunk(settings, on_incoming) as trunk:
         # SIPp's Via asks for rport, so our responses go back through the forwarder.
         forwarder = LossyForwarder(("127.0.0.1", trunk_port(trunk)), first_only(is_invite_ok))

@@ -65,9 +65,33 @@ def test_settings_from_the_environment() -> None:
         ({"sip_options_interval": "-5"}, "setting sip_options_interval"),
         ({"sip_max_message_bytes": "100"}, "setting sip_max_message_bytes: 100: 1024 to 65535"),
         ({"sip_domain": "bad domain"}, "setting sip_domain"),
+        ({"sip_auth_max_failures": "-1"}, "setting sip_auth_max_failures: -1 must be >= 0"),
+        ({"sip_auth_lockout_seconds": "0"}, "setting sip_auth_lockout_seconds: 0.0 must be"),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         settings(**{"sip_listen": "127.0.0.1:5060", **environ})
     assert message in str(info.value)
+
+
+def test_the_server_header_and_the_digest_lockout_are_settings() -> None:
+    default = settings(sip_listen="127.0.0.1:5060")
+    assert default is not None
+    # No product name for scanners; five wrong digests lock a source out for a minute.
+    assert default.user_agent == ""
+    assert (default.auth_max_failures, default.auth_lockout_seconds) == (5, 60.0)
+    changed = settings(
+        sip_listen="127.0.0.1:5060",
+        sip_user_agent="Trunk",
+        sip_auth_max_failures="3",
+        sip_auth_lockout_seconds="600",
+    )
+    assert changed is not None
+    assert (changed.user_agent, changed.auth_max_failures) == ("Trunk", 3)
+    assert changed.auth_lockout_seconds == 600.0
+
+
+def test_a_user_agent_is_one_line() -> None:
+    with pytest.raises(ValueError, match="user_agent: must be one line"):
+        TrunkSettings(user_agent="Trunk\r\nX-Injected: 1")

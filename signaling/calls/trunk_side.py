@@ -55,9 +55,13 @@ class OutboundSip(Protocol):
 class InboundSip(Protocol):
     """The network's INVITE to us (signaling.sip.trunk.IncomingCall)."""
 
-    from_number: str
-    to_number: str
-    offer_sdp: str
+    @property
+    def from_number(self) -> str: ...
+    @property
+    def to_number(self) -> str: ...
+    @property
+    def offer_sdp(self) -> str: ...
+
     on_reoffer: Reoffer | None
     on_event: Callable[[CallEvent], None] | None
 

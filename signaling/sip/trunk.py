@@ -275,6 +275,8 @@ class SipTrunk:
             on_error=self._on_transport_error,
             max_message_bytes=s.max_message_bytes,
             admit_peer=self._peer_admitted,
+            accepted_source=self.ua.guard.accepted,
+            stats=self.ua.stats,
         )
         await self._transport.start()
         logger.info("SIP trunk listening on %s", self.addresses)

@@ -194,13 +194,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _relay(args: argparse.Namespace) -> int:
     """A relay host until SIGTERM or SIGINT (a second one ends its drain at once)."""
-    import signal
-
     from redis.exceptions import RedisError
 
+    from signaling.app import relay_host_settings, run_relay_host
     from signaling.config import ConfigError, load_config
-    from voice.relay.host import HostIdInUse, HostSettings, RelayHost
-    from voice.relay.workers import WorkerSettings
+    from voice.relay.host import HostIdInUse
 
     flags = {
         "relay_control_listen": args.control,
@@ -220,54 +218,14 @@ def _relay(args: argparse.Namespace) -> int:
     }
     try:
         config = load_config(args.config, overrides=flags)
-        if not config.redis_url:
-            raise ConfigError("a relay host registers in Redis: give --redis-url")
-        settings = HostSettings(
-            host_id=config.relay_host_id,
-            control_listen=config.relay_control_listen,
-            control_announce=config.relay_control_announce,
-            redis_url=config.redis_url,
-            secret=config.relay_secret,
-            media=WorkerSettings(
-                bind_address=config.media_bind_address,
-                announce_address=config.media_announce_address,
-                ice_servers=config.ice_servers,
-                media_timeout=config.media_timeout,
-                connect_timeout=10.0,
-                relay_mode=config.relay_mode,
-                media_ports=(config.media_port_min, config.media_port_max),
-            ),
-            capacity=config.relay_capacity,
-            heartbeat=config.relay_heartbeat,
-            ttl=config.relay_host_ttl,
-            drain_timeout=config.relay_drain_timeout,
-        )
+        settings = relay_host_settings(config)
     except (ConfigError, ValueError) as exc:
         print(f"anruf: {exc}", file=sys.stderr)
         return 2
 
-    async def run() -> None:
-        host = RelayHost(settings)
-        stop = asyncio.Event()
-
-        def on_signal() -> None:
-            if stop.is_set():
-                host.stop_now()
-            stop.set()
-
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal)
-        try:
-            await host.start()
-            await stop.wait()
-            await host.drain()
-        finally:
-            await host.close()
-
     loop = _event_loop(config.event_loop)
     try:
-        loop.run_until_complete(run())
+        loop.run_until_complete(run_relay_host(settings))
     except (OSError, ValueError, HostIdInUse, RedisError) as exc:
         print(f"anruf: relay host: {exc}", file=sys.stderr)
         return 1

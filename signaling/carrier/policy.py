@@ -53,7 +53,7 @@ from signaling.config import Config
 from signaling.store.database import Database
 from signaling.store.schema import bundles, calls, live_calls, subscribers, usage_thresholds
 from signaling.store.schema import events as event_table
-from voice.loadtest.measure import mos_from_r, r_factor
+from voice.audio.emodel import mos_from_r, r_factor
 
 __all__ = ["Admission", "CarrierPolicy", "FraudRules", "Subscription", "UsageReport"]
 

@@ -40,9 +40,10 @@ from aiohttp import web  # noqa: E402
 
 from signaling.app import create_app  # noqa: E402
 from signaling.carrier import signing  # noqa: E402
-from signaling.carrier.operators import BundleSpec, OperatorStore  # noqa: E402
+from signaling.carrier.operators import BundleSpec  # noqa: E402
 from signaling.config import Config  # noqa: E402
 from signaling.keys import OPERATORS  # noqa: E402
+from signaling.store.operators import OperatorStore  # noqa: E402
 from voice.client.client import Phone  # noqa: E402
 from voice.client.signaling import SignalingClient  # noqa: E402
 from voice.ice import restrict_host_addresses  # noqa: E402

@@ -28,7 +28,6 @@ from signaling.api.problems import problem_middleware
 from signaling.calls.live import LiveCalls
 from signaling.calls.service import CallService
 from signaling.carrier.delivery import EventDelivery
-from signaling.carrier.operators import OperatorStore
 from signaling.carrier.policy import CarrierPolicy, FraudRules
 from signaling.cluster.bus import Bus, LocalBus, Message, RedisBus
 from signaling.cluster.node import Node
@@ -55,6 +54,7 @@ from signaling.presence import Presence
 from signaling.sip.trunk import IncomingCall, SipTrunk, trunk_settings
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
+from signaling.store.operators import OperatorStore
 from signaling.web import ROUTES as WEB_ROUTES
 from signaling.ws import close_device, dispatch, drain, websocket
 from voice.ice import restrict_host_addresses, set_media_ports

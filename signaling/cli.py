@@ -249,8 +249,9 @@ def _operator(args: argparse.Namespace) -> int:
 async def _operator_command(args: argparse.Namespace, config: Any) -> int:
     from datetime import UTC, datetime
 
-    from signaling.carrier.operators import OperatorStore, check_url
+    from signaling.carrier.operators import check_url
     from signaling.store.database import Database
+    from signaling.store.operators import OperatorStore
 
     if args.operator_command == "create":
         for url in (args.webhook_url, args.sms_url):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from signaling.carrier import events
-from signaling.store import operators
+from signaling.store import subscriptions
 
 if TYPE_CHECKING:
     from signaling.store.database import Database
@@ -84,10 +84,10 @@ class CarrierSender:
 
     async def send(self, number: str, code: str) -> None:
         async with self._db.transaction() as conn:
-            operator_id = await operators.operator_of(conn, number) or self._default_operator
+            operator_id = await subscriptions.operator_of(conn, number) or self._default_operator
             if not operator_id:
                 raise NoCarrier(f"no operator provisioned {number} and there is no default")
-            sms_url = await operators.sms_url_of(conn, operator_id)
+            sms_url = await subscriptions.sms_url_of(conn, operator_id)
             if not sms_url:
                 raise NoCarrier(f"operator {operator_id!r} has no sms_url to send to {number}")
             event_id = await events.append(

@@ -213,5 +213,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 #: signaling/store/, handed from ``Database.transaction()`` to the store's functions
 #: so one transaction can hold several tables' writes (a CDR and its events).
 Connection = AsyncConnection
+#: A write broke a unique constraint (e.g. another node took the sequence number).
+IntegrityError = sa.exc.IntegrityError
 
-__all__ = ["Connection", "Database", "database_unreachable"]
+__all__ = ["Connection", "Database", "IntegrityError", "database_unreachable"]

@@ -77,4 +77,21 @@ async def select(
     return list(await conn.execute(query))
 
 
-__all__ = ["insert", "last_sequence", "select"]
+async def alert_raised(
+    conn: Connection, operator_id: str, ordering_key: str, rule: str, since: float
+) -> bool:
+    """Was a fraud.alert for ``rule`` written under the key after ``since``?"""
+    found = await conn.scalar(
+        sa.select(sa.func.count()).where(
+            events.c.operator_id == operator_id,
+            events.c.ordering_key == ordering_key,
+            events.c.type == "fraud.alert",
+            events.c.created_at > since,
+            # The body is canonical JSON (sorted keys, no spaces).
+            events.c.body.contains(f'"rule":"{rule}"', autoescape=True),
+        )
+    )
+    return bool(found)
+
+
+__all__ = ["alert_raised", "insert", "last_sequence", "select"]

@@ -22,7 +22,6 @@ from signaling.carrier.operators import (
     LastKey,
     NoPreviousSecret,
     NumberUnavailable,
-    OperatorStore,
     StoredResponse,
     SubscriberExists,
     SubscriberNotFound,
@@ -32,6 +31,7 @@ from signaling.carrier.operators import (
 from signaling.carrier.policy import CarrierPolicy
 from signaling.carrier.rating import Increment
 from signaling.store.database import Database
+from signaling.store.operators import OperatorStore
 from signaling.store.schema import events as events_table
 from signaling.store.schema import operator_keys, operators
 from tests.unit.conftest import Clock

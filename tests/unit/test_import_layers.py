@@ -29,10 +29,7 @@ SQLALCHEMY_OUTSIDE_STORE_ALLOWED = frozenset(
         # remove the entry then.
         "signaling.calls.live",
         # Their queries are still to move into signaling/store/.
-        "signaling.api.operator",
         "signaling.carrier.delivery",
-        "signaling.carrier.operators",
-        "signaling.carrier.policy",
     }
 )
 

@@ -28,8 +28,6 @@ SQLALCHEMY_OUTSIDE_STORE_ALLOWED = frozenset(
         # The live-call rows move into signaling/store/ with the CallService split;
         # remove the entry then.
         "signaling.calls.live",
-        # Their queries are still to move into signaling/store/.
-        "signaling.carrier.delivery",
     }
 )
 

@@ -28,26 +28,28 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = commands.add_parser("serve", help="run the signaling server and media relay")
     serve.add_argument("--config", type=Path, help="TOML settings file")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--data-dir", type=Path)
-    serve.add_argument("--database-url")
-    serve.add_argument("--media-bind-address")
-    serve.add_argument("--media-announce-address")
-    serve.add_argument("--media-port-min", type=int)
-    serve.add_argument("--media-port-max", type=int)
-    serve.add_argument("--test-number-prefix")
-    serve.add_argument("--test-code")
-    serve.add_argument("--ring-timeout", type=float)
-    serve.add_argument("--relay-mode", choices=["forward", "transcode"])
-    serve.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"])
-    serve.add_argument(
-        "--relay-workers", type=int, help="relay processes: -1 one per core (default), 0 in-process"
-    )
-    serve.add_argument("--redis-url", help="redis://HOST:PORT/DB shared by several nodes")
-    serve.add_argument("--node-name", help="this node's name in the cluster (default HOST:PORT)")
-    serve.add_argument(
-        "--relay-source", choices=["local", "registry"], help="registry: relay hosts in Redis"
+    _settings_flags(
+        serve,
+        ("--host", {}),
+        ("--port", {"type": int}),
+        ("--data-dir", {"type": Path}),
+        ("--database-url", {}),
+        ("--media-bind-address", {}),
+        ("--media-announce-address", {}),
+        ("--media-port-min", {"type": int}),
+        ("--media-port-max", {"type": int}),
+        ("--test-number-prefix", {}),
+        ("--test-code", {}),
+        ("--ring-timeout", {"type": float}),
+        ("--relay-mode", {}),
+        ("--event-loop", {}),
+        (
+            "--relay-workers",
+            {"type": int, "help": "relay processes: -1 one per core (default), 0 in-process"},
+        ),
+        ("--redis-url", {"help": "redis://HOST:PORT/DB shared by several nodes"}),
+        ("--node-name", {"help": "this node's name in the cluster (default HOST:PORT)"}),
+        ("--relay-source", {"help": "registry: relay hosts in Redis"}),
     )
 
     relay = commands.add_parser(
@@ -149,6 +151,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"anruf: {exc}", file=sys.stderr)
             return 1
         raise
+
+
+def _settings_flags(parser: argparse.ArgumentParser, *flags: tuple[str, dict[str, Any]]) -> None:
+    """Flags named after settings, shown in --help under their settings' sections
+    (signaling/config.py, docs/operations.md); a setting's choices are its flag's."""
+    from signaling.config import SECTIONS, choices_of, section_of
+
+    groups = {
+        section.SECTION: parser.add_argument_group(f"{section.SECTION} settings")
+        for section in SECTIONS
+    }
+    for flag, options in flags:
+        name = flag[2:].replace("-", "_")
+        if choices_of(name):
+            options = {"choices": list(choices_of(name)), **options}
+        groups[section_of(name)].add_argument(flag, **options)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -336,6 +336,11 @@ def section_of(name: str) -> str:
     return _SECTION_OF[name]
 
 
+def choices_of(name: str) -> tuple[str, ...]:
+    """The words a setting may be (its Literal type's), or () for a free value."""
+    return _CHOICES.get(name, ())
+
+
 def _one_of(choices: tuple[str, ...]) -> str:
     return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
 
@@ -463,6 +468,7 @@ __all__ = [
     "SmsSender",
     "WebSocketSettings",
     "WebhookSettings",
+    "choices_of",
     "load_config",
     "section_of",
 ]

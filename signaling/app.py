@@ -31,7 +31,7 @@ from signaling.carrier.delivery import EventDelivery
 from signaling.carrier.policy import CarrierPolicy, FraudRules
 from signaling.cluster.bus import Bus, LocalBus, Message, RedisBus
 from signaling.cluster.node import Node
-from signaling.config import Config
+from signaling.config import Config, ConfigError
 from signaling.identity.service import Device, IdentityService, make_sender
 from signaling.keys import (
     CALLS,
@@ -355,7 +355,6 @@ async def drain_node(app: web.Application) -> None:
 def relay_host_settings(config: Config) -> HostSettings:
     """What a relay host runs with, from the same settings as a node (the relay and
     media sections, redis_url); ConfigError or ValueError naming what is wrong."""
-    from signaling.config import ConfigError
     from voice.relay.host import HostSettings
 
     if not config.redis_url:

@@ -107,3 +107,33 @@ def test_the_operations_guide_lists_every_setting_under_its_section() -> None:
     }
     for section in SECTIONS:
         assert rows.get(section.SECTION) == {f.name for f in fields(section)}, section.SECTION
+
+
+def test_a_relay_host_is_built_from_the_nodes_settings() -> None:
+    from signaling.app import relay_host_settings
+
+    secret = "test-relay-secret-0001"
+    with pytest.raises(ConfigError, match="registers in Redis"):
+        relay_host_settings(load_config(environ={"ANRUF_RELAY_SECRET": secret}))
+    config = load_config(
+        environ={
+            "ANRUF_REDIS_URL": "redis://127.0.0.1:6379/2",
+            "ANRUF_RELAY_SECRET": secret,
+            "ANRUF_RELAY_CONTROL_LISTEN": "127.0.0.1:7401",
+            "ANRUF_MEDIA_PORT_MIN": "40000",
+            "ANRUF_MEDIA_PORT_MAX": "40999",
+            "ANRUF_RELAY_MODE": "transcode",
+            "ANRUF_RELAY_CAPACITY": "500",
+        }
+    )
+    settings = relay_host_settings(config)
+    assert (settings.control_listen, settings.redis_url, settings.secret) == (
+        "127.0.0.1:7401",
+        "redis://127.0.0.1:6379/2",
+        secret,
+    )
+    assert settings.media.media_ports == (40000, 40999)
+    assert settings.media.relay_mode == "transcode"
+    assert settings.capacity == 500
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        relay_host_settings(config.replace(relay_secret="short"))

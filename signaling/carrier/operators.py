@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from signaling.carrier.rating import MAX_PREFIXES, Bundle, Increment, check_prefix
-
-log = logging.getLogger("anruf.operators")
 
 API_KEY_PREFIX = "ak_"
 SIGNING_SECRET_PREFIX = "whsec_"

@@ -34,9 +34,10 @@ from aiohttp import web
 
 from signaling.app import create_app
 from signaling.carrier import signing
-from signaling.carrier.operators import BundleSpec, OperatorStore
+from signaling.carrier.operators import BundleSpec
 from signaling.config import Config
 from signaling.keys import OPERATORS
+from signaling.store.operators import OperatorStore
 from voice.client.client import Phone
 from voice.client.signaling import SignalingClient
 from voice.ice import restrict_host_addresses

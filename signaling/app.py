@@ -1,4 +1,13 @@
-"""The composition root: create_app(config) builds and wires every part."""
+"""The composition root: every part of a process is built and wired here.
+
+- ``create_app(config)``: a signaling node (`anruf serve`), its parts in typed
+  ``web.AppKey``s (signaling/keys.py) opened and closed in ``cleanup_ctx``.
+- ``relay_host_settings(config)`` and ``run_relay_host(settings)``: a relay host
+  (`anruf relay`, voice/relay/host.py).
+
+Other modules build nothing of their own and reach no other part: they are handed
+what they use here.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +17,20 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, web
 
-from signaling.api import health, limits, openapi, operator, rest
+from signaling.api import health, openapi, operator, rest
+from signaling.api.limits import LIMITS, Limits, limits_middleware
+from signaling.api.metrics import metrics_handler
 from signaling.api.problems import problem_middleware
 from signaling.calls.service import CallService
 from signaling.carrier.delivery import EventDelivery
-from signaling.carrier.operators import OperatorStore
 from signaling.carrier.policy import CarrierPolicy, FraudRules
 from signaling.cluster.bus import Bus, LocalBus, Message, RedisBus
 from signaling.cluster.node import Node
-from signaling.config import Config
+from signaling.config import Config, ConfigError
 from signaling.identity.service import Device, IdentityService, make_sender
 from signaling.keys import (
     CALLS,
@@ -37,18 +48,23 @@ from signaling.keys import (
     RELAY,
     TRUNK,
 )
-from signaling.metrics import Metrics, metrics_handler
+from signaling.metrics import Metrics
 from signaling.presence import Presence
 from signaling.sip.trunk import IncomingCall, SipTrunk, trunk_settings
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.store.live_calls import LiveCalls
+from signaling.store.operators import OperatorStore
 from signaling.web import ROUTES as WEB_ROUTES
 from signaling.ws import close_device, dispatch, drain, websocket
 from voice.ice import restrict_host_addresses, set_media_ports
 from voice.relay.pool import RelayPool
 from voice.relay.relay import Relay
+from voice.relay.server import WorkerSettings
 from voice.relay.transcode import TranscodingRelay
+
+if TYPE_CHECKING:
+    from voice.relay.host import HostSettings
 
 logger = logging.getLogger("anruf")
 
@@ -70,10 +86,14 @@ ROUTES = [
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=256 * 1024)
+    # Problems (RFC 9457) outside, then rate limits and overload protection
+    # (signaling/api/limits.py) in front of every route.
+    app = web.Application(
+        middlewares=[problem_middleware, limits_middleware], client_max_size=256 * 1024
+    )
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    limits.install(app)  # rate limits and overload protection (signaling/api/limits.py)
+    app[LIMITS] = Limits(config, app[METRICS])
     app.add_routes(ROUTES)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_cluster)
@@ -81,6 +101,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_media)
     app.cleanup_ctx.append(_trunk)
     app.cleanup_ctx.append(_calls)
+    app.cleanup_ctx.append(_overload)
     app.on_shutdown.append(_close_websockets)
     return app
 
@@ -184,11 +205,8 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
     def leg_failed(leg_id: str, detail: str) -> None:
         app[CALLS].leg_failed(leg_id, detail)
 
-    if config.relay_mode not in ("forward", "transcode"):
-        raise ValueError(f"relay_mode must be forward or transcode, not {config.relay_mode!r}")
+    # relay_mode and relay_source are checked when the Config is made.
     relay: Relay | RelayPool
-    if config.relay_source not in ("local", "registry"):
-        raise ValueError(f"relay_source must be local or registry, not {config.relay_source!r}")
     if config.relay_source == "registry":
         from voice.relay.registry import RedisHostDirectory
 
@@ -240,7 +258,9 @@ async def _trunk(app: web.Application) -> AsyncIterator[None]:
     trunk = SipTrunk(settings, on_incoming=incoming)
     await trunk.start()
     app[TRUNK] = trunk
+    app[METRICS].trunk = trunk  # its counters on /metrics
     yield
+    app[METRICS].trunk = None
     await trunk.stop()
 
 
@@ -263,12 +283,21 @@ async def _calls(app: web.Application) -> AsyncIterator[None]:
         app[CALLS].dtmf_received(leg_id, digit)
 
     app[RELAY].on_dtmf = dtmf
+    app[CALLS].admission = app[LIMITS].admit_call  # overload: max_calls, loop lag
     node = app[NODE]
     node.on_dead(app[CALLS].end_orphans, app[PRESENCE].forget_node)
     await node.start()  # from now on other nodes see this one alive
     yield
     await app[CALLS].shutdown()
     await node.stop()
+
+
+async def _overload(app: web.Application) -> AsyncIterator[None]:
+    """The event-loop lag sampler of overload protection (signaling/api/limits.py)."""
+    limits = app[LIMITS]
+    limits.start()
+    yield
+    await limits.stop()
 
 
 async def _close_websockets(app: web.Application) -> None:
@@ -318,3 +347,59 @@ async def drain_node(app: web.Application) -> None:
         await asyncio.wait_for(calls.idle.wait(), config.drain_timeout)
     logger.info("drained (%d calls left): stopping", calls.active_calls)
     os.kill(os.getpid(), signal.SIGINT)
+
+
+# A relay host (`anruf relay`) -----------------------------------------------------
+
+
+def relay_host_settings(config: Config) -> HostSettings:
+    """What a relay host runs with, from the same settings as a node (the relay and
+    media sections, redis_url); ConfigError or ValueError naming what is wrong."""
+    from voice.relay.host import HostSettings
+
+    if not config.redis_url:
+        raise ConfigError("a relay host registers in Redis: give --redis-url")
+    return HostSettings(
+        host_id=config.relay_host_id,
+        control_listen=config.relay_control_listen,
+        control_announce=config.relay_control_announce,
+        redis_url=config.redis_url,
+        secret=config.relay_secret,
+        media=WorkerSettings(
+            bind_address=config.media_bind_address,
+            announce_address=config.media_announce_address,
+            ice_servers=config.ice_servers,
+            media_timeout=config.media_timeout,
+            connect_timeout=10.0,
+            relay_mode=config.relay_mode,
+            media_ports=(config.media_port_min, config.media_port_max),
+        ),
+        capacity=config.relay_capacity,
+        heartbeat=config.relay_heartbeat,
+        ttl=config.relay_host_ttl,
+        drain_timeout=config.relay_drain_timeout,
+    )
+
+
+async def run_relay_host(settings: HostSettings) -> None:
+    """A relay host until SIGTERM or SIGINT: then it drains (up to its drain timeout;
+    a second signal ends the drain at once), deregisters and returns."""
+    from voice.relay.host import RelayHost
+
+    host = RelayHost(settings)
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            host.stop_now()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        await host.start()
+        await stop.wait()
+        await host.drain()
+    finally:
+        await host.close()

@@ -29,26 +29,28 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = commands.add_parser("serve", help="run the signaling server and media relay")
     serve.add_argument("--config", type=Path, help="TOML settings file")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--data-dir", type=Path)
-    serve.add_argument("--database-url")
-    serve.add_argument("--media-bind-address")
-    serve.add_argument("--media-announce-address")
-    serve.add_argument("--media-port-min", type=int)
-    serve.add_argument("--media-port-max", type=int)
-    serve.add_argument("--test-number-prefix")
-    serve.add_argument("--test-code")
-    serve.add_argument("--ring-timeout", type=float)
-    serve.add_argument("--relay-mode", choices=["forward", "transcode"])
-    serve.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"])
-    serve.add_argument(
-        "--relay-workers", type=int, help="relay processes: -1 one per core (default), 0 in-process"
-    )
-    serve.add_argument("--redis-url", help="redis://HOST:PORT/DB shared by several nodes")
-    serve.add_argument("--node-name", help="this node's name in the cluster (default HOST:PORT)")
-    serve.add_argument(
-        "--relay-source", choices=["local", "registry"], help="registry: relay hosts in Redis"
+    _settings_flags(
+        serve,
+        ("--host", {}),
+        ("--port", {"type": int}),
+        ("--data-dir", {"type": Path}),
+        ("--database-url", {}),
+        ("--media-bind-address", {}),
+        ("--media-announce-address", {}),
+        ("--media-port-min", {"type": int}),
+        ("--media-port-max", {"type": int}),
+        ("--test-number-prefix", {}),
+        ("--test-code", {}),
+        ("--ring-timeout", {"type": float}),
+        ("--relay-mode", {}),
+        ("--event-loop", {}),
+        (
+            "--relay-workers",
+            {"type": int, "help": "relay processes: -1 one per core (default), 0 in-process"},
+        ),
+        ("--redis-url", {"help": "redis://HOST:PORT/DB shared by several nodes"}),
+        ("--node-name", {"help": "this node's name in the cluster (default HOST:PORT)"}),
+        ("--relay-source", {"help": "registry: relay hosts in Redis"}),
     )
 
     relay = commands.add_parser(
@@ -152,6 +154,22 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _settings_flags(parser: argparse.ArgumentParser, *flags: tuple[str, dict[str, Any]]) -> None:
+    """Flags named after settings, shown in --help under their settings' sections
+    (signaling/config.py, docs/operations.md); a setting's choices are its flag's."""
+    from signaling.config import SECTIONS, choices_of, section_of
+
+    groups = {
+        section.SECTION: parser.add_argument_group(f"{section.SECTION} settings")
+        for section in SECTIONS
+    }
+    for flag, options in flags:
+        name = flag[2:].replace("-", "_")
+        if choices_of(name):
+            options = {"choices": list(choices_of(name)), **options}
+        groups[section_of(name)].add_argument(flag, **options)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -195,13 +213,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _relay(args: argparse.Namespace) -> int:
     """A relay host until SIGTERM or SIGINT (a second one ends its drain at once)."""
-    import signal
-
     from redis.exceptions import RedisError
 
+    from signaling.app import relay_host_settings, run_relay_host
     from signaling.config import ConfigError, load_config
-    from voice.relay.host import HostIdInUse, HostSettings, RelayHost
-    from voice.relay.server import WorkerSettings
+    from voice.relay.host import HostIdInUse
 
     flags = {
         "relay_control_listen": args.control,
@@ -221,54 +237,14 @@ def _relay(args: argparse.Namespace) -> int:
     }
     try:
         config = load_config(args.config, overrides=flags)
-        if not config.redis_url:
-            raise ConfigError("a relay host registers in Redis: give --redis-url")
-        settings = HostSettings(
-            host_id=config.relay_host_id,
-            control_listen=config.relay_control_listen,
-            control_announce=config.relay_control_announce,
-            redis_url=config.redis_url,
-            secret=config.relay_secret,
-            media=WorkerSettings(
-                bind_address=config.media_bind_address,
-                announce_address=config.media_announce_address,
-                ice_servers=config.ice_servers,
-                media_timeout=config.media_timeout,
-                connect_timeout=10.0,
-                relay_mode=config.relay_mode,
-                media_ports=(config.media_port_min, config.media_port_max),
-            ),
-            capacity=config.relay_capacity,
-            heartbeat=config.relay_heartbeat,
-            ttl=config.relay_host_ttl,
-            drain_timeout=config.relay_drain_timeout,
-        )
+        settings = relay_host_settings(config)
     except (ConfigError, ValueError) as exc:
         print(f"anruf: {exc}", file=sys.stderr)
         return 2
 
-    async def run() -> None:
-        host = RelayHost(settings)
-        stop = asyncio.Event()
-
-        def on_signal() -> None:
-            if stop.is_set():
-                host.stop_now()
-            stop.set()
-
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal)
-        try:
-            await host.start()
-            await stop.wait()
-            await host.drain()
-        finally:
-            await host.close()
-
     loop = _event_loop(config.event_loop)
     try:
-        loop.run_until_complete(run())
+        loop.run_until_complete(run_relay_host(settings))
     except (OSError, ValueError, HostIdInUse, RedisError) as exc:
         print(f"anruf: relay host: {exc}", file=sys.stderr)
         return 1
@@ -292,8 +268,9 @@ def _operator(args: argparse.Namespace) -> int:
 async def _operator_command(args: argparse.Namespace, config: Any) -> int:
     from datetime import UTC, datetime
 
-    from signaling.carrier.operators import OperatorStore, check_url
+    from signaling.carrier.operators import check_url
     from signaling.store.database import Database
+    from signaling.store.operators import OperatorStore
 
     if args.operator_command == "create":
         for url in (args.webhook_url, args.sms_url):

@@ -10,7 +10,6 @@ from aiohttp import web
 if TYPE_CHECKING:
     from signaling.calls.service import CallService
     from signaling.carrier.delivery import EventDelivery
-    from signaling.carrier.operators import OperatorStore
     from signaling.carrier.policy import CarrierPolicy
     from signaling.cluster.node import Node
     from signaling.config import Config
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from signaling.sip.trunk import SipTrunk
     from signaling.store.cdrs import CallRecordStore
     from signaling.store.database import Database
+    from signaling.store.operators import OperatorStore
     from voice.relay.pool import RelayPool
     from voice.relay.relay import Relay
 

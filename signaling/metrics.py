@@ -1,20 +1,34 @@
-"""Prometheus metrics, one registry per application (no import-time globals)."""
+"""Prometheus metrics, one registry per application (no import-time globals).
+
+A leaf of the server: the services count into it, it imports none of them (the
+HTTP handler that serves the registry is ``signaling/api/metrics.py``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator, Mapping
+from typing import Protocol
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from signaling.keys import METRICS
 
-if TYPE_CHECKING:
-    from signaling.sip.trunk import SipTrunk
+class TrunkCounters(Protocol):
+    """What /metrics reads of the SIP trunk (``SipTrunk``) at each scrape."""
+
+    @property
+    def stats(self) -> Mapping[str, int]: ...
+
+    @property
+    def active_calls(self) -> int: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    def blocked_sources(self) -> Collection[str]: ...
+
+    def locked_out(self) -> Collection[tuple[str, str]]: ...
 
 
 class Metrics:
@@ -98,7 +112,7 @@ class Metrics:
             registry=self.registry,
         )
         #: The SIP trunk whose counters /metrics exports (set once it runs).
-        self.trunk: SipTrunk | None = None
+        self.trunk: TrunkCounters | None = None
         self.registry.register(_TrunkCollector(self))
 
 
@@ -141,6 +155,4 @@ class _TrunkCollector(Collector):
         return iter(())
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+__all__ = ["Metrics", "TrunkCounters"]

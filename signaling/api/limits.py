@@ -16,7 +16,9 @@
   While the loop lags, HTTP requests other than health and metrics get 503 with
   Retry-After. Calls in progress are never touched.
 
-``install(app)`` puts all of it into an application (``create_app``).
+``create_app`` (signaling/app.py) builds one ``Limits`` per application, puts
+``limits_middleware`` in front of the routes, gives CallService ``Limits.admit_call``
+and runs the lag sampler (``Limits.start``/``stop``) while the application runs.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from signaling.config import Config
 from signaling.identity.numbers import InvalidNumber
 from signaling.identity.numbers import normalise as normalise_number
 from signaling.identity.service import IdentityError
-from signaling.keys import CALLS, CONFIG, METRICS, TRUNK
 from signaling.metrics import Metrics
 from signaling.ratelimit import KeyedLimiter
 
@@ -183,6 +184,18 @@ class Limits:
         )
         self._monitor: asyncio.Task[None] | None = None
 
+    def start(self) -> None:
+        """Sample the event loop's lag (overload protection) until ``stop``."""
+        if self._monitor is None:
+            self._monitor = asyncio.get_running_loop().create_task(self.load.run())
+
+    async def stop(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+
     def admit_call(self, active_calls: int, direction: str) -> str | None:
         """For CallService: None when a new call may start, else why not (counted)."""
         cause = self.load.refusal(active_calls, asyncio.get_running_loop().time())
@@ -319,32 +332,6 @@ async def admit_call_attempt(
     return False
 
 
-def install(app: web.Application) -> None:
-    """Rate limits and overload protection for ``app`` (call in create_app, after
-    CONFIG and METRICS are set)."""
-    limits = Limits(app[CONFIG], app[METRICS])
-    app[LIMITS] = limits
-    app.middlewares.append(limits_middleware)
-
-    async def start(app: web.Application) -> None:
-        # on_startup runs after every cleanup_ctx part started: calls and trunk exist.
-        calls = app.get(CALLS)
-        if calls is not None:
-            calls.admission = limits.admit_call
-        app[METRICS].trunk = app.get(TRUNK)
-        limits._monitor = asyncio.get_running_loop().create_task(limits.load.run())
-
-    async def stop(app: web.Application) -> None:
-        app[METRICS].trunk = None
-        if limits._monitor is not None:
-            limits._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await limits._monitor
-
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
-
-
 __all__ = [
     "LIMITS",
     "OVERLOADED",
@@ -353,7 +340,6 @@ __all__ = [
     "LoadGuard",
     "admit_call_attempt",
     "client_address",
-    "install",
     "limits_middleware",
     "parse_networks",
 ]

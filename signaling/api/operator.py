@@ -25,10 +25,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
-import sqlalchemy as sa
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signaling.api.auth import bearer_token
 from signaling.api.problems import ProblemError
@@ -50,7 +48,6 @@ from signaling.carrier.operators import (
     Operator,
     OperatorBundle,
     OperatorError,
-    OperatorStore,
     StoredResponse,
     Subscriber,
     SubscriberNotFound,
@@ -59,6 +56,8 @@ from signaling.carrier.operators import (
 )
 from signaling.carrier.rating import MAX_PREFIXES, Increment, check_prefix
 from signaling.keys import OPERATORS, POLICY
+from signaling.store.database import Connection, IntegrityError
+from signaling.store.operators import OperatorStore
 
 log = logging.getLogger("anruf.api.operator")
 
@@ -325,7 +324,7 @@ class Context:
 
     request: web.Request
     caller: Caller
-    conn: AsyncConnection
+    conn: Connection
     body: BaseModel | None
 
     @property
@@ -470,7 +469,7 @@ async def _change(endpoint: Endpoint, request: web.Request, caller: Caller) -> w
                 reply = await endpoint.handler(Context(request, caller, conn, body))
                 if key is not None:
                     await store.store_response(conn, operator_id, key, fingerprint, reply.stored())
-    except sa.exc.IntegrityError:
+    except IntegrityError:
         # A concurrent request won a race: one with the same key, or one that
         # took the same number.
         if key is None:

@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-import sqlalchemy.exc
 from aiohttp import web
 
 from signaling.identity.service import IdentityError
+from signaling.store.database import database_unreachable
 
 log = logging.getLogger("anruf.api")
 
@@ -117,17 +117,6 @@ def _status_phrase(status: int) -> str:
 
 #: Retry-After (seconds) while the database is unreachable.
 DATABASE_RETRY_AFTER = 1
-
-
-def database_unreachable(exc: BaseException) -> bool:
-    """A lost or refused database connection (not a bad statement): worth a retry."""
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return (
-            exc.connection_invalidated
-            or exc.statement is None  # raised while connecting
-            or isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
-        )
-    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 @web.middleware

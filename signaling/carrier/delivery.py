@@ -53,14 +53,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from signaling.carrier import signing
 from signaling.config import Config
 from signaling.metrics import Metrics
-from signaling.store.database import Database
-from signaling.store.schema import events, operators
+from signaling.store import outbox
+from signaling.store.database import Connection, Database
+from signaling.store.outbox import DEAD, DELIVERED, PENDING, REPLAY_ONLY
 
 __all__ = [
     "DEAD",
@@ -74,11 +73,6 @@ __all__ = [
 
 log = logging.getLogger("anruf.webhooks")
 
-PENDING = "pending"
-DELIVERED = "delivered"
-DEAD = "dead"
-#: The operator has no URL for the event: kept for the event list, never sent.
-REPLAY_ONLY = "replay_only"
 _FAILED = "failed"
 #: The lease lapsed before a failure was written and another worker has the event.
 _SUPERSEDED = "superseded"
@@ -102,57 +96,6 @@ def backoff(attempts: int, base: float, cap: float, jitter: float) -> float:
     """
     nominal = min(cap, base * 2.0 ** min(max(attempts, 1) - 1, 60))
     return nominal * (0.5 + jitter / 2)
-
-
-def _due_condition() -> sa.ColumnElement[bool]:
-    """The events that may be claimed at ``:now``: see the module docstring."""
-    now = sa.bindparam("now", type_=sa.Float)
-    earlier = events.alias("earlier")
-    blocked = (
-        sa.select(earlier.c.seq)
-        .where(
-            earlier.c.operator_id == events.c.operator_id,
-            earlier.c.ordering_key == events.c.ordering_key,
-            earlier.c.sequence < events.c.sequence,
-            earlier.c.status == PENDING,
-        )
-        .exists()
-    )
-    return sa.and_(
-        events.c.status == PENDING,
-        events.c.next_attempt_at <= now,
-        sa.or_(events.c.locked_until.is_(None), events.c.locked_until < now),
-        ~blocked,
-    )
-
-
-#: Built once (executed with {"now": ...}): building it is costlier than running it.
-_DUE = _due_condition()
-_KEY = sa.tuple_(events.c.operator_id, events.c.ordering_key)
-#: Earliest due first (the order of ix_events_due, so the scan stops at the limit).
-_CANDIDATES = (
-    sa.select(events.c.seq)
-    .where(_DUE)
-    .order_by(events.c.next_attempt_at, events.c.seq)
-    .limit(sa.bindparam("limit"))
-)
-_WITH_OPERATOR = sa.select(
-    events,
-    operators.c.operator_id.label("operator_known"),
-    operators.c.webhook_url,
-    operators.c.sms_url,
-    operators.c.signing_secret,
-    operators.c.previous_signing_secret,
-).select_from(events.outerjoin(operators, operators.c.operator_id == events.c.operator_id))
-_RELEASE = (
-    events.update()
-    .where(
-        events.c.seq == sa.bindparam("b_seq"),
-        events.c.status == PENDING,
-        events.c.locked_until == sa.bindparam("b_lease"),
-    )
-    .values(locked_until=None)
-)
 
 
 @dataclass(frozen=True)
@@ -320,8 +263,7 @@ class EventDelivery:
         """Claim runs of up to ``limit`` keys whose heads are due, earliest due first."""
         now = self._clock()
         async with self._db.read() as conn:  # without the write lock when idle
-            result = await conn.execute(_CANDIDATES, {"now": now, "limit": 1})
-            seqs = list(result.scalars())
+            seqs = await outbox.due(conn, now, 1)
         if not seqs:
             return []
         # Claimed in the group commit, with the outcomes being written.
@@ -330,82 +272,23 @@ class EventDelivery:
         return await future
 
     async def _take(
-        self, conn: AsyncConnection, which: sa.ColumnElement[bool], now: float
+        self,
+        conn: Connection,
+        now: float,
+        *,
+        seqs: list[int] | None = None,
+        keys: list[tuple[str, str]] | None = None,
     ) -> list[list[_Claimed]]:
-        """Lease the due heads among ``which`` and, behind each, the next events of
-        its key (up to RUN in all); returns the runs this worker won, in order.
-
-        A conditional UPDATE re-checks that each head is still due, so of several
-        workers racing for a key exactly one gets it. Behind a head this worker
-        holds, nobody else can lease its key's events (none of them is due), so
-        every pending event in the run's range is taken, without gaps.
-        """
+        """Lease the due heads among ``seqs`` or ``keys`` and, behind each, the next
+        events of its key (up to RUN in all, ``outbox.lease``); returns the runs
+        this worker won, in order."""
         lease = now + self._lease_seconds
-        params = {"now": now}
-        heads = await self._update_returning(
-            conn,
-            events.update().where(which, _DUE).values(locked_until=lease),
-            params,
-            events.c.operator_id,
-            events.c.ordering_key,
-            events.c.sequence,
-        )
-        if not heads:
-            return []
-        won = [row.seq for row in heads]
-        if RUN > 1:
-            behind = sa.or_(
-                *(
-                    sa.and_(
-                        events.c.operator_id == head.operator_id,
-                        events.c.ordering_key == head.ordering_key,
-                        events.c.sequence > head.sequence,
-                        events.c.sequence < head.sequence + RUN,
-                    )
-                    for head in heads
-                )
-            )
-            lease_free = sa.or_(events.c.locked_until.is_(None), events.c.locked_until < now)
-            rest = await self._update_returning(
-                conn,
-                events.update()
-                .where(events.c.status == PENDING, lease_free, behind)
-                .values(locked_until=lease),
-                params,
-            )
-            won += [row.seq for row in rest]
-        rows = await conn.execute(
-            _WITH_OPERATOR.where(events.c.seq.in_(won)).order_by(
-                events.c.operator_id, events.c.ordering_key, events.c.sequence
-            )
-        )
+        rows = await outbox.lease(conn, now, lease, RUN, seqs=seqs or (), keys=keys or ())
         runs: dict[tuple[str, str], list[_Claimed]] = {}
         for row in rows:
-            event = _claimed(row._mapping, lease)
+            event = _claimed(row, lease)
             runs.setdefault((event.operator_id, event.ordering_key), []).append(event)
         return sorted(runs.values(), key=lambda run: run[0].seq)
-
-    @staticmethod
-    async def _update_returning(
-        conn: AsyncConnection,
-        update: sa.Update,
-        params: dict[str, Any],
-        *columns: sa.ColumnElement[Any],
-    ) -> list[sa.Row[Any]]:
-        """Run a conditional UPDATE; returns seq (and ``columns``) of the rows it changed."""
-        returned = (events.c.seq, *columns)
-        if conn.dialect.update_returning:
-            return list(await conn.execute(update.returning(*returned), params))
-        # SQLite before 3.35: find the rows, then one conditional UPDATE each.
-        where = update.whereclause
-        assert where is not None
-        found = list(await conn.execute(sa.select(*returned).where(where), params))
-        changed = []
-        for row in found:
-            result = await conn.execute(update.where(events.c.seq == row.seq), params)
-            if result.rowcount == 1:
-                changed.append(row)
-        return changed
 
     # -- one attempt ---------------------------------------------------------
 
@@ -489,7 +372,7 @@ class EventDelivery:
             self._wake.set()  # what was blocked behind these events may be due now
 
     async def _apply(
-        self, conn: AsyncConnection, batch: list[_Record]
+        self, conn: Connection, batch: list[_Record]
     ) -> tuple[list[tuple[_Outcome, str]], list[list[list[_Claimed]]]]:
         """Write a batch: outcomes, released leases, then the claims.
 
@@ -501,54 +384,41 @@ class EventDelivery:
         if delivered:
             # Delivered is the truth whoever holds the lease now. One statement
             # for the batch: delivered_at is the last answer among them.
-            await conn.execute(
-                events.update()
-                .where(
-                    events.c.seq.in_([o.event.seq for o in delivered]), events.c.status == PENDING
-                )
-                .values(
-                    status=DELIVERED,
-                    delivered_at=max(o.at for o in delivered),
-                    attempts=events.c.attempts + 1,
-                    locked_until=None,
-                    last_error="",
-                )
+            await outbox.mark_delivered(
+                conn, [o.event.seq for o in delivered], max(o.at for o in delivered)
             )
         results = [
             (o, DELIVERED if o.result == DELIVERED else await self._write_failure(conn, o))
             for o in outcomes
         ]
-        released = [{"b_seq": e.seq, "b_lease": e.lease} for r in batch for e in r.release]
-        if released:
-            await conn.execute(_RELEASE, released)
+        await outbox.release(conn, [(e.seq, e.lease) for r in batch for e in r.release])
         now = self._clock()
         answers: list[list[list[_Claimed]]] = [[] for _ in batch]
         following = {r.follow: i for i, r in enumerate(batch) if r.follow is not None}
         if following:
-            for run in await self._take(conn, _KEY.in_(list(following)), now):
+            for run in await self._take(conn, now, keys=list(following)):
                 answers[following[(run[0].operator_id, run[0].ordering_key)]].append(run)
         wanted = [max(0, r.claim - len(answers[i])) for i, r in enumerate(batch)]
         if sum(wanted):
-            found = await conn.execute(_CANDIDATES, {"now": now, "limit": sum(wanted)})
-            seqs = list(found.scalars())
-            runs = await self._take(conn, events.c.seq.in_(seqs), now) if seqs else []
+            seqs = await outbox.due(conn, now, sum(wanted))
+            runs = await self._take(conn, now, seqs=seqs) if seqs else []
             for i, count in enumerate(wanted):
                 answers[i] += runs[:count]
                 runs = runs[count:]
         return results, answers
 
-    async def _write_failure(self, conn: AsyncConnection, outcome: _Outcome) -> str:
+    async def _write_failure(self, conn: Connection, outcome: _Outcome) -> str:
         """Record an attempt that did not deliver; returns the event's new status."""
         event = outcome.event
         result = outcome.result
-        values: dict[str, Any] = {"locked_until": None, "last_error": outcome.error}
+        status: str | None = None
+        next_attempt_at: float | None = None
         if result == REPLAY_ONLY:
-            values["status"] = REPLAY_ONLY
+            status = REPLAY_ONLY
         else:
-            values["attempts"] = events.c.attempts + 1
             deadline = event.created_at + self._max_age(event)
             if outcome.at >= deadline:
-                result = values["status"] = DEAD
+                result = status = DEAD
             else:
                 delay = backoff(
                     event.attempts + 1,
@@ -556,17 +426,17 @@ class EventDelivery:
                     self._config.webhook_backoff_max,
                     self._random.random(),
                 )
-                values["next_attempt_at"] = min(outcome.at + delay, deadline)
-        updated = await conn.execute(
-            events.update()
-            .where(
-                events.c.seq == event.seq,
-                events.c.status == PENDING,
-                events.c.locked_until == event.lease,
-            )
-            .values(**values)
+                next_attempt_at = min(outcome.at + delay, deadline)
+        written = await outbox.mark_failed(
+            conn,
+            event.seq,
+            event.lease,
+            error=outcome.error,
+            status=status,
+            attempted=result != REPLAY_ONLY,
+            next_attempt_at=next_attempt_at,
         )
-        return result if updated.rowcount == 1 else _SUPERSEDED
+        return result if written else _SUPERSEDED
 
     def _max_age(self, event: _Claimed) -> float:
         """How long an event is retried: an SMS only while its code is valid."""
@@ -614,9 +484,7 @@ class EventDelivery:
         leases, self._leases = self._leases, {}
         try:
             async with self._db.transaction() as conn:
-                await conn.execute(
-                    _RELEASE, [{"b_seq": seq, "b_lease": lease} for seq, lease in leases.items()]
-                )
+                await outbox.release(conn, leases.items())
         except Exception:
             log.exception("releasing %d lease(s) failed; they lapse on their own", len(leases))
 

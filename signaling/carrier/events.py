@@ -20,10 +20,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from signaling.store.schema import events
+from signaling.store import outbox
+from signaling.store.database import Connection
 
 __all__ = [
     "EVENT_TYPES",
@@ -85,7 +83,7 @@ class StoredEvent:
 
 
 async def append(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     operator_id: str,
     type: str,
@@ -101,12 +99,7 @@ async def append(
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
     if sequence is None:
-        last = await conn.scalar(
-            sa.select(sa.func.max(events.c.sequence)).where(
-                events.c.ordering_key == ordering_key, events.c.operator_id == operator_id
-            )
-        )
-        sequence = (last or 0) + 1
+        sequence = await outbox.last_sequence(conn, operator_id, ordering_key) + 1
     event_id = "evt_" + uuid.uuid4().hex
     body = json.dumps(
         {
@@ -121,25 +114,21 @@ async def append(
         separators=(",", ":"),
         sort_keys=True,
     )
-    await conn.execute(
-        events.insert().values(
-            event_id=event_id,
-            operator_id=operator_id,
-            type=type,
-            ordering_key=ordering_key,
-            sequence=sequence,
-            created_at=now,
-            body=body,
-            status="pending",
-            attempts=0,
-            next_attempt_at=now,
-        )
+    await outbox.insert(
+        conn,
+        event_id=event_id,
+        operator_id=operator_id,
+        type=type,
+        ordering_key=ordering_key,
+        sequence=sequence,
+        now=now,
+        body=body,
     )
     return event_id
 
 
 async def list_events(
-    conn: AsyncConnection,
+    conn: Connection,
     operator_id: str,
     *,
     after: int = 0,
@@ -148,14 +137,7 @@ async def list_events(
     status: str | None = None,
 ) -> list[StoredEvent]:
     """One operator's events after the cursor ``after`` (a seq), oldest first."""
-    query = (
-        sa.select(events)
-        .where(events.c.operator_id == operator_id, events.c.seq > after)
-        .order_by(events.c.seq)
-        .limit(limit)
+    rows = await outbox.select(
+        conn, operator_id, after=after, limit=limit, types=types, status=status
     )
-    if types:
-        query = query.where(events.c.type.in_(types))
-    if status is not None:
-        query = query.where(events.c.status == status)
-    return [StoredEvent.from_row(row) for row in await conn.execute(query)]
+    return [StoredEvent.from_row(row) for row in rows]

@@ -25,9 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from signaling.calls.records import CallRecord
 from signaling.carrier import events
 from signaling.carrier.rating import (
@@ -50,10 +47,9 @@ from signaling.carrier.rating import (
     velocity_refusal,
 )
 from signaling.config import Config
-from signaling.store.database import Database
-from signaling.store.schema import bundles, calls, live_calls, subscribers, usage_thresholds
-from signaling.store.schema import events as event_table
-from voice.loadtest.measure import mos_from_r, r_factor
+from signaling.store import cdrs, outbox, subscriptions
+from signaling.store.database import Connection, Database, IntegrityError
+from voice.audio.emodel import mos_from_r, r_factor
 
 __all__ = ["Admission", "CarrierPolicy", "FraudRules", "Subscription", "UsageReport"]
 
@@ -215,7 +211,7 @@ class CarrierPolicy:
 
     # -- registrations (signaling.identity.service.RegistrationHook) -------------
 
-    async def device_added(self, conn: AsyncConnection, device: Any, other_devices: int) -> bool:
+    async def device_added(self, conn: Connection, device: Any, other_devices: int) -> bool:
         """subscriber.verified: a number verified on a new device. A new device
         while others were active, or right after the last was signed out, is what
         a SIM swap looks like, so the operator sees the device count."""
@@ -324,7 +320,7 @@ class CarrierPolicy:
         self,
         number: str,
         now: float | None = None,
-        conn: AsyncConnection | None = None,
+        conn: Connection | None = None,
         *,
         before: str | None = None,
     ) -> Recent:
@@ -334,27 +330,10 @@ class CarrierPolicy:
         ``before`` that are not on record yet), and their talk time inside the window."""
         now = self._clock() if now is None else now
         since = now - VELOCITY_WINDOW
-        ended = sa.select(
-            calls.c.call_id,
-            calls.c.invited_at,
-            calls.c.answered_at,
-            calls.c.ended_at,
-            calls.c.end_reason,
-        ).where(
-            calls.c.caller == number,
-            calls.c.kind == CallKind.PHONE.value,
-            sa.or_(calls.c.invited_at >= since, calls.c.ended_at > since),
-        )
-        going = sa.select(
-            live_calls.c.call_id,
-            live_calls.c.invited_at,
-            live_calls.c.answered_at,
-            live_calls.c.rating,
-        ).where(live_calls.c.caller == number)
         async with contextlib.AsyncExitStack() as stack:
             reader = conn if conn is not None else await stack.enter_async_context(self._db.read())
-            records = (await reader.execute(ended)).all()
-            in_progress = (await reader.execute(going)).all()
+            records = await cdrs.calls_of_kind_since(reader, number, CallKind.PHONE.value, since)
+            in_progress = await cdrs.calls_in_progress_of(reader, number)
         placed = 0
         talk = 0.0
         known: set[str] = set()
@@ -408,7 +387,7 @@ class CarrierPolicy:
                         "allowed_destinations": list(sub.bundle.allowed_destinations),
                     },
                 )
-        except sa.exc.IntegrityError:
+        except IntegrityError:
             # Another node wrote an event of this number at the same moment (the
             # sequence is taken): that node's alert, or the next refusal's, tells.
             log.info("fraud alert for %s (%s) not written: concurrent event", sub.number, rule)
@@ -416,21 +395,11 @@ class CarrierPolicy:
         self._committed()
         return True
 
-    async def _alerted(
-        self, conn: AsyncConnection, sub: Subscription, rule: str, now: float
-    ) -> bool:
+    async def _alerted(self, conn: Connection, sub: Subscription, rule: str, now: float) -> bool:
         """Was a fraud.alert for ``rule`` raised for this number in the last window?"""
-        found = await conn.scalar(
-            sa.select(sa.func.count()).where(
-                event_table.c.operator_id == sub.operator_id,
-                event_table.c.ordering_key == sub.number,
-                event_table.c.type == "fraud.alert",
-                event_table.c.created_at > now - VELOCITY_WINDOW,
-                # The body is canonical JSON (sorted keys, no spaces).
-                event_table.c.body.contains(f'"rule":"{rule}"', autoescape=True),
-            )
+        return await outbox.alert_raised(
+            conn, sub.operator_id, sub.number, rule, now - VELOCITY_WINDOW
         )
-        return bool(found)
 
     async def admit_inbound(self, call_id: str, caller: str, callee: str) -> Admission:
         """A call from the phone network to an app user: free for the callee, and
@@ -457,13 +426,8 @@ class CarrierPolicy:
         )
         async with self._db.read() as conn:
             for operator_id in admission.operators:
-                last = await conn.scalar(
-                    sa.select(sa.func.max(event_table.c.sequence)).where(
-                        event_table.c.ordering_key == call_id,
-                        event_table.c.operator_id == operator_id,
-                    )
-                )
-                admission.sequences[operator_id] = last or 0
+                last = await outbox.last_sequence(conn, operator_id, call_id)
+                admission.sequences[operator_id] = last
         return admission
 
     # -- events ----------------------------------------------------------------
@@ -480,7 +444,7 @@ class CarrierPolicy:
 
     async def _append_call_events(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         admission: Admission,
         type: str,
         now: float,
@@ -538,13 +502,13 @@ class CarrierPolicy:
 
     def recorder(
         self, admission: Admission | None, record: CallRecord
-    ) -> Callable[[AsyncConnection], Any] | None:
+    ) -> Callable[[Connection], Any] | None:
         """What to write with the call record, in its transaction: call.ended to
         the operators, and usage.threshold when the call crossed one."""
         if admission is None or not admission.operators:
             return None
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: Connection) -> None:
             now = self._clock()
             await self._append_call_events(conn, admission, "call.ended", now, cdr_data(record))
             sub = admission.caller_subscription
@@ -554,29 +518,15 @@ class CarrierPolicy:
         return write
 
     async def _thresholds(
-        self, conn: AsyncConnection, sub: Subscription, record: CallRecord, now: float
+        self, conn: Connection, sub: Subscription, record: CallRecord, now: float
     ) -> None:
         report = await self.usage(sub, now=record.ended_at, conn=conn)
         after = report.usage.billable_seconds
         before = after - record.rated_seconds
         for percent in crossed_thresholds(sub.bundle, before, after):
-            exists = await conn.scalar(
-                sa.select(sa.func.count()).where(
-                    usage_thresholds.c.number == sub.number,
-                    usage_thresholds.c.period_start == report.period_start,
-                    usage_thresholds.c.percent == percent,
-                )
-            )
-            if exists:
+            if await subscriptions.threshold_raised(conn, sub.number, report.period_start, percent):
                 continue
-            await conn.execute(
-                usage_thresholds.insert().values(
-                    number=sub.number,
-                    period_start=report.period_start,
-                    percent=percent,
-                    raised_at=now,
-                )
-            )
+            await subscriptions.add_threshold(conn, sub.number, report.period_start, percent, now)
             await events.append(
                 conn,
                 operator_id=sub.operator_id,
@@ -588,59 +538,41 @@ class CarrierPolicy:
             log.info("usage of %s crossed %d %%", sub.number, percent)
 
     async def subscription(
-        self, number: str, conn: AsyncConnection | None = None
+        self, number: str, conn: Connection | None = None
     ) -> Subscription | None:
         """The number's subscription, or None if no operator provisioned it."""
-        query = (
-            sa.select(subscribers, bundles)
-            .join(bundles, bundles.c.bundle_id == subscribers.c.bundle_id)
-            .where(subscribers.c.number == number)
-        )
         if conn is None:
             async with self._db.read() as reader:
-                row = (await reader.execute(query)).first()
+                found = await subscriptions.subscription(reader, number)
         else:
-            row = (await conn.execute(query)).first()
-        if row is None:
+            found = await subscriptions.subscription(conn, number)
+        if found is None:
             return None
-        m = row._mapping
+        subscriber, bundle = found
         return Subscription(
             number=number,
-            operator_id=m[subscribers.c.operator_id],
-            bundle=bundle_from_row(
-                {c.name: m[c] for c in bundles.c}  # bundle columns by name
-            ),
-            status=m[subscribers.c.status],
-            activated_at=m[subscribers.c.activated_at],
+            operator_id=subscriber["operator_id"],
+            bundle=bundle_from_row(bundle),
+            status=subscriber["status"],
+            activated_at=subscriber["activated_at"],
         )
 
     async def usage(
         self,
         subscription: Subscription,
         now: float | None = None,
-        conn: AsyncConnection | None = None,
+        conn: Connection | None = None,
     ) -> UsageReport:
         """Usage of the subscription's current period, from the call records."""
         now = self._clock() if now is None else now
         bundle = subscription.bundle
         start, end = period_bounds(subscription.activated_at, now, bundle.period_seconds)
-        query = sa.select(
-            sa.func.coalesce(
-                sa.func.sum(sa.case((calls.c.billable, calls.c.rated_seconds), else_=0)), 0
-            ),
-            sa.func.coalesce(sa.func.sum(calls.c.rated_seconds), 0),
-            sa.func.count(),
-        ).where(
-            calls.c.caller == subscription.number,
-            calls.c.ended_at >= start,
-            calls.c.ended_at < end,
-            calls.c.answered_at.is_not(None),
-        )
         if conn is None:
             async with self._db.read() as reader:
-                billable, total, count = (await reader.execute(query)).one()
+                totals = await cdrs.usage_totals(reader, subscription.number, start, end)
         else:
-            billable, total, count = (await conn.execute(query)).one()
+            totals = await cdrs.usage_totals(conn, subscription.number, start, end)
+        billable, total, count = totals
         return UsageReport(
             number=subscription.number,
             bundle_id=bundle.bundle_id,

@@ -18,10 +18,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import sqlalchemy as sa
-
+from signaling.store import nodes
 from signaling.store.database import Database
-from signaling.store.schema import live_calls, nodes
 
 log = logging.getLogger("anruf.cluster")
 
@@ -77,23 +75,14 @@ class Node:
         return frozenset(self._alive)
 
     async def start(self) -> None:
-        now = self._clock()
-        async with self._db.transaction() as conn:
-            await conn.execute(
-                nodes.insert().values(
-                    node_id=self.node_id, name=self.name, started_at=now, heartbeat_at=now
-                )
-            )
+        await nodes.add(self._db, self.node_id, self.name, self._clock())
         log.info("node %s started", self.node_id)
         await self.beat()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def drain(self) -> None:
         self.draining = True
-        async with self._db.transaction() as conn:
-            await conn.execute(
-                nodes.update().where(nodes.c.node_id == self.node_id).values(draining=True)
-            )
+        await nodes.set_draining(self._db, self.node_id)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -101,12 +90,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):
-            async with self._db.transaction() as conn:
-                await conn.execute(
-                    nodes.update()
-                    .where(nodes.c.node_id == self.node_id)
-                    .values(stopped_at=self._clock())
-                )
+            await nodes.set_stopped(self._db, self.node_id, self._clock())
 
     async def _run(self) -> None:
         while not self.fenced:
@@ -122,40 +106,17 @@ class Node:
         """Refresh our heartbeat and the alive set; end dead nodes' calls (leader only)."""
         now = self._clock()
         cutoff = now - self._dead_after
-        async with self._db.transaction() as conn:
-            beat = await conn.execute(
-                nodes.update()
-                .where(nodes.c.node_id == self.node_id, nodes.c.stopped_at.is_(None))
-                .values(heartbeat_at=now, draining=self.draining)
-            )
-        if beat.rowcount == 0:
+        if not await nodes.beat(self._db, self.node_id, now, self.draining):
             # Declared dead (we were silent too long): our calls were ended elsewhere.
             log.critical("node %s was declared dead by the others: stopping", self.node_id)
             self.fenced = True
             for fenced in self._fenced:
                 fenced()
             return
-        async with self._db.transaction() as conn:
-            # An earlier process under our name is dead: we are its replacement.
-            earlier = nodes.c.node_id.in_(
-                sa.select(nodes.c.node_id).where(
-                    nodes.c.name == self.name,
-                    nodes.c.node_id != self.node_id,
-                    nodes.c.stopped_at.is_(None),
-                )
-            )
-            replaced = list(await conn.scalars(sa.select(nodes.c.node_id).where(earlier)))
-            if replaced:
-                await conn.execute(
-                    nodes.update().where(nodes.c.node_id.in_(replaced)).values(stopped_at=now)
-                )
-            rows = (
-                await conn.execute(
-                    sa.select(nodes.c.node_id, nodes.c.heartbeat_at, nodes.c.stopped_at).where(
-                        nodes.c.heartbeat_at >= now - FORGOTTEN_AFTER
-                    )
-                )
-            ).all()
+        # An earlier process under our name is dead: we are its replacement.
+        replaced, rows = await nodes.survey(
+            self._db, self.node_id, self.name, now, now - FORGOTTEN_AFTER
+        )
         alive = {r.node_id for r in rows if r.stopped_at is None and r.heartbeat_at >= cutoff}
         self._alive = alive | {self.node_id}
         self._dead = {row.node_id for row in rows} - self._alive
@@ -164,31 +125,7 @@ class Node:
 
     async def _bury(self, now: float, cutoff: float, replaced: list[str]) -> None:
         """Mark silent nodes stopped, forget their registry, end their calls."""
-        async with self._db.transaction() as conn:
-            silent = [
-                row.node_id
-                for row in await conn.execute(
-                    sa.select(nodes.c.node_id).where(
-                        nodes.c.stopped_at.is_(None), nodes.c.heartbeat_at < cutoff
-                    )
-                )
-            ]
-            if silent:
-                await conn.execute(
-                    nodes.update()
-                    .where(nodes.c.node_id.in_(silent))
-                    .values(stopped_at=sa.func.coalesce(nodes.c.stopped_at, now))
-                )
-            orphaned = await conn.execute(
-                sa.select(live_calls.c.node_id, nodes.c.heartbeat_at)
-                .distinct()
-                .select_from(live_calls.outerjoin(nodes, nodes.c.node_id == live_calls.c.node_id))
-                .where(
-                    live_calls.c.node_id != self.node_id,
-                    sa.or_(nodes.c.node_id.is_(None), nodes.c.stopped_at.is_not(None)),
-                )
-            )
-            orphans = [(row.node_id, row.heartbeat_at or now) for row in orphaned]
+        silent, orphans = await nodes.bury(self._db, self.node_id, now, cutoff)
         for node_id in [*replaced, *silent]:
             log.warning("node %s is gone: forgetting its devices and calls", node_id)
             for forget in self._forget:

@@ -12,10 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-import sqlalchemy as sa
-
 from signaling.carrier import events
-from signaling.store.schema import operators, subscribers
+from signaling.store import subscriptions
 
 if TYPE_CHECKING:
     from signaling.store.database import Database
@@ -86,15 +84,10 @@ class CarrierSender:
 
     async def send(self, number: str, code: str) -> None:
         async with self._db.transaction() as conn:
-            operator_id = await conn.scalar(
-                sa.select(subscribers.c.operator_id).where(subscribers.c.number == number)
-            )
-            operator_id = operator_id or self._default_operator
+            operator_id = await subscriptions.operator_of(conn, number) or self._default_operator
             if not operator_id:
                 raise NoCarrier(f"no operator provisioned {number} and there is no default")
-            sms_url = await conn.scalar(
-                sa.select(operators.c.sms_url).where(operators.c.operator_id == operator_id)
-            )
+            sms_url = await subscriptions.sms_url_of(conn, operator_id)
             if not sms_url:
                 raise NoCarrier(f"operator {operator_id!r} has no sms_url to send to {number}")
             event_id = await events.append(

@@ -26,15 +26,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import sqlalchemy as sa
-
 from signaling.config import Config
 from signaling.identity import codes
 from signaling.identity.numbers import InvalidNumber
 from signaling.identity.numbers import normalise as normalise_number
 from signaling.identity.senders import CodeSender, ConsoleSender, make_sender
-from signaling.store.database import Database
-from signaling.store.schema import code_sends, devices, verifications
+from signaling.store import identity as tables
+from signaling.store.database import Connection, Database
 
 log = logging.getLogger("anruf.identity")
 
@@ -55,49 +53,6 @@ _IN_CHUNK = 500
 #: Expired codes and sends older than SEND_WINDOW are deleted at most this often
 #: (by the next code request), not one number at a time.
 PRUNE_INTERVAL = 600.0
-
-# The registration path's statements, built once with bind parameters: building
-# them anew for every request cost more of a node's CPU than executing them
-# (bench/registrations.py; docs/performance.md).
-
-#: Records a code send if the number had fewer than :limit in the window.
-_RECORD_SEND = code_sends.insert().from_select(
-    ["number", "sent_at"],
-    sa.select(sa.bindparam("number", type_=sa.String), sa.bindparam("now", type_=sa.Float)).where(
-        sa.select(sa.func.count())
-        .select_from(code_sends)
-        .where(
-            code_sends.c.number == sa.bindparam("number", type_=sa.String),
-            code_sends.c.sent_at > sa.bindparam("window_start", type_=sa.Float),
-        )
-        .scalar_subquery()
-        < sa.bindparam("limit", type_=sa.Integer)
-    ),
-)
-#: Spends one attempt on the number's unexpired code and returns it.
-_SPEND_ATTEMPT = (
-    verifications.update()
-    .where(
-        verifications.c.number == sa.bindparam("spend_number"),
-        verifications.c.attempts_left > 0,
-        verifications.c.expires_at > sa.bindparam("now"),
-    )
-    .values(attempts_left=verifications.c.attempts_left - 1)
-    .returning(verifications.c.code_hash, verifications.c.attempts_left)
-)
-_DELETE_CODE = verifications.delete().where(verifications.c.number == sa.bindparam("code_number"))
-_other = devices.alias("other")
-#: Inserts a device and returns how many other active devices its number has.
-_INSERT_DEVICE = devices.insert().returning(
-    sa.select(sa.func.count())
-    .select_from(_other)
-    .where(
-        _other.c.number == sa.bindparam("other_number", type_=sa.String),
-        _other.c.revoked_at.is_(None),
-        _other.c.device_id != sa.bindparam("new_device_id", type_=sa.String),
-    )
-    .scalar_subquery()
-)
 
 
 @dataclass(frozen=True)
@@ -200,7 +155,7 @@ class IdentityService:
         self._listeners: list[Callable[[Device], None]] = []
         self._registration_hooks: list[RegistrationHook] = []
         self._pruned_at = float("-inf")
-        self._store_code = _code_upsert(db.engine.dialect.name)
+        tables.check_dialect(db.engine.dialect.name)
 
     def add_registration_hook(self, hook: RegistrationHook) -> None:
         """``hook`` writes in each registration's transaction (the operator's
@@ -242,36 +197,17 @@ class IdentityService:
         async with self._db.transaction() as conn:
             # One statement counts the number's sends in the window and, if that is
             # under the limit, records this one.
-            recorded = await conn.execute(
-                _RECORD_SEND,
-                {"number": number, "now": now, "window_start": window_start, "limit": limit},
-            )
-            if recorded.rowcount == 1:
-                await conn.execute(
-                    self._store_code,
-                    {
-                        "number": number,
-                        "code_hash": codes.hash_code(code),
-                        "created_at": now,
-                        "expires_at": now + ttl,
-                        "attempts_left": self._config.code_attempts,
-                    },
+            if await tables.record_send(conn, number, now, window_start, limit):
+                await tables.store_code(
+                    conn,
+                    number,
+                    codes.hash_code(code),
+                    now,
+                    now + ttl,
+                    self._config.code_attempts,
                 )
             else:
-                sent = (
-                    (
-                        await conn.execute(
-                            sa.select(code_sends.c.sent_at)
-                            .where(
-                                code_sends.c.number == number,
-                                code_sends.c.sent_at > window_start,
-                            )
-                            .order_by(code_sends.c.sent_at)
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
+                sent = await tables.sends_since(conn, number, window_start)
                 # The window frees a slot when the oldest counted send ages out.
                 oldest = sent[len(sent) - limit] if 0 < limit <= len(sent) else now
                 retry_after = max(1.0, oldest + SEND_WINDOW - now)
@@ -316,13 +252,11 @@ class IdentityService:
         async with self._db.transaction() as conn:
             # Spend an attempt and read the code in one conditional statement, so
             # concurrent guesses on several nodes cannot exceed the allowance.
-            spent = (
-                await conn.execute(_SPEND_ATTEMPT, {"spend_number": number, "now": now})
-            ).first()
+            spent = await tables.spend_attempt(conn, number, now)
             if spent is None:
                 error = await self._no_attempt_left(conn, number, now)
             elif codes.verify_code(code, spent.code_hash):
-                await conn.execute(_DELETE_CODE, {"code_number": number})
+                await tables.delete_code(conn, number)
                 result = await self._add_device(conn, number, name)
             elif spent.attempts_left <= 0:
                 error = TooManyAttempts("too many wrong codes; request a new one")
@@ -344,21 +278,19 @@ class IdentityService:
         for hook in self._registration_hooks:
             hook.committed()
 
-    async def _no_attempt_left(self, conn: Any, number: str, now: float) -> IdentityError:
+    async def _no_attempt_left(self, conn: Connection, number: str, now: float) -> IdentityError:
         """Why no attempt could be spent: no code, an expired one (deleted), or none left."""
-        row = (
-            await conn.execute(
-                sa.select(verifications.c.expires_at).where(verifications.c.number == number)
-            )
-        ).first()
-        if row is None:
+        expires_at = await tables.code_expiry(conn, number)
+        if expires_at is None:
             return CodeExpired("no code is pending for this number; request a new one")
-        if row.expires_at <= now:
-            await conn.execute(verifications.delete().where(verifications.c.number == number))
+        if expires_at <= now:
+            await tables.delete_code(conn, number)
             return CodeExpired("the code has expired; request a new one")
         return TooManyAttempts("too many wrong codes; request a new one")
 
-    async def _add_device(self, conn: Any, number: str, name: str) -> tuple[Device, str, bool]:
+    async def _add_device(
+        self, conn: Connection, number: str, name: str
+    ) -> tuple[Device, str, bool]:
         """The new device, its token, and whether a hook has something to announce."""
         token = codes.generate_token()
         device = Device(
@@ -368,25 +300,17 @@ class IdentityService:
             created_at=self._clock(),
             last_seen_at=None,
         )
-        # The number's other active devices are counted by the INSERT itself (a
-        # subquery in RETURNING: one round trip fewer per registration).
-        previous = await conn.scalar(
-            _INSERT_DEVICE,
-            {
-                "device_id": device.device_id,
-                "number": number,
-                "name": name,
-                "token_hash": codes.hash_token(token),
-                "created_at": device.created_at,
-                "last_seen_at": None,
-                "revoked_at": None,
-                "other_number": number,
-                "new_device_id": device.device_id,
-            },
+        previous = await tables.insert_device(
+            conn,
+            device_id=device.device_id,
+            number=number,
+            name=name,
+            token_hash=codes.hash_token(token),
+            created_at=device.created_at,
         )
         announce = False
         for hook in self._registration_hooks:
-            announce |= await hook.device_added(conn, device, int(previous or 0))
+            announce |= await hook.device_added(conn, device, previous)
         log.info("device %s registered for %s", device.device_id, number)
         return device, token, announce
 
@@ -398,55 +322,29 @@ class IdentityService:
             return None
         token_hash = codes.hash_token(token)
         async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(devices).where(
-                        devices.c.token_hash == token_hash, devices.c.revoked_at.is_(None)
-                    )
-                )
-            ).first()
+            row = await tables.device_by_token(conn, token_hash)
         if row is None:
             return None
         device = _device(row)
         now = self._clock()
         if device.last_seen_at is None or now - device.last_seen_at >= LAST_SEEN_RESOLUTION:
             async with self._db.transaction() as conn:
-                await conn.execute(
-                    devices.update()
-                    .where(devices.c.device_id == device.device_id)
-                    .values(last_seen_at=now)
-                )
+                await tables.set_last_seen(conn, device.device_id, now)
             device = Device(device.device_id, device.number, device.name, device.created_at, now)
         return device
 
     async def list_devices(self, number: str) -> list[Device]:
         """The number's devices that are not revoked, oldest first."""
         async with self._db.read() as conn:
-            rows = await conn.execute(
-                sa.select(devices)
-                .where(devices.c.number == number, devices.c.revoked_at.is_(None))
-                .order_by(devices.c.created_at, devices.c.device_id)
-            )
-            return [_device(row) for row in rows]
+            rows = await tables.devices_of(conn, number)
+        return [_device(row) for row in rows]
 
     async def revoke(self, number: str, device_id: str) -> Device:
         """Revoke one of ``number``'s own devices; its token stops working at once."""
         async with self._db.transaction() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(devices).where(
-                        devices.c.device_id == device_id,
-                        devices.c.number == number,
-                        devices.c.revoked_at.is_(None),
-                    )
-                )
-            ).first()
+            row = await tables.device_of(conn, number, device_id)
             if row is not None:
-                await conn.execute(
-                    devices.update()
-                    .where(devices.c.device_id == device_id)
-                    .values(revoked_at=self._clock())
-                )
+                await tables.set_revoked(conn, device_id, self._clock())
         if row is None:
             # Someone else's device looks the same as a missing one.
             raise DeviceNotFound(f"no active device {device_id!r} for this number")
@@ -493,12 +391,7 @@ class IdentityService:
         async with self._db.read() as conn:
             for start in range(0, len(pending), _IN_CHUNK):
                 chunk = pending[start : start + _IN_CHUNK]
-                rows = await conn.execute(
-                    sa.select(devices.c.number)
-                    .where(devices.c.number.in_(chunk), devices.c.revoked_at.is_(None))
-                    .distinct()
-                )
-                found.update(rows.scalars())
+                found |= await tables.registered(conn, chunk)
         return found
 
     # -- housekeeping ------------------------------------------------------
@@ -507,25 +400,7 @@ class IdentityService:
         """Delete expired codes and send records that no longer count."""
         now = self._clock()
         async with self._db.transaction() as conn:
-            await conn.execute(verifications.delete().where(verifications.c.expires_at <= now))
-            await conn.execute(code_sends.delete().where(code_sends.c.sent_at <= now - SEND_WINDOW))
-
-
-def _code_upsert(dialect: str) -> Any:
-    """Inserts a number's code, replacing any outstanding one (and its attempts)."""
-    upsert: Any
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as upsert
-    else:
-        raise RuntimeError(f"no upsert for the {dialect} database")
-    statement = upsert(verifications)
-    replaced = ("code_hash", "created_at", "expires_at", "attempts_left")
-    return statement.on_conflict_do_update(
-        index_elements=[verifications.c.number],
-        set_={key: statement.excluded[key] for key in replaced},
-    )
+            await tables.prune(conn, now, SEND_WINDOW)
 
 
 def _device(row: Any) -> Device:

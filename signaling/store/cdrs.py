@@ -9,11 +9,61 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from signaling.calls.records import MISSED_REASONS, CallRecord
-from signaling.store.database import Database
-from signaling.store.schema import calls
+from signaling.store.database import Connection, Database
+from signaling.store.schema import calls, live_calls
 
 #: Upper bound on one page of history, whatever the caller asks for.
 MAX_HISTORY_LIMIT = 200
+
+
+async def calls_of_kind_since(conn: Connection, caller: str, kind: str, since: float) -> list[Any]:
+    """The caller's records of ``kind`` invited or ended after ``since``:
+    (call_id, invited_at, answered_at, ended_at, end_reason) rows."""
+    query = sa.select(
+        calls.c.call_id,
+        calls.c.invited_at,
+        calls.c.answered_at,
+        calls.c.ended_at,
+        calls.c.end_reason,
+    ).where(
+        calls.c.caller == caller,
+        calls.c.kind == kind,
+        sa.or_(calls.c.invited_at >= since, calls.c.ended_at > since),
+    )
+    return list((await conn.execute(query)).all())
+
+
+async def calls_in_progress_of(conn: Connection, caller: str) -> list[Any]:
+    """The caller's calls in progress on any node (``live_calls``):
+    (call_id, invited_at, answered_at, rating) rows."""
+    query = sa.select(
+        live_calls.c.call_id,
+        live_calls.c.invited_at,
+        live_calls.c.answered_at,
+        live_calls.c.rating,
+    ).where(live_calls.c.caller == caller)
+    return list((await conn.execute(query)).all())
+
+
+async def usage_totals(
+    conn: Connection, caller: str, start: float, end: float
+) -> tuple[int, int, int]:
+    """The caller's answered calls that ended in [start, end): (billable rated
+    seconds, all rated seconds, how many calls)."""
+    query = sa.select(
+        sa.func.coalesce(
+            sa.func.sum(sa.case((calls.c.billable, calls.c.rated_seconds), else_=0)), 0
+        ),
+        sa.func.coalesce(sa.func.sum(calls.c.rated_seconds), 0),
+        sa.func.count(),
+    ).where(
+        calls.c.caller == caller,
+        calls.c.ended_at >= start,
+        calls.c.ended_at < end,
+        calls.c.answered_at.is_not(None),
+    )
+    billable, total, count = (await conn.execute(query)).one()
+    return int(billable), int(total), int(count)
 
 
 class CallRecordStore:

@@ -128,6 +128,17 @@ class Database:
         await self.engine.dispose()
 
 
+def database_unreachable(exc: BaseException) -> bool:
+    """A lost or refused database connection (not a bad statement): worth a retry."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        return (
+            exc.connection_invalidated
+            or exc.statement is None  # raised while connecting
+            or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+        )
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
 def _prepare_sqlite_file(path: str) -> None:
     """Create the file (and its directory) in WAL mode, before the engine connects.
 
@@ -198,4 +209,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-__all__ = ["Database"]
+#: The transaction (or read connection) a store function works in: opaque outside
+#: signaling/store/, handed from ``Database.transaction()`` to the store's functions
+#: so one transaction can hold several tables' writes (a CDR and its events).
+Connection = AsyncConnection
+#: A write broke a unique constraint (e.g. another node took the sequence number).
+IntegrityError = sa.exc.IntegrityError
+
+__all__ = ["Connection", "Database", "IntegrityError", "database_unreachable"]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from signaling.calls.live import LiveCall
 from signaling.calls.records import CallRecord
-from signaling.carrier.operators import MAX_PER_HOUR, BundleSpec, OperatorStore
+from signaling.carrier.operators import MAX_PER_HOUR, BundleSpec
 from signaling.carrier.policy import PENDING_SECONDS, CarrierPolicy, FraudRules
 from signaling.carrier.rating import (
     MAX_PREFIXES,
@@ -32,6 +32,7 @@ from signaling.config import load_config
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.store.live_calls import LiveCalls
+from signaling.store.operators import OperatorStore
 from signaling.store.schema import events
 from tests.unit.conftest import Clock
 

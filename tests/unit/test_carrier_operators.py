@@ -22,7 +22,6 @@ from signaling.carrier.operators import (
     LastKey,
     NoPreviousSecret,
     NumberUnavailable,
-    OperatorStore,
     StoredResponse,
     SubscriberExists,
     SubscriberNotFound,
@@ -32,6 +31,8 @@ from signaling.carrier.operators import (
 from signaling.carrier.policy import CarrierPolicy
 from signaling.carrier.rating import Increment
 from signaling.store.database import Database
+from signaling.store.operators import OperatorStore
+from signaling.store.schema import events as events_table
 from signaling.store.schema import operator_keys, operators
 from tests.unit.conftest import Clock
 
@@ -238,8 +239,8 @@ async def test_redeliver_puts_a_delivered_or_dead_event_back_in_the_queue(
             now=clock.now,
         )
         await conn.execute(
-            events.events.update()
-            .where(events.events.c.event_id == event_id)
+            events_table.update()
+            .where(events_table.c.event_id == event_id)
             .values(status="dead", attempts=12, locked_until=clock.now + 30, last_error="503")
         )
     with pytest.raises(EventNotFound):
@@ -250,7 +251,7 @@ async def test_redeliver_puts_a_delivered_or_dead_event_back_in_the_queue(
     assert (again.status, again.attempts) == ("pending", 0)
     async with db.read() as conn:
         row = (
-            await conn.execute(sa.select(events.events).where(events.events.c.event_id == event_id))
+            await conn.execute(sa.select(events_table).where(events_table.c.event_id == event_id))
         ).one()
     assert (row.status, row.attempts, row.next_attempt_at, row.locked_until) == (
         "pending",

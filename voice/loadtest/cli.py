@@ -1,23 +1,47 @@
-"""`anruf loadtest`: real calls with synthetic audio; capacity and what callers hear."""
+"""`anruf loadtest`: real calls with synthetic audio; capacity and what callers hear.
+
+`add_parser` is imported by every `anruf` command, so this module imports nothing of
+the loadtest extra (rich, matplotlib, pesq) at import time: a server install has
+none of them, and `main` says how to get them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from voice.loadtest.server import DEFAULT_CODE, DEFAULT_PREFIX
 from voice.loadtest.slo import DEFAULT_SLOS, Slo, parse_slos
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from voice.loadtest.runner import LoadOptions
+
+#: The modules of the `loadtest` extra (pyproject.toml): progress and tables, plots,
+#: PESQ scores. A server install leaves them out.
+EXTRA_MODULES = ("rich", "matplotlib", "pesq")
+INSTALL_HINT = "pip install 'anruf[loadtest]'"
+
+
+def missing_extra() -> list[str]:
+    """The modules of the loadtest extra that are not installed."""
+    missing = []
+    for name in EXTRA_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
 def add_parser(commands: Any) -> None:
@@ -78,6 +102,16 @@ def add_parser(commands: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    missing = missing_extra()
+    if missing:
+        print(
+            f"anruf loadtest needs the loadtest extra (missing: {', '.join(missing)}): "
+            f"{INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    from rich.console import Console
+
     from voice.loadtest.runner import LoadOptions
 
     console = Console()
@@ -251,6 +285,14 @@ class _progress:
     """A live progress bar on a terminal; a plain line every few seconds elsewhere (CI)."""
 
     def __init__(self, console: Console, total: int | None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.console = console
         self.progress = Progress(
             TextColumn("{task.description}"),

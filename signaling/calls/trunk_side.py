@@ -211,29 +211,34 @@ class TrunkSide:
                 return
             if isinstance(event, Progress):
                 if event.sdp:  # early media: the caller hears the network from now on
-                    try:
-                        await host.relay.accept_rtp_answer(leg, event.sdp)
-                    except RelayUnavailable as exc:
-                        await host.relay_unavailable(ctx, exc)
+                    taken = await self._take_sdp(ctx, leg, event.sdp, "early media SDP")
+                    if taken is None:
                         return
-                    except ValueError as exc:
-                        logger.info("call %s: unusable early media SDP: %s", call_id, exc)
-                    else:
+                    if taken:
                         host.relay.bridge(ctx.leg(call.caller_device), leg)
                 await announce_ringing(host, ctx, status=event.status)
             elif isinstance(event, Answered):
-                try:
-                    await host.relay.accept_rtp_answer(leg, event.sdp)
-                except RelayUnavailable as exc:
-                    await host.relay_unavailable(ctx, exc)
+                taken = await self._take_sdp(ctx, leg, event.sdp, "answer from the network")
+                if taken is None:
                     return
-                except ValueError as exc:
-                    # The network answered with no usable SDP: the call cannot go on.
-                    logger.info("call %s: unusable answer from the network: %s", call_id, exc)
+                if not taken:  # the network answered with no usable SDP: the call cannot go on
                     await host.feed(ctx, Fail(now, Detail.BAD_SDP_IN_ANSWER))
                     return
                 await announce_ringing(host, ctx, status=200)
                 await host.feed(ctx, Accept(now, party))
+
+    async def _take_sdp(self, ctx: CallContext, leg: str, sdp: str, what: str) -> bool | None:
+        """The network's SDP (early media or its answer) for its leg: True when the relay
+        took it, False when it is unusable, None when the relay is out (the call ended)."""
+        try:
+            await self._host.relay.accept_rtp_answer(leg, sdp)
+        except RelayUnavailable as exc:
+            await self._host.relay_unavailable(ctx, exc)
+            return None
+        except ValueError as exc:
+            logger.info("call %s: unusable %s: %s", ctx.call.call_id, what, exc)
+            return False
+        return True
 
     def end(self, ctx: CallContext) -> None:
         """Our side ended: CANCEL, BYE or a final response to the network, once."""

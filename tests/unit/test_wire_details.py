@@ -2,14 +2,11 @@
 
 The relay's names for a failed media leg and the operator's refusals are the
 registry's constants (``MediaFailure``, ``Detail``); here each one is followed to
-the end of a call and checked with ``wire.allowed``, and the source is read (ast)
-for details spelled by hand.
+the end of a call and checked with ``wire.allowed``. That no detail is spelled by
+hand outside wire/ is test_wire_spelled_once.py's.
 """
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import pytest
 
@@ -30,9 +27,6 @@ from signaling.carrier.rating import (
     velocity_refusal,
 )
 from wire.reasons import Detail, EndReason, MediaFailure, media_detail
-
-ROOT = Path(__file__).resolve().parents[2]
-SCANNED = ("signaling", "voice", "bench")
 
 BUNDLE = Bundle("b1", app_calls_included=True, phone_minutes=10, increment=Increment(60, 60))
 
@@ -89,40 +83,3 @@ def test_every_refusal_ends_a_call_with_a_registered_detail(reason: str) -> None
     for end_reason, detail in ends:
         assert detail == reason
         assert wire.allowed(end_reason, detail), (end_reason, detail)
-
-
-DETAILS = frozenset({*Detail, *MediaFailure})
-
-
-def details_by_hand(path: Path) -> list[tuple[int, str]]:
-    """(line, detail) of each string constant, docstrings aside, that spells a detail."""
-    tree = ast.parse(path.read_text(), str(path))
-    docstrings = {
-        id(node.value)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-    }
-    return sorted(
-        (node.lineno, node.value)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Constant)
-        and isinstance(node.value, str)
-        and node.value in DETAILS
-        and id(node) not in docstrings
-    )
-
-
-def test_no_detail_is_spelled_by_hand_outside_wire() -> None:
-    found = [
-        f"{path.relative_to(ROOT)}:{line}: {detail!r}"
-        for package in SCANNED
-        for path in sorted((ROOT / package).rglob("*.py"))
-        for line, detail in details_by_hand(path)
-    ]
-    assert found == []
-
-
-def test_the_scan_finds_a_detail_by_hand(tmp_path: Path) -> None:
-    source = tmp_path / "sample.py"
-    source.write_text('"""ice_failed"""\nfailure = "ice_failed"\n')
-    assert details_by_hand(source) == [(2, "ice_failed")]

@@ -1,9 +1,11 @@
-"""Message names are written once, in wire/: the server, the media plane and bench/
-build and read messages from the wire package's classes, never from a string.
+"""Message names and end details are written once, in wire/: the server, the media
+plane and bench/ build messages from the wire package's classes and end calls with
+the registry's constants (wire/reasons.py), never with a string of their own.
 
-Read statically (ast, nothing imported but wire): a string constant equal to a
-device message's type is an error outside wire/, unless it is a docstring or one
-of the names another protocol happens to share (listed below, with the protocol).
+Read statically (ast, nothing imported but wire): outside wire/, a string constant
+equal to a device message's type is an error unless it is a docstring or one of the
+names another protocol happens to share (listed below, with the protocol); one equal
+to an end detail or a relay's media failure is an error unless it is a docstring.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import ast
 from pathlib import Path
 
 import wire
+from wire.reasons import Detail, MediaFailure
 
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("signaling", "voice", "bench")
 
 MESSAGE_TYPES = frozenset(cls.type for cls in (*wire.CLIENT_MESSAGES, *wire.SERVER_MESSAGES))
+DETAILS: frozenset[str] = frozenset({*Detail, *MediaFailure})
 
 _OPERATOR_EVENTS = frozenset({"call.ringing", "call.quota_warning", "call.ended"})
 
@@ -56,8 +60,8 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return found
 
 
-def type_strings(path: Path) -> list[tuple[int, str]]:
-    """(line, name) of each string constant in the file that names a message type."""
+def constants_in(path: Path, values: frozenset[str]) -> list[tuple[int, str]]:
+    """(line, value) of each string constant in the file, docstrings aside, in ``values``."""
     tree = ast.parse(path.read_text(), str(path))
     docstrings = _docstrings(tree)
     return sorted(
@@ -65,7 +69,7 @@ def type_strings(path: Path) -> list[tuple[int, str]]:
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
-        and node.value in MESSAGE_TYPES
+        and node.value in values
         and id(node) not in docstrings
     )
 
@@ -77,25 +81,30 @@ def _module(path: Path) -> str:
     return ".".join(parts)
 
 
-def hand_written_types() -> list[str]:
-    found: list[str] = []
-    for package in SCANNED:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            module = _module(path)
-            allowed = OTHER_PROTOCOLS.get(module, frozenset())
-            found.extend(
-                f"{path.relative_to(ROOT)}:{line}: {name!r}"
-                for line, name in type_strings(path)
-                if name not in allowed
-            )
-    return found
+def _sources() -> list[Path]:
+    return [path for package in SCANNED for path in sorted((ROOT / package).rglob("*.py"))]
 
 
 def test_no_message_type_is_written_by_hand_outside_wire() -> None:
-    assert hand_written_types() == []
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {name!r}"
+        for path in _sources()
+        for line, name in constants_in(path, MESSAGE_TYPES)
+        if name not in OTHER_PROTOCOLS.get(_module(path), frozenset())
+    ]
+    assert found == []
 
 
-def test_the_scan_finds_a_hand_written_type(tmp_path: Path) -> None:
+def test_no_detail_is_written_by_hand_outside_wire() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {detail!r}"
+        for path in _sources()
+        for line, detail in constants_in(path, DETAILS)
+    ]
+    assert found == []
+
+
+def test_the_scan_finds_what_is_written_by_hand(tmp_path: Path) -> None:
     source = tmp_path / "sample.py"
     source.write_text(
         '"""Sends call.ended."""\n'
@@ -106,7 +115,9 @@ def test_the_scan_finds_a_hand_written_type(tmp_path: Path) -> None:
         'KIND = "call.accepted"\n'
         '"""call.accepted: an attribute docstring."""\n'
     )
-    assert type_strings(source) == [(5, "call.ended"), (6, "call.accepted")]
+    assert constants_in(source, MESSAGE_TYPES) == [(5, "call.ended"), (6, "call.accepted")]
+    source.write_text('"""ice_failed"""\nfailure = "ice_failed"\n')
+    assert constants_in(source, DETAILS) == [(2, "ice_failed")]
 
 
 def test_the_operators_names_are_operator_event_types() -> None:

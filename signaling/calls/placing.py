@@ -13,10 +13,10 @@ import uuid
 import wire
 from signaling.calls.context import CallContext
 from signaling.calls.host import CallHost
-from signaling.calls.machine import Busy, CallState, EndReason, Ring
+from signaling.calls.machine import Busy, EndReason
 from signaling.calls.parties import AppDevice
 from signaling.calls.quota import CallEventType, admitted, refusal
-from signaling.calls.ringing import alert_devices, announce_ringing, answer_caller
+from signaling.calls.ringing import announce_ringing, answer_caller, ring_devices
 from signaling.calls.trunk_side import TrunkSide
 from signaling.carrier.rating import CallKind
 from signaling.identity.service import InvalidNumberError
@@ -92,10 +92,7 @@ class CallPlacing:
             return
         if not await answer_caller(host, ctx, offer_sdp):
             return
-        alerted = await alert_devices(host, ctx)
-        if alerted is None:
-            return
-        await host.feed(ctx, Ring(host.clock(), tuple(alerted)))
-        if call.state is CallState.RINGING:
+        ringing = await ring_devices(host, ctx)
+        if ringing is not None:
             await host.write_live(ctx)
-            await announce_ringing(host, ctx, devices=len(alerted))
+            await announce_ringing(host, ctx, devices=ringing)

@@ -22,7 +22,7 @@ from signaling.carrier.rating import CallKind
 from voice.relay.api import NoOpusError, RelayUnavailable
 from wire.reasons import Detail
 
-__all__ = ["alert_devices", "announce_ringing", "answer_caller"]
+__all__ = ["announce_ringing", "answer_caller", "ring_devices"]
 
 logger = logging.getLogger("anruf.calls")
 
@@ -60,7 +60,17 @@ async def answer_caller(host: CallHost, ctx: CallContext, offer_sdp: str) -> boo
     return True
 
 
-async def alert_devices(host: CallHost, ctx: CallContext) -> list[Party] | None:
+async def ring_devices(host: CallHost, ctx: CallContext) -> int | None:
+    """Offer the call to the callee's devices: how many ring, or None when the call
+    does not ring (no device could take it, or the relay is out: it has ended)."""
+    alerted = await _alert_devices(host, ctx)
+    if alerted is None:
+        return None
+    await host.feed(ctx, Ring(host.clock(), tuple(alerted)))
+    return len(alerted) if ctx.call.state is CallState.RINGING else None
+
+
+async def _alert_devices(host: CallHost, ctx: CallContext) -> list[Party] | None:
     """Offer the call to every online device of the callee that is not busy; None
     when the relay is out (the call has ended failed/relay_unavailable)."""
     call = ctx.call

@@ -19,7 +19,7 @@ from signaling.calls.machine import Accept, Busy, CallState, Fail, Hangup, Ring,
 from signaling.calls.parties import PhoneNetwork
 from signaling.calls.ports import InboundSip, Reoffer, Trunk
 from signaling.calls.quota import CallEventType, admitted
-from signaling.calls.ringing import alert_devices, announce_ringing, answer_caller
+from signaling.calls.ringing import announce_ringing, answer_caller, ring_devices
 from signaling.calls.sipmap import failure_input, final_response
 from signaling.identity.service import InvalidNumberError
 from signaling.sip.trunk import (
@@ -118,7 +118,6 @@ class TrunkSide:
         party = PhoneNetwork(call_id)
         ctx = host.new_call(call_id, caller, callee, party, None)
         network = ctx.network = NetworkSide(party, inbound=sip_call)
-        call = ctx.call
         sip_call.on_event = self._listener(call_id)
         sip_call.on_reoffer = self._reoffer_handler(call_id, ctx.leg(party))
         busy = await host.busy(callee)
@@ -142,14 +141,11 @@ class TrunkSide:
                 logger.info("call %s: unusable offer from the network: %s", call_id, exc)
                 await host.feed(ctx, Fail(host.clock(), Detail.NO_COMMON_CODEC))
                 return
-            alerted = await alert_devices(host, ctx)
-            if alerted is None:
-                return
-            await host.feed(ctx, Ring(host.clock(), tuple(alerted)))
-            if call.state is CallState.RINGING:
+            ringing = await ring_devices(host, ctx)
+            if ringing is not None:
                 await sip_call.progress(180)
                 await host.write_live(ctx)
-                await announce_ringing(host, ctx, devices=len(alerted))
+                await announce_ringing(host, ctx, devices=ringing)
 
     async def answered(self, ctx: CallContext) -> None:
         """An app device answered the network's call: 200 OK with our SDP."""

@@ -4,11 +4,14 @@
 One timer per call, re-armed from the machine's ``next_deadline()`` after every
 input; one lock per call that serialises its inputs. Its parts, each in a module
 of its own: the machine (machine.py) decides what is legal and when; parties.py
-types who takes part; placing.py sets a call up until it rings; trunk_side.py is
-the phone-network side of calls; held.py keeps messages for devices that are
-briefly away; quota.py the caller's operator (admission, limit, events); live.py
-the calls in progress on record and the orphaned calls of dead nodes; table.py
-the calls held here; ports.py the Protocols of what the service drives.
+types who takes part; placing.py sets a call up until it rings, ringing.py rings
+it (both ways); trunk_side.py is the phone-network side of calls; held.py keeps
+messages for devices that are briefly away; quota.py the caller's operator
+(admission, limit, events); live.py the calls in progress on record and the
+orphaned calls of dead nodes; table.py the calls held here; ports.py the
+Protocols of what the service drives, host.py the one (``CallHost``) through
+which placing, ringing and the trunk side see the service without importing it.
+Messages to devices are wire's classes (``wire.CallEnded`` …), encoded in ``send``.
 """
 
 from __future__ import annotations

@@ -67,6 +67,24 @@ class Detail(enum.StrEnum):
     NODE_LOST = "node_lost"
 
 
+class MediaFailure(enum.StrEnum):
+    """Why the relay gave up a device's media leg (voice/relay): the detail of the
+    call's end is the failure with MEDIA_DETAIL_PREFIX ("media:ice_failed")."""
+
+    #: No ICE path before the connect timeout, or ICE failed before the call connected.
+    ICE_FAILED = "ice_failed"
+    #: ICE completed but the DTLS handshake did not.
+    DTLS_FAILED = "dtls_failed"
+    #: Connected, then no RTP for the media timeout.
+    MEDIA_TIMEOUT = "media_timeout"
+    #: Connected, then ICE consent expired (RFC 7675).
+    CONSENT_EXPIRED = "consent_expired"
+    #: The device closed its DTLS session.
+    CLOSED_BY_DEVICE = "closed_by_device"
+    #: The relay process or host carrying the leg was lost.
+    RELAY_WORKER_LOST = "relay_worker_lost"
+
+
 #: A media leg's failure as the relay names it ("ice_failed") becomes the detail "media:ice_failed".
 MEDIA_DETAIL_PREFIX: Final = "media:"
 #: Another final response from the phone network to our INVITE: "trunk_503".
@@ -194,6 +212,9 @@ def _check() -> None:
     orphans = set(Detail) - all_details()
     if orphans:  # pragma: no cover - caught by the unit tests at once
         raise AssertionError(f"details of no reason: {sorted(orphans)}")
+    unlisted = {media_detail(failure) for failure in MediaFailure} - set(Detail)
+    if unlisted:  # pragma: no cover - caught by the unit tests at once
+        raise AssertionError(f"media failures with no detail: {sorted(unlisted)}")
     assert _TRUNK_STATUS.match(trunk_status_detail(503))
 
 

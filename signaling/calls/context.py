@@ -11,7 +11,7 @@ from signaling.calls.parties import Party, PhoneNetwork
 from signaling.calls.timers import TimerHandle
 
 if TYPE_CHECKING:
-    from signaling.calls.trunk_side import InboundSip, OutboundSip
+    from signaling.calls.ports import InboundSip, OutboundSip
     from signaling.carrier.policy import Admission
     from voice.relay.api import LegStats
 

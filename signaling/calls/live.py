@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from signaling.calls.machine import Call, EndReason
 from signaling.calls.parties import Party
 from signaling.calls.quota import Policy
-from signaling.calls.records import CallRecord
+from signaling.calls.records import CallFacts, CallRecord, facts_of
 from wire.reasons import Detail
 
 if TYPE_CHECKING:
@@ -32,16 +32,10 @@ NODE_LOST = Detail.NODE_LOST
 
 
 @dataclass(frozen=True)
-class LiveCall:
-    call_id: str
+class LiveCall(CallFacts):
+    """A call in progress as the live_calls table keeps it."""
+
     node_id: str
-    caller: str
-    callee: str
-    caller_device: str
-    callee_device: str | None
-    invited_at: float
-    ringing_at: float | None
-    answered_at: float | None
     devices: tuple[str, ...]
     #: The operator policy's admission, enough to rate the call and tell the operators.
     rating: dict[str, Any]
@@ -52,15 +46,8 @@ class LiveCall:
     ) -> LiveCall:
         """The row of ``call`` held by ``node_id``, with the parties that have legs."""
         return cls(
-            call_id=call.call_id,
+            **facts_of(call),
             node_id=node_id,
-            caller=call.caller,
-            callee=call.callee,
-            caller_device=call.caller_device.device_id,
-            callee_device=None if call.callee_device is None else call.callee_device.device_id,
-            invited_at=call.invited_at,
-            ringing_at=call.ringing_at,
-            answered_at=call.answered_at,
             devices=tuple(sorted(party.device_id for party in parties)),
             rating=rating,
         )
@@ -68,14 +55,7 @@ class LiveCall:
     def record(self, ended_at: float, reason: str, detail: str) -> CallRecord:
         """The call's record, ended at ``ended_at`` by someone other than its node."""
         return CallRecord(
-            call_id=self.call_id,
-            caller=self.caller,
-            callee=self.callee,
-            caller_device=self.caller_device,
-            callee_device=self.callee_device,
-            invited_at=self.invited_at,
-            ringing_at=self.ringing_at,
-            answered_at=self.answered_at,
+            **self.facts(),
             ended_at=max(ended_at, self.answered_at or self.invited_at),
             end_reason=reason,
             end_detail=detail,

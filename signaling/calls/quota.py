@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from signaling.calls.machine import Admitted, Input, NotAllowed, QuotaExhausted, Unavailable
 from signaling.calls.records import CallRecord
@@ -20,12 +20,25 @@ from wire.reasons import Detail
 if TYPE_CHECKING:
     from signaling.carrier.policy import Admission
 
-__all__ = ["OperatorEvents", "Policy", "admitted", "live_rating", "refusal"]
+__all__ = ["CallEventType", "OperatorEvents", "Policy", "admitted", "live_rating", "refusal"]
 
 logger = logging.getLogger("anruf.calls")
 
 #: Refusals that are the bundle's minutes (or its fair-use cap) running out.
 _QUOTA_REFUSALS = frozenset({Detail.QUOTA_EXHAUSTED, Detail.FAIR_USE_EXCEEDED})
+
+
+class CallEventType:
+    """The types of the call events an operator receives (signaling/carrier/events.py).
+
+    Operator webhook events, not device messages, though some share a name
+    (call.ringing, call.quota_warning, call.ended).
+    """
+
+    STARTED: Final = "call.started"
+    RINGING: Final = "call.ringing"
+    ANSWERED: Final = "call.answered"
+    QUOTA_WARNING: Final = "call.quota_warning"
 
 
 class Policy(Protocol):

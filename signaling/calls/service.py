@@ -4,11 +4,14 @@
 One timer per call, re-armed from the machine's ``next_deadline()`` after every
 input; one lock per call that serialises its inputs. Its parts, each in a module
 of its own: the machine (machine.py) decides what is legal and when; parties.py
-types who takes part; placing.py sets a call up until it rings; trunk_side.py is
-the phone-network side of calls; held.py keeps messages for devices that are
-briefly away; quota.py the caller's operator (admission, limit, events); live.py
-the calls in progress on record and the orphaned calls of dead nodes; table.py
-the calls held here; ports.py the Protocols of what the service drives.
+types who takes part; placing.py sets a call up until it rings, ringing.py rings
+it (both ways); trunk_side.py is the phone-network side of calls; held.py keeps
+messages for devices that are briefly away; quota.py the caller's operator
+(admission, limit, events); live.py the calls in progress on record and the
+orphaned calls of dead nodes; table.py the calls held here; ports.py the
+Protocols of what the service drives, host.py the one (``CallHost``) through
+which placing, ringing and the trunk side see the service without importing it.
+Messages to devices are wire's classes (``wire.CallEnded`` …), encoded in ``send``.
 """
 
 from __future__ import annotations
@@ -46,12 +49,12 @@ from signaling.calls.machine import (
 )
 from signaling.calls.parties import AppDevice, Party, PhoneNetwork, party_from_id
 from signaling.calls.placing import CallPlacing
-from signaling.calls.ports import Directory, MediaRelay, Presence
-from signaling.calls.quota import OperatorEvents, Policy, live_rating
+from signaling.calls.ports import Directory, InboundSip, MediaRelay, Presence, Trunk
+from signaling.calls.quota import CallEventType, OperatorEvents, Policy, live_rating
 from signaling.calls.records import record_of
 from signaling.calls.table import CallTable
 from signaling.calls.timers import LoopTimers, Timers
-from signaling.calls.trunk_side import InboundSip, Trunk, TrunkSide
+from signaling.calls.trunk_side import TrunkSide
 from voice.relay.api import LegStats, NoOpusError, RelayUnavailable
 from wire.reasons import Detail, media_detail
 
@@ -103,8 +106,8 @@ class CallService:
         self._held = HeldDelivery(presence, self._timers)
         self._book = LiveCallBook(records, live, policy)
         self._events = OperatorEvents(policy)
-        self.placing = CallPlacing(self)
         self.trunk_side = TrunkSide(self, trunk)
+        self.placing = CallPlacing(self, self.trunk_side)
         self._calls = CallTable()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -207,10 +210,7 @@ class CallService:
             ctx.earlier_stats[device] = stats if earlier is None else earlier.then(stats)
             self.metrics.renegotiations.inc()
             logger.info("call %s: device %s moved to a new leg", call.call_id, device)
-            await self.send(
-                device,
-                wire.encode("call.renegotiated", ref=message.id, call_id=call.call_id, sdp=answer),
-            )
+            await self.send(device, wire.CallRenegotiated(call.call_id, answer, ref=message.id))
 
     async def _request(self, device: Party, call_id: str, ref: str | None, event: Input) -> None:
         ctx = await self._find(device, call_id, ref)
@@ -238,8 +238,7 @@ class CallService:
         if isinstance(party, PhoneNetwork):
             party = call.callee_device
         if party is not None:
-            text = wire.encode("call.dtmf", call_id=call.call_id, digit=digit)
-            self.spawn(self.send(party, text))
+            self.spawn(self.send(party, wire.CallDigit(call.call_id, digit)))
 
     # Connections -----------------------------------------------------------
 
@@ -259,15 +258,14 @@ class CallService:
             if ctx is not None and ctx.call.state is not CallState.ENDED:
                 await self.send(device, self._state_message(ctx, device))
 
-    def _state_message(self, ctx: CallContext, device: Party) -> str:
+    def _state_message(self, ctx: CallContext, device: Party) -> wire.CallStateReport:
         call = ctx.call
         outgoing = device == call.caller_device
-        return wire.encode(
-            "call.state",
-            call_id=call.call_id,
-            state=call.state.value,
-            direction="outgoing" if outgoing else "incoming",
-            peer=call.callee if outgoing else call.caller,
+        return wire.CallStateReport(
+            call.call_id,
+            call.state.value,
+            "outgoing" if outgoing else "incoming",
+            call.callee if outgoing else call.caller,
         )
 
     def device_disconnected(self, device_id: str) -> None:
@@ -378,36 +376,25 @@ class CallService:
             ref = ctx.invite_ref if effect.device == call.caller_device else None
             await self.send(
                 effect.device,
-                wire.encode(
-                    "call.ended",
-                    ref=ref,
-                    call_id=call.call_id,
-                    reason=effect.reason.value,
-                    detail=effect.detail,
-                ),
+                wire.CallEnded(call.call_id, effect.reason.value, effect.detail, ref=ref),
             )
             if call.state is not CallState.ENDED:  # released before the end (answered elsewhere)
                 await self._release(ctx, effect.device)
         elif isinstance(effect, Connected):
             self.relay.bridge(ctx.leg(call.caller_device), ctx.leg(effect.device))
-            message = wire.encode(
-                "call.accepted", call_id=call.call_id, device_id=effect.device.device_id
-            )
+            message = wire.CallAccepted(call.call_id, effect.device.device_id)
             await self.send(call.caller_device, message)
             await self.send(effect.device, message)
             await self.trunk_side.answered(ctx)
-            await self.event(ctx, "call.answered")
+            await self.event(ctx, CallEventType.ANSWERED)
             if ctx.live and call.answered_at is not None:
                 await self._book.answered(call.call_id, effect.device.device_id, call.answered_at)
         elif isinstance(effect, QuotaWarning):
             self.relay.play_notice(ctx.leg(call.caller_device))
             await self.send(
-                call.caller_device,
-                wire.encode(
-                    "call.quota_warning", call_id=call.call_id, seconds_left=effect.seconds_left
-                ),
+                call.caller_device, wire.CallQuotaWarning(call.call_id, effect.seconds_left)
             )
-            await self.event(ctx, "call.quota_warning", seconds_left=effect.seconds_left)
+            await self.event(ctx, CallEventType.QUOTA_WARNING, seconds_left=effect.seconds_left)
         elif isinstance(effect, Ended):
             await self._finish(ctx, effect)
 
@@ -474,11 +461,8 @@ class CallService:
             await self.presence.call_ended(live.call_id, (live.caller, live.callee))
             self.metrics.call_attempts.labels(outcome=EndReason.FAILED.value).inc()
             logger.warning("call %s ended: its node %s is gone", live.call_id, node_id)
-            ended = wire.encode(
-                "call.ended",
-                call_id=live.call_id,
-                reason=EndReason.FAILED.value,
-                detail=NODE_LOST,
+            ended = wire.encode_message(
+                wire.CallEnded(live.call_id, EndReason.FAILED.value, NODE_LOST)
             )
             for device_id in {live.caller_device, *live.devices} - {""}:
                 if isinstance(party_from_id(device_id), AppDevice):  # may still be reconnecting
@@ -520,10 +504,10 @@ class CallService:
     def context(self, call_id: str) -> CallContext | None:
         return self._calls.get(call_id)
 
-    async def send(self, party: Party, text: str) -> None:
+    async def send(self, party: Party, message: wire.ServerMessage) -> None:
         """To an app device (held while it is briefly away); the network hears SIP instead."""
         if isinstance(party, AppDevice):
-            await self._held.send(party.device_id, text)
+            await self._held.send(party.device_id, wire.encode_message(message))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

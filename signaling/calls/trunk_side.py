@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
 
 from signaling.calls.context import CallContext, NetworkSide
+from signaling.calls.host import CallHost
 from signaling.calls.machine import Accept, Busy, CallState, Fail, Hangup, Ring, Unavailable
 from signaling.calls.parties import PhoneNetwork
-from signaling.calls.quota import admitted
+from signaling.calls.ports import InboundSip, Reoffer, Trunk
+from signaling.calls.quota import CallEventType, admitted
+from signaling.calls.ringing import announce_ringing, answer_caller, ring_devices
 from signaling.calls.sipmap import failure_input, final_response
 from signaling.identity.service import InvalidNumberError
 from signaling.sip.trunk import (
@@ -32,62 +34,15 @@ from signaling.sip.trunk import (
 from voice.relay.api import RelayUnavailable
 from wire.reasons import Detail, EndReason
 
-if TYPE_CHECKING:
-    from signaling.calls.service import CallService
-
-__all__ = ["InboundSip", "OutboundSip", "Trunk", "TrunkSide"]
+__all__ = ["TrunkSide"]
 
 logger = logging.getLogger("anruf.calls")
-
-#: A re-INVITE's offer in, our answer out (raises: the re-INVITE fails, 488).
-Reoffer = Callable[[str], Awaitable[str]]
-
-
-class OutboundSip(Protocol):
-    """Our INVITE to the network (signaling.sip.trunk.OutboundCall)."""
-
-    on_reoffer: Reoffer | None
-
-    async def cancel(self, reason: str = "") -> None: ...
-    async def bye(self, reason: str = "") -> None: ...
-
-
-class InboundSip(Protocol):
-    """The network's INVITE to us (signaling.sip.trunk.IncomingCall)."""
-
-    @property
-    def from_number(self) -> str: ...
-    @property
-    def to_number(self) -> str: ...
-    @property
-    def offer_sdp(self) -> str: ...
-
-    on_reoffer: Reoffer | None
-    on_event: Callable[[CallEvent], None] | None
-
-    async def progress(self, status: int = 180, sdp: str | None = None) -> None: ...
-    async def answer(self, sdp: str) -> None: ...
-    async def reject(
-        self, status: int, reason: str = "", *, retry_after: int | None = None
-    ) -> None: ...
-    async def bye(self, reason: str = "") -> None: ...
-
-
-class Trunk(Protocol):
-    """What CallService needs of the operator's SIP trunk (signaling.sip.trunk.SipTrunk)."""
-
-    @property
-    def up(self) -> bool: ...
-
-    async def invite(
-        self, *, to_number: str, from_number: str, sdp: str, on_event: Callable[[Any], None]
-    ) -> OutboundSip: ...
 
 
 class TrunkSide:
     """The network's side of the calls of one CallService (``host``)."""
 
-    def __init__(self, host: CallService, trunk: Trunk | None) -> None:
+    def __init__(self, host: CallHost, trunk: Trunk | None) -> None:
         self._host = host
         self._trunk = trunk
 
@@ -100,7 +55,7 @@ class TrunkSide:
             await host.feed(ctx, Unavailable(host.clock(), Detail.NOT_AN_APP_USER))
         elif not self._trunk.up:
             await host.feed(ctx, Fail(host.clock(), Detail.TRUNK_UNAVAILABLE))
-        elif await host.placing.answer_caller(ctx, offer_sdp):
+        elif await answer_caller(host, ctx, offer_sdp):
             await self._invite(ctx)
 
     async def _invite(self, ctx: CallContext) -> None:
@@ -163,7 +118,6 @@ class TrunkSide:
         party = PhoneNetwork(call_id)
         ctx = host.new_call(call_id, caller, callee, party, None)
         network = ctx.network = NetworkSide(party, inbound=sip_call)
-        call = ctx.call
         sip_call.on_event = self._listener(call_id)
         sip_call.on_reoffer = self._reoffer_handler(call_id, ctx.leg(party))
         busy = await host.busy(callee)
@@ -171,7 +125,7 @@ class TrunkSide:
         async with ctx.lock:
             if host.policy is not None:
                 ctx.admission = await host.policy.admit_inbound(call_id, caller, callee)
-                await host.policy.call_event(ctx.admission, "call.started")
+                await host.policy.call_event(ctx.admission, CallEventType.STARTED)
                 await host.feed(ctx, admitted(ctx.admission.decision, host.clock()))
             if busy:
                 await host.feed(ctx, Busy(host.clock()))
@@ -187,14 +141,11 @@ class TrunkSide:
                 logger.info("call %s: unusable offer from the network: %s", call_id, exc)
                 await host.feed(ctx, Fail(host.clock(), Detail.NO_COMMON_CODEC))
                 return
-            alerted = await host.placing.alert_devices(ctx)
-            if alerted is None:
-                return
-            await host.feed(ctx, Ring(host.clock(), tuple(alerted)))
-            if call.state is CallState.RINGING:
+            ringing = await ring_devices(host, ctx)
+            if ringing is not None:
                 await sip_call.progress(180)
                 await host.write_live(ctx)
-                await host.placing.announce_ringing(ctx, devices=len(alerted))
+                await announce_ringing(host, ctx, devices=ringing)
 
     async def answered(self, ctx: CallContext) -> None:
         """An app device answered the network's call: 200 OK with our SDP."""
@@ -256,29 +207,34 @@ class TrunkSide:
                 return
             if isinstance(event, Progress):
                 if event.sdp:  # early media: the caller hears the network from now on
-                    try:
-                        await host.relay.accept_rtp_answer(leg, event.sdp)
-                    except RelayUnavailable as exc:
-                        await host.relay_unavailable(ctx, exc)
+                    taken = await self._take_sdp(ctx, leg, event.sdp, "early media SDP")
+                    if taken is None:
                         return
-                    except ValueError as exc:
-                        logger.info("call %s: unusable early media SDP: %s", call_id, exc)
-                    else:
+                    if taken:
                         host.relay.bridge(ctx.leg(call.caller_device), leg)
-                await host.placing.announce_ringing(ctx, status=event.status)
+                await announce_ringing(host, ctx, status=event.status)
             elif isinstance(event, Answered):
-                try:
-                    await host.relay.accept_rtp_answer(leg, event.sdp)
-                except RelayUnavailable as exc:
-                    await host.relay_unavailable(ctx, exc)
+                taken = await self._take_sdp(ctx, leg, event.sdp, "answer from the network")
+                if taken is None:
                     return
-                except ValueError as exc:
-                    # The network answered with no usable SDP: the call cannot go on.
-                    logger.info("call %s: unusable answer from the network: %s", call_id, exc)
+                if not taken:  # the network answered with no usable SDP: the call cannot go on
                     await host.feed(ctx, Fail(now, Detail.BAD_SDP_IN_ANSWER))
                     return
-                await host.placing.announce_ringing(ctx, status=200)
+                await announce_ringing(host, ctx, status=200)
                 await host.feed(ctx, Accept(now, party))
+
+    async def _take_sdp(self, ctx: CallContext, leg: str, sdp: str, what: str) -> bool | None:
+        """The network's SDP (early media or its answer) for its leg: True when the relay
+        took it, False when it is unusable, None when the relay is out (the call ended)."""
+        try:
+            await self._host.relay.accept_rtp_answer(leg, sdp)
+        except RelayUnavailable as exc:
+            await self._host.relay_unavailable(ctx, exc)
+            return None
+        except ValueError as exc:
+            logger.info("call %s: unusable %s: %s", ctx.call.call_id, what, exc)
+            return False
+        return True
 
     def end(self, ctx: CallContext) -> None:
         """Our side ended: CANCEL, BYE or a final response to the network, once."""

@@ -50,6 +50,7 @@ from signaling.config import Config
 from signaling.store import cdrs, outbox, subscriptions
 from signaling.store.database import Connection, Database, IntegrityError
 from voice.audio.emodel import mos_from_r, r_factor
+from wire.reasons import Detail, EndReason
 
 __all__ = ["Admission", "CarrierPolicy", "FraudRules", "Subscription", "UsageReport"]
 
@@ -117,7 +118,7 @@ def bundle_from_row(row: Any) -> Bundle:
 
 #: End reasons of calls refused at setup: they never reached the network, so the
 #: velocity limits do not count them.
-_REFUSED_AT_SETUP = ("not_allowed", "quota_exhausted")
+_REFUSED_AT_SETUP = (EndReason.NOT_ALLOWED, EndReason.QUOTA_EXHAUSTED)
 
 #: A call to a phone number admitted here counts against the velocity limits from
 #: its admission; its live_calls row (written once the INVITE is out) takes over
@@ -252,7 +253,7 @@ class CarrierPolicy:
         callee_sub = await self.subscription(callee) if kind is CallKind.APP else None
         if caller_sub is None:
             decision = (
-                Decision(True) if kind is CallKind.APP else Decision(False, "not_an_app_user")
+                Decision(True) if kind is CallKind.APP else Decision(False, Detail.NOT_AN_APP_USER)
             )
         else:
             report = await self.usage(caller_sub)

@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from wire.reasons import Detail
+
 __all__ = [
     "MAX_PREFIXES",
     "THRESHOLDS",
@@ -165,20 +167,20 @@ def period_bounds(
 def authorize(bundle: Bundle, usage: Usage, kind: CallKind, *, suspended: bool = False) -> Decision:
     """May a subscriber on ``bundle`` place a call of ``kind`` now, and for how long?"""
     if suspended:
-        return Decision(False, "subscriber_suspended")
+        return Decision(False, Detail.SUBSCRIBER_SUSPENDED)
     billable = kind is CallKind.PHONE or not bundle.app_calls_included
     limits: list[int] = []
     if billable:
         left = bundle.phone_minutes * 60 - usage.billable_seconds
         talk = max_talk_seconds(left, bundle.increment)
         if talk <= 0:
-            return Decision(False, "quota_exhausted", billable)
+            return Decision(False, Detail.QUOTA_EXHAUSTED, billable)
         limits.append(talk)
     if bundle.fair_use_minutes is not None:
         left = bundle.fair_use_minutes * 60 - usage.total_seconds
         talk = max_talk_seconds(left, bundle.increment) if billable else max(0, left)
         if talk <= 0:
-            return Decision(False, "fair_use_exceeded", billable)
+            return Decision(False, Detail.FAIR_USE_EXCEEDED, billable)
         limits.append(talk)
     return Decision(True, "", billable, min(limits) if limits else None)
 
@@ -230,9 +232,9 @@ def destination_refusal(
     "destination_not_allowed".
     """
     if any(number.startswith(prefix) for prefix in blocked):
-        return "destination_blocked"
+        return Detail.DESTINATION_BLOCKED
     if allowed and not any(number.startswith(prefix) for prefix in allowed):
-        return "destination_not_allowed"
+        return Detail.DESTINATION_NOT_ALLOWED
     return None
 
 
@@ -288,7 +290,7 @@ def velocity_refusal(limits: VelocityLimits, recent: Recent) -> str | None:
     """The refusal "velocity_exceeded" if one more call to a phone number would go
     beyond ``limits`` (the calls are used up, or the minutes are), else None."""
     if limits.max_calls is not None and recent.calls >= limits.max_calls:
-        return "velocity_exceeded"
+        return Detail.VELOCITY_EXCEEDED
     if limits.max_minutes is not None and recent.talk_seconds >= limits.max_minutes * 60:
-        return "velocity_exceeded"
+        return Detail.VELOCITY_EXCEEDED
     return None

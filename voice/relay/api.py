@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from wire.reasons import MediaFailure
+
 __all__ = [
     "WORKER_LOST",
     "AcceptAnswer",
@@ -60,7 +62,7 @@ __all__ = [
 ]
 
 #: on_leg_failed detail for the legs of a worker process or relay host that was lost.
-WORKER_LOST = "relay_worker_lost"
+WORKER_LOST = MediaFailure.RELAY_WORKER_LOST
 
 
 # -- errors -------------------------------------------------------------------

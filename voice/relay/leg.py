@@ -60,6 +60,7 @@ from voice.relay.fastpath import FastPath
 from voice.rtp.rewriter import StreamRewriter
 from voice.rtp.rtcp import compact_ntp, delay_since_last_sr, ntp_timestamp, round_trip_time
 from voice.rtp.stats import ReceptionStatistics
+from wire.reasons import MediaFailure
 
 logger = logging.getLogger(__name__)
 
@@ -413,14 +414,16 @@ class Leg(RtpPeer):
             self.ensure_fast_path()
         elif state == "failed":
             if self.pc.iceConnectionState != "failed":
-                self._on_failure(self, "dtls_failed")
+                self._on_failure(self, MediaFailure.DTLS_FAILED)
             else:
                 self._on_failure(self, self._ice_loss())
         elif state == "closed" and self.connected_at is not None:
             # Not closed by us: the device closed its DTLS session, or ICE gave up
             # (aiortc then shuts the connection down without a "failed" state).
             ice_failed = self._ice_failed or self._ice_transport().state == "failed"
-            self._on_failure(self, self._ice_loss() if ice_failed else "closed_by_device")
+            self._on_failure(
+                self, self._ice_loss() if ice_failed else MediaFailure.CLOSED_BY_DEVICE
+            )
 
     def _ice_transport(self) -> Any:
         return self.transceiver.receiver.transport.transport
@@ -447,7 +450,11 @@ class Leg(RtpPeer):
     def _ice_loss(self) -> str:
         # Once connected, ICE only fails when the device stopped answering our
         # consent checks (RFC 7675): it left, or its network did.
-        return "consent_expired" if self.connected_at is not None else "ice_failed"
+        return (
+            MediaFailure.CONSENT_EXPIRED
+            if self.connected_at is not None
+            else MediaFailure.ICE_FAILED
+        )
 
     async def watch_media(self, media_timeout: float, connect_timeout: float) -> None:
         """Report a leg that does not connect in time, or goes silent once connected.
@@ -467,13 +474,15 @@ class Leg(RtpPeer):
                 remaining = self.negotiated_at + connect_timeout - now
                 if remaining <= 0:
                     ice_done = self.pc.iceConnectionState in ("connected", "completed")
-                    self._on_failure(self, "dtls_failed" if ice_done else "ice_failed")
+                    self._on_failure(
+                        self, MediaFailure.DTLS_FAILED if ice_done else MediaFailure.ICE_FAILED
+                    )
                     return
                 await asyncio.sleep(min(remaining, 0.2))
                 continue
             last = max(self.connected_at, self.reception.last_arrival or 0.0)
             remaining = last + media_timeout - now
             if remaining <= 0:
-                self._on_failure(self, "media_timeout")
+                self._on_failure(self, MediaFailure.MEDIA_TIMEOUT)
                 return
             await asyncio.sleep(remaining)

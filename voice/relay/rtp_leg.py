@@ -87,6 +87,7 @@ from voice.rtp.header import FIXED_HEADER, header_length, payload_end
 from voice.rtp.rewriter import StreamRewriter, sequence_delta
 from voice.rtp.rtcp import compact_ntp, delay_since_last_sr, ntp_timestamp, round_trip_time
 from voice.rtp.stats import ReceptionStatistics
+from wire.reasons import MediaFailure
 
 __all__ = ["OFFERED_CODECS", "RtpLeg", "WebRtcTap"]
 
@@ -852,7 +853,7 @@ class RtpLeg:
             # A re-INVITE (resume after an inactive hold) starts the wait afresh.
             last = max(last, self._applied_at)
             if now - last > media_timeout:
-                on_failure("media_timeout")
+                on_failure(MediaFailure.MEDIA_TIMEOUT)
                 return
 
 

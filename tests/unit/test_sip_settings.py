@@ -112,15 +112,15 @@ def test_a_user_agent_is_one_line() -> None:
 def test_the_tcp_limits_are_settings() -> None:
     default = settings(sip_listen="127.0.0.1:5060")
     assert default is not None and default.tcp_limits == TcpLimits()
-    changed = settings(
-        sip_listen="127.0.0.1:5060",
-        sip_tcp_max_connections="64",
-        sip_tcp_reserved_connections="16",
-        sip_tcp_max_per_source="2",
-        sip_tcp_idle_timeout="30",
-        sip_tcp_accepted_idle_timeout="900",
-        sip_tcp_message_timeout="5",
-    )
+    tcp = {
+        "max_connections": "64",
+        "reserved_connections": "16",
+        "max_per_source": "2",
+        "idle_timeout": "30",
+        "accepted_idle_timeout": "900",
+        "message_timeout": "5",
+    }
+    changed = settings(sip_listen="127.0.0.1:5060", **{f"sip_tcp_{k}": v for k, v in tcp.items()})
     assert changed is not None
     assert changed.tcp_limits == TcpLimits(64, 16, 2, 30.0, 900.0, 5.0)
 

@@ -192,9 +192,9 @@ def _addressed(message: bytes, sbc: Sbc, rng: random.Random) -> bytes:
     message = message.replace(b":%d" % PEER_PORT, b":%d" % sbc.port)
     message = message.replace(b":%d" % TRUNK_PORT, b":%d" % sbc.trunk_port)
     if sbc.call_ids and rng.random() < 0.4:
-        # A function, not a template: a Call-ID copied from a mutant may hold a backslash.
-        header = b"Call-ID: " + rng.choice(sbc.call_ids)
-        message = re.sub(rb"(?im)^(call-id|i)[ \t]*:.*$", lambda _: header, message)
+        live = rng.choice(sbc.call_ids)
+        # A Call-ID echoed from a mutant may hold a backslash: a literal replacement.
+        message = re.sub(rb"(?im)^(call-id|i)[ \t]*:.*$", lambda _: b"Call-ID: " + live, message)
     return message
 
 

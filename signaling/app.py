@@ -2,6 +2,8 @@
 
 - ``create_app(config)``: a signaling node (`anruf serve`), its parts in typed
   ``web.AppKey``s (signaling/keys.py) opened and closed in ``cleanup_ctx``.
+- ``trunk_settings(config)``: the SIP trunk's settings (signaling/sip), built once
+  by ``create_app`` before anything opens.
 - ``relay_host_settings(config)`` and ``run_relay_host(settings)``: a relay host
   (`anruf relay`, voice/relay/host.py).
 
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -30,7 +34,7 @@ from signaling.carrier.delivery import EventDelivery
 from signaling.carrier.policy import CarrierPolicy, FraudRules
 from signaling.cluster.bus import Bus, LocalBus, Message, RedisBus
 from signaling.cluster.node import Node
-from signaling.config import Config, ConfigError
+from signaling.config import Config, ConfigError, SipSettings
 from signaling.identity.service import Device, IdentityService, make_sender
 from signaling.keys import (
     CALLS,
@@ -50,7 +54,9 @@ from signaling.keys import (
 )
 from signaling.metrics import Metrics
 from signaling.presence import Presence
-from signaling.sip.trunk import IncomingCall, SipTrunk, trunk_settings
+from signaling.sip.connections import TcpLimits
+from signaling.sip.message import SipTarget
+from signaling.sip.trunk import IncomingCall, SettingsError, SipTrunk, TrunkSettings
 from signaling.store.cdrs import CallRecordStore
 from signaling.store.database import Database
 from signaling.store.live_calls import LiveCalls
@@ -86,6 +92,7 @@ ROUTES = [
 
 
 def create_app(config: Config) -> web.Application:
+    trunk = trunk_settings(config)  # a bad sip_* setting fails before anything opens
     # Problems (RFC 9457) outside, then rate limits and overload protection
     # (signaling/api/limits.py) in front of every route.
     app = web.Application(
@@ -99,7 +106,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_cluster)
     app.cleanup_ctx.append(_delivery)
     app.cleanup_ctx.append(_media)
-    app.cleanup_ctx.append(_trunk)
+    app.cleanup_ctx.append(functools.partial(_trunk, settings=trunk))
     app.cleanup_ctx.append(_calls)
     app.cleanup_ctx.append(_overload)
     app.on_shutdown.append(_close_websockets)
@@ -245,9 +252,8 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
     await relay.close()
 
 
-async def _trunk(app: web.Application) -> AsyncIterator[None]:
+async def _trunk(app: web.Application, *, settings: TrunkSettings | None) -> AsyncIterator[None]:
     """The operator's SIP trunk (signaling/sip), when `sip_listen` is set."""
-    settings = trunk_settings(app[CONFIG])
     if settings is None:
         yield
         return
@@ -347,6 +353,83 @@ async def drain_node(app: web.Application) -> None:
         await asyncio.wait_for(calls.idle.wait(), config.drain_timeout)
     logger.info("drained (%d calls left): stopping", calls.active_calls)
     os.kill(os.getpid(), signal.SIGINT)
+
+
+# The SIP trunk's settings ---------------------------------------------------------
+
+#: The sip_* setting behind each field of TrunkSettings and TcpLimits.
+_SIP_SETTING_OF = {
+    "listen_host": "sip_listen",
+    "listen_port": "sip_listen",
+    "requests_per_second_per_source": "sip_requests_per_second",
+    "reserved_for_accepted": "sip_tcp_reserved_connections",
+    **{
+        name: f"sip_tcp_{name}"
+        for name in (
+            "max_connections",
+            "max_per_source",
+            "idle_timeout",
+            "accepted_idle_timeout",
+            "message_timeout",
+        )
+    },
+}
+
+
+def trunk_settings(settings: SipSettings) -> TrunkSettings | None:
+    """The trunk's settings from the sip section; None when ``sip_listen`` is empty.
+    Raises ConfigError naming the setting for a bad value."""
+    if not settings.sip_listen:
+        return None
+    listen = settings.sip_listen.strip()
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", listen)
+    if match is None:
+        raise ConfigError(f"setting sip_listen: {listen!r} is not HOST:PORT")
+    targets = []
+    for text in settings.sip_sbc:
+        try:
+            targets.append(SipTarget.parse(text))
+        except ValueError as exc:
+            raise ConfigError(f"setting sip_sbc: {exc}") from None
+    try:
+        tcp = TcpLimits(
+            max_connections=settings.sip_tcp_max_connections,
+            reserved_for_accepted=settings.sip_tcp_reserved_connections,
+            max_per_source=settings.sip_tcp_max_per_source,
+            idle_timeout=settings.sip_tcp_idle_timeout,
+            accepted_idle_timeout=settings.sip_tcp_accepted_idle_timeout,
+            message_timeout=settings.sip_tcp_message_timeout,
+        )
+        return TrunkSettings(
+            listen_host=match.group(1) or match.group(3),
+            listen_port=int(match.group(2) or match.group(4)),
+            transports=tuple(t.lower() for t in settings.sip_transports),
+            sbc=tuple(targets),
+            accepted_sources=tuple(settings.sip_accepted_sources),
+            domain=settings.sip_domain,
+            username=settings.sip_username,
+            password=settings.sip_password,
+            inbound_username=settings.sip_inbound_username,
+            inbound_password=settings.sip_inbound_password,
+            inbound_algorithms=tuple(settings.sip_inbound_algorithms),
+            max_calls_per_second=settings.sip_max_calls_per_second,
+            max_concurrent_calls=settings.sip_max_concurrent_calls,
+            options_interval=settings.sip_options_interval,
+            max_message_bytes=settings.sip_max_message_bytes,
+            requests_per_second_per_source=settings.sip_requests_per_second,
+            block_after=settings.sip_block_after,
+            block_seconds=settings.sip_block_seconds,
+            user_agent=settings.sip_user_agent,
+            auth_max_failures=settings.sip_auth_max_failures,
+            auth_lockout_seconds=settings.sip_auth_lockout_seconds,
+            tcp_limits=tcp,
+        )
+    except SettingsError as exc:
+        field, message = exc.field, exc.message
+    except ValueError as exc:  # TcpLimits: "field: message"
+        field, _, message = str(exc).partition(": ")
+    name = _SIP_SETTING_OF.get(field, f"sip_{field}")
+    raise ConfigError(f"setting {name}: {message}")
 
 
 # A relay host (`anruf relay`) -----------------------------------------------------

@@ -189,45 +189,40 @@ class WebhookSettings(Section):
 
 @dataclass(frozen=True)
 class SipSettings(Section):
-    """The SIP trunk to the mobile operator's SBC (signaling/sip, docs/sip.md)."""
+    """The SIP trunk to the mobile operator's SBC (signaling/sip). Each setting is a
+    field of the trunk's ``TrunkSettings`` or ``TcpLimits``, described there and in
+    docs/sip.md ("Configuration"); ``trunk_settings`` in signaling/app.py maps them."""
 
     SECTION: ClassVar[str] = "sip"
 
     #: HOST:PORT for UDP and TCP, e.g. "127.0.0.1:5060"; empty = no trunk.
     sip_listen: str = ""
     sip_transports: tuple[str, ...] = ("udp", "tcp")
-    #: Where INVITE and OPTIONS go, in order: "udp:HOST:PORT" or "tcp:HOST:PORT".
+    #: "udp:HOST:PORT" or "tcp:HOST:PORT", in order of preference.
     sip_sbc: tuple[str, ...] = ()
-    #: IPs or CIDRs that may send us requests; empty = the SBC hosts.
     sip_accepted_sources: tuple[str, ...] = ()
-    #: Host part of our From/To URIs and realm of our digest challenges.
     sip_domain: str = "anruf.invalid"
-    #: Credentials for the SBC's 401/407 challenges.
     sip_username: str = ""
     sip_password: str = ""
-    #: When set, the SBC's INVITEs are challenged (digest, SHA-256 and MD5).
     sip_inbound_username: str = ""
     sip_inbound_password: str = ""
     sip_inbound_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     sip_max_calls_per_second: float = 10.0
     sip_max_concurrent_calls: int = 100
-    #: OPTIONS keep-alive to each SBC target; 0 = none (the trunk is always up).
     sip_options_interval: float = 30.0
     sip_max_message_bytes: int = 16384
-    #: Messages per second (requests and responses) from one source IP before we
-    #: drop them (and 503 an accepted source's requests).
     sip_requests_per_second: float = 50.0
-    #: Server / User-Agent header of the trunk's messages; empty = none.
     sip_user_agent: str = ""
-    #: Failed digest responses from one source and username before that pair is
-    #: locked out for sip_auth_lockout_seconds; 0 = never.
     sip_auth_max_failures: int = 5
     sip_auth_lockout_seconds: float = 60.0
-    #: A SIP source over sip_requests_per_second for this many seconds is blocked
-    #: (its datagrams and connections dropped unparsed) for sip_block_seconds;
-    #: 0 = never block. Sources in sip_accepted_sources are never blocked.
     sip_block_after: float = 2.0
     sip_block_seconds: float = 60.0
+    sip_tcp_max_connections: int = 256
+    sip_tcp_reserved_connections: int = 32
+    sip_tcp_max_per_source: int = 8
+    sip_tcp_idle_timeout: float = 120.0
+    sip_tcp_accepted_idle_timeout: float = 600.0
+    sip_tcp_message_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,9 @@ class Dialog:
         remote_seq: int | None,
         state: DialogState,
     ) -> None:
-        if not local_uri.tag or not remote_uri.tag:
-            raise DialogError("a dialog needs both tags")
+        if not local_uri.tag:
+            raise DialogError("a dialog needs our tag")
+        # The remote tag may be null: an RFC 2543 peer sends no From tag (§12.1.1).
         self.call_id = call_id
         self.local_uri = local_uri
         self.remote_uri = remote_uri
@@ -118,15 +119,15 @@ class Dialog:
 
     @classmethod
     def as_uas(cls, request: Request, local_tag: str, *, confirmed: bool = False) -> Dialog:
-        """§12.1.1: from a request we received and the tag we put in our To."""
+        """§12.1.1: from a request we received and the tag we put in our To. A request
+        without a From tag makes a dialog whose remote tag is null; one without
+        Contact (an RFC 2543 peer) one whose remote target is the From URI."""
         contact = request.contact
-        if contact is None:
-            raise DialogError("the request has no Contact")
         return cls(
             call_id=request.call_id,
             local_uri=request.to_addr.with_tag(local_tag),
             remote_uri=request.from_addr,
-            remote_target=contact.uri,
+            remote_target=contact.uri if contact is not None else request.from_addr.uri,
             route_set=tuple(_routes(request.headers.get_all("Record-Route"))),
             local_seq=0,
             remote_seq=request.cseq.seq,

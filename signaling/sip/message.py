@@ -540,6 +540,13 @@ class Via:
         return _param(self.params, "branch")
 
     @property
+    def rfc3261(self) -> bool:
+        """The branch starts with the magic cookie: the sender follows RFC 3261
+        (§8.1.1.7). Without it the request comes from an RFC 2543 element, whose
+        transactions and dialogs are matched the older way (§17.2.3, §12.1.1)."""
+        return (self.branch or "").startswith(MAGIC_COOKIE)
+
+    @property
     def received(self) -> str | None:
         return _param(self.params, "received")
 
@@ -829,6 +836,9 @@ Message = Request | Response
 # Parsing ------------------------------------------------------------------------------
 
 
+_ZERO_Q = re.compile(r"q\s*=\s*0(\.0*)?", re.IGNORECASE)
+
+
 def _head_end(data: bytes | bytearray, start: int = 0, stop: int | None = None) -> tuple[int, int]:
     """(offset of the blank line, its length), or (-1, 0); searched in data[start:stop]."""
     stop = len(data) if stop is None else stop
@@ -841,6 +851,31 @@ def _head_end(data: bytes | bytearray, start: int = 0, stop: int | None = None) 
             return lf - 1, 3
         return lf, 2
     return -1, 0
+
+
+def is_response(data: bytes | bytearray) -> bool:
+    """Whether unparsed bytes are a response: a Status-Line starts with the SIP
+    version, a Request-Line with the method (RFC 3261 §7.1, §7.2). Keep-alive CRLFs
+    before the message (RFC 5626 §3.5.1) are skipped."""
+    return data.lstrip(b"\r\n").startswith(b"SIP/")
+
+
+def accepts(request: Request, media_type: str) -> bool:
+    """Whether a response to ``request`` may carry a body of ``media_type`` (RFC 3261
+    §20.1): without Accept only application/sdp; an empty Accept, no type at all; a
+    range with q=0 is refused (RFC 2616 §14.1)."""
+    values = request.headers.get_all("Accept")
+    media_type = media_type.lower()
+    if not values:
+        return media_type == "application/sdp"
+    wanted = {"*/*", media_type.partition("/")[0] + "/*", media_type}
+    for value in values:
+        for item in split_quoted(value, ","):
+            name, *params = item.split(";")
+            refused = any(_ZERO_Q.fullmatch(p.strip()) for p in params)
+            if name.strip().lower() in wanted and not refused:
+                return True
+    return False
 
 
 def _parse_start_line(line: str) -> Request | Response:
@@ -1202,7 +1237,9 @@ __all__ = [
     "SipTarget",
     "StreamParser",
     "Via",
+    "accepts",
     "canonical_name",
+    "is_response",
     "make_request",
     "make_response",
     "new_branch",

@@ -18,8 +18,10 @@ import logging
 import re
 import secrets
 import urllib.parse
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from signaling.sip.dialog import AnswerRetransmission, Dialog, DialogState
 from signaling.sip.digest import choose_challenge
@@ -29,20 +31,20 @@ from signaling.sip.message import (
     Request,
     Response,
     SipTarget,
+    Via,
+    accepts,
     make_request,
     make_response,
     new_call_id,
     new_tag,
 )
+from signaling.sip.settings import TrunkSettings
 from signaling.sip.transaction import (
     InviteServerTransaction,
     ServerTransaction,
     Transaction,
     make_cancel,
 )
-
-if TYPE_CHECKING:
-    from signaling.sip.ua import Later, UserAgent
 
 logger = logging.getLogger("anruf.sip")
 
@@ -81,6 +83,71 @@ CallEvent = Progress | Answered | Ended
 
 class CallError(RuntimeError):
     """A call method used in a state that does not allow it (answer twice …)."""
+
+
+# The user agent as a session sees it ---------------------------------------------------
+
+#: Told the final response of a client transaction (None and the timer on timeout).
+ClientHandler = Callable[[Transaction, Response | None, str | None, float], None]
+
+
+class Timer(Protocol):
+    """A TU timer the user agent started for a session (``UserAgentCore._later``)."""
+
+    def cancel(self) -> None: ...
+
+
+class UserAgentCore(Protocol):
+    """What a session uses of the user agent that holds it (``UserAgent`` in
+    signaling/sip/ua.py): its settings, counters and building blocks. Sessions see
+    the core through this interface only, so they need not import it."""
+
+    ALLOW: str
+    SUPPORTED: str
+    settings: TrunkSettings
+    stats: Counter[str]
+
+    # what goes out
+    def _send(self, message: Request | Response, peer: SipTarget) -> None: ...
+    def _start_client(
+        self, request: Request, peer: SipTarget, handler: ClientHandler, now: float
+    ) -> Transaction: ...
+    def _send_with_auth(
+        self, request: Request, peer: SipTarget, *, dialog: Dialog | None, now: float
+    ) -> None: ...
+    def _respond(self, txn: ServerTransaction, response: Response, now: float) -> None: ...
+    def _reply(
+        self,
+        txn: ServerTransaction,
+        request: Request,
+        status: int,
+        now: float,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None: ...
+    def _not_allowed(self, txn: ServerTransaction, request: Request, now: float) -> None: ...
+    def _abandon(self, txn: Transaction) -> None: ...
+
+    # what the application hears
+    def _event(self, call: Session, event: CallEvent) -> None: ...
+    def _reoffered(self, call: Session, offer: str) -> None: ...
+    def _call_ended(self, call: Session, now: float) -> None: ...
+    def _mark_target(self, target: SipTarget, up: bool) -> None: ...
+
+    # timers
+    def _later(self, delay: float, callback: Callable[[float], None], now: float) -> Timer: ...
+    def _track_retransmission(
+        self, retransmission: AnswerRetransmission, call: Session, now: float
+    ) -> None: ...
+    def _untrack_retransmission(self, retransmission: AnswerRetransmission) -> None: ...
+
+    # what messages carry
+    def _agent_header(self, name: str) -> list[tuple[str, str]]: ...
+    def _via(self, transport: str) -> Via: ...
+    def _contact(self, user: str, transport: str) -> Address: ...
+    def _contact_headers(self, user: str, transport: str) -> list[tuple[str, str]]: ...
+    def _capabilities(self) -> list[tuple[str, str]]: ...
+    def _next_hop(self, uri: URI, default: SipTarget) -> SipTarget: ...
+    def _credentials(self, response: Response, method: str, uri: str) -> tuple[str, str] | None: ...
 
 
 # Helpers ------------------------------------------------------------------------------
@@ -131,7 +198,7 @@ def phone_params(number: str) -> tuple[tuple[str, str | None], ...]:
 class Session(abc.ABC):
     """What both directions share: dialog, in-dialog requests, re-INVITEs, BYE."""
 
-    def __init__(self, ua: UserAgent, call_id: str, local_tag: str, peer: SipTarget) -> None:
+    def __init__(self, ua: UserAgentCore, call_id: str, local_tag: str, peer: SipTarget) -> None:
         self.ua = ua
         self.call_id = call_id
         self.local_tag = local_tag
@@ -149,8 +216,12 @@ class Session(abc.ABC):
 
     def matches(self, request: Request) -> bool:
         """``request`` belongs to this call's dialog: its From tag is the remote tag
-        (the Call-ID and To tag found the call; RFC 3261 §12.2.2 needs all three)."""
-        return self.dialog is not None and request.from_addr.tag == self.dialog.remote_tag
+        (the Call-ID and To tag found the call; RFC 3261 §12.2.2 needs all three). A
+        dialog with an RFC 2543 peer has a null remote tag: only a From without a tag
+        matches it."""
+        if self.dialog is None:
+            return False
+        return (request.from_addr.tag or "") == self.dialog.remote_tag
 
     def _end(
         self, status: int | None, reason: str, by_remote: bool, detail: str = "", *, now: float
@@ -215,6 +286,9 @@ class Session(abc.ABC):
             # §14.2: an INVITE before our final response to the previous one.
             retry = str(secrets.randbelow(10) + 1)
             ua._reply(txn, request, 500, now, headers=[("Retry-After", retry)])
+            return
+        if not accepts(request, "application/sdp"):
+            ua._reply(txn, request, 406, now)  # §21.4.7: our 200 would carry SDP
             return
         offer = sdp_of(request)
         if offer is None:
@@ -298,7 +372,7 @@ class OutboundSession(Session):
     state: CANCEL before the final response, BYE after a 2xx."""
 
     def __init__(
-        self, ua: UserAgent, target: SipTarget, *, to_number: str, from_number: str, sdp: str
+        self, ua: UserAgentCore, target: SipTarget, *, to_number: str, from_number: str, sdp: str
     ) -> None:
         super().__init__(ua, new_call_id(), new_tag(), target)
         self.to_number = to_number
@@ -314,7 +388,7 @@ class OutboundSession(Session):
         self._auth_attempts = 0
         self._ack: Request | None = None
         self._ack_peer: SipTarget | None = None
-        self._cancel_timer: Later | None = None
+        self._cancel_timer: Timer | None = None
 
     def _contact_user(self) -> str:
         return self.from_number
@@ -520,7 +594,7 @@ class IncomingSession(Session):
 
     def __init__(
         self,
-        ua: UserAgent,
+        ua: UserAgentCore,
         txn: InviteServerTransaction,
         request: Request,
         *,
@@ -648,11 +722,14 @@ __all__ = [
     "Answered",
     "CallError",
     "CallEvent",
+    "ClientHandler",
     "Ended",
     "IncomingSession",
     "OutboundSession",
     "Progress",
     "Session",
+    "Timer",
+    "UserAgentCore",
     "reason_header",
     "reason_text",
 ]

@@ -1,24 +1,20 @@
-"""The trunk's settings: ``TrunkSettings`` and ``trunk_settings(config)``. Pure.
+"""The trunk's settings: ``TrunkSettings``. Pure.
 
 Every value is checked once, when the settings are made: a bad one raises
-``SettingsError`` naming the field (``trunk_settings`` turns it into a
-``ConfigError`` naming the setting).
+``SettingsError`` naming the field. The composition root (``trunk_settings`` in
+signaling/app.py) builds them from the sip_* settings and names the setting instead.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
+from signaling.sip.connections import TcpLimits
 from signaling.sip.digest import supported
 from signaling.sip.message import SipTarget
 from signaling.sip.transaction import DEFAULT_TIMERS, TimerValues
-
-if TYPE_CHECKING:
-    from signaling.config import Config
 
 
 class SettingsError(ValueError):
@@ -30,7 +26,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class TrunkSettings:
-    """The trunk's settings; ``trunk_settings(config)`` builds them from Config."""
+    """The trunk's settings (signaling/app.py builds them from the sip_* settings)."""
 
     listen_host: str = "127.0.0.1"
     #: 0 = any free port (UDP and TCP share it).
@@ -72,6 +68,8 @@ class TrunkSettings:
     #: ``auth_lockout_seconds``; 0 = never. A success forgets the failures.
     auth_max_failures: int = 5
     auth_lockout_seconds: float = 60.0
+    #: How many TCP connections, from whom, for how long (signaling/sip/connections.py).
+    tcp_limits: TcpLimits = field(default_factory=TcpLimits)
 
     def __post_init__(self) -> None:
         try:
@@ -145,75 +143,4 @@ class TrunkSettings:
         return tuple(ipaddress.ip_network(s, strict=False) for s in sources)
 
 
-_CONFIG_NAMES = {
-    "listen_host": "sip_listen",
-    "listen_port": "sip_listen",
-    "transports": "sip_transports",
-    "sbc": "sip_sbc",
-    "accepted_sources": "sip_accepted_sources",
-    "domain": "sip_domain",
-    "username": "sip_username",
-    "inbound_username": "sip_inbound_username",
-    "inbound_algorithms": "sip_inbound_algorithms",
-    "max_calls_per_second": "sip_max_calls_per_second",
-    "max_concurrent_calls": "sip_max_concurrent_calls",
-    "options_interval": "sip_options_interval",
-    "max_message_bytes": "sip_max_message_bytes",
-    "requests_per_second_per_source": "sip_requests_per_second",
-    "block_after": "sip_block_after",
-    "block_seconds": "sip_block_seconds",
-    "user_agent": "sip_user_agent",
-    "auth_max_failures": "sip_auth_max_failures",
-    "auth_lockout_seconds": "sip_auth_lockout_seconds",
-}
-
-
-def trunk_settings(config: Config) -> TrunkSettings | None:
-    """The trunk's settings from ``config``; None when ``sip_listen`` is empty.
-    Raises ConfigError naming the setting for a bad value."""
-    from signaling.config import ConfigError
-
-    if not config.sip_listen:
-        return None
-    listen = config.sip_listen.strip()
-    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", listen)
-    if match is None:
-        raise ConfigError(f"setting sip_listen: {listen!r} is not HOST:PORT")
-    host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4))
-    targets = []
-    for text in config.sip_sbc:
-        try:
-            targets.append(SipTarget.parse(text))
-        except ValueError as exc:
-            raise ConfigError(f"setting sip_sbc: {exc}") from None
-    try:
-        return TrunkSettings(
-            listen_host=host,
-            listen_port=port,
-            transports=tuple(t.lower() for t in config.sip_transports),
-            sbc=tuple(targets),
-            accepted_sources=tuple(config.sip_accepted_sources),
-            domain=config.sip_domain,
-            username=config.sip_username,
-            password=config.sip_password,
-            inbound_username=config.sip_inbound_username,
-            inbound_password=config.sip_inbound_password,
-            inbound_algorithms=tuple(config.sip_inbound_algorithms),
-            max_calls_per_second=config.sip_max_calls_per_second,
-            max_concurrent_calls=config.sip_max_concurrent_calls,
-            options_interval=config.sip_options_interval,
-            max_message_bytes=config.sip_max_message_bytes,
-            requests_per_second_per_source=config.sip_requests_per_second,
-            block_after=config.sip_block_after,
-            block_seconds=config.sip_block_seconds,
-            user_agent=config.sip_user_agent,
-            auth_max_failures=config.sip_auth_max_failures,
-            auth_lockout_seconds=config.sip_auth_lockout_seconds,
-        )
-    except SettingsError as exc:
-        name = _CONFIG_NAMES.get(exc.field, exc.field)
-        raise ConfigError(f"setting {name}: {exc.message}") from None
-
-
-__all__ = ["SettingsError", "TrunkSettings", "trunk_settings"]
+__all__ = ["SettingsError", "TrunkSettings"]

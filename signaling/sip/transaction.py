@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from signaling.sip.message import (
-    MAGIC_COOKIE,
     Request,
     Response,
     SipTarget,
@@ -159,7 +158,7 @@ def server_key(request: Request) -> TransactionKey:
     via = request.top_via
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch or ""
-    if not branch.startswith(MAGIC_COOKIE):
+    if not via.rfc3261:
         branch = "|".join(
             (
                 str(request.uri),

@@ -58,7 +58,7 @@ from signaling.sip.session import (
     reason_header,
     reason_text,
 )
-from signaling.sip.settings import SettingsError, TrunkSettings, trunk_settings
+from signaling.sip.settings import SettingsError, TrunkSettings
 from signaling.sip.transaction import Send
 from signaling.sip.transport import SipTransport
 from signaling.sip.ua import (
@@ -277,6 +277,7 @@ class SipTrunk:
             admit_peer=self._peer_admitted,
             accepted_source=self.ua.guard.accepted,
             stats=self.ua.stats,
+            tcp_limits=s.tcp_limits,
         )
         await self._transport.start()
         logger.info("SIP trunk listening on %s", self.addresses)
@@ -459,5 +460,4 @@ __all__ = [
     "TrunkUnavailable",
     "reason_header",
     "reason_text",
-    "trunk_settings",
 ]

@@ -63,6 +63,8 @@ from signaling.sip.message import (
     Response,
     SipTarget,
     Via,
+    accepts,
+    is_response,
     make_request,
     make_response,
     new_branch,
@@ -74,6 +76,7 @@ from signaling.sip.message import (
 )
 from signaling.sip.session import (
     CallEvent,
+    ClientHandler,
     IncomingSession,
     OutboundSession,
     Session,
@@ -168,10 +171,6 @@ class Later:
 
     def cancel(self) -> None:
         self.timers.clear()
-
-
-#: Told the final response of a client transaction (None and the timer on timeout).
-ClientHandler = Callable[[Transaction, Response | None, str | None, float], None]
 
 
 def _ignore(txn: Transaction, response: Response | None, timer: str | None, now: float) -> None:
@@ -407,7 +406,7 @@ class UserAgent:
         if not data.strip(b"\r\n"):
             return  # keep-alive
         accepted = self.guard.accepted(host)
-        if not accepted and data.lstrip(b"\r\n").startswith(b"SIP/"):
+        if not accepted and is_response(data):
             self.stats["responses_dropped"] += 1  # unparsed: only requests may come
             return
         if admission is not Admission.ADMITTED:
@@ -442,9 +441,7 @@ class UserAgent:
     ) -> None:
         """Over the source's rate: at most one 503 (Retry-After) a second to an
         accepted source's requests; everything else is dropped. Both are counted."""
-        if isinstance(data, Response) or (
-            isinstance(data, bytes) and data.lstrip(b"\r\n").startswith(b"SIP/")
-        ):
+        if isinstance(data, Response) or (isinstance(data, bytes) and is_response(data)):
             self.stats["responses_rate_limited"] += 1
             return
         self.stats["requests_rate_limited"] += 1
@@ -819,18 +816,27 @@ class UserAgent:
         if request.body and kind != "application/sdp":
             self._reply(txn, request, 415, now, headers=[("Accept", "application/sdp")])
             return
+        if not accepts(request, "application/sdp"):
+            # §21.4.7: our answer would carry SDP, a body the caller does not accept.
+            warning = '399 anruf "application/sdp is not in Accept"'
+            self._reply(txn, request, 406, now, headers=[("Warning", warning)])
+            return
         offer = sdp_of(request)
         if offer is None:
             # A delayed offer (INVITE without SDP) is not supported.
             warning = '399 anruf "an SDP offer is required"'
             self._reply(txn, request, 488, now, headers=[("Warning", warning)])
             return
-        if request.contact is None:
+        # An RFC 2543 element (no magic cookie in the branch) may leave out Contact and
+        # the From tag (RFC 4475 §3.4.1): the dialog's remote target is then its From
+        # URI and its remote tag null (§12.1.1). RFC 3261 makes both mandatory.
+        rfc3261 = request.top_via.rfc3261
+        if request.contact is None and rfc3261:
             warning = '399 anruf "missing Contact"'
             self._reply(txn, request, 400, now, headers=[("Warning", warning)])
             return
-        if not request.from_addr.tag:
-            # RFC 3261 §8.1.1.3: no dialog can be made without it.
+        if not request.from_addr.tag and rfc3261:
+            # RFC 3261 §8.1.1.3: a request of an RFC 3261 UAC has one.
             warning = '399 anruf "missing From tag"'
             self._reply(txn, request, 400, now, headers=[("Warning", warning)])
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from pathlib import Path
 
 from playwright.async_api import Page, expect
@@ -24,9 +25,10 @@ from tests.browser.conftest import (
 )
 from tests.conftest import ALICE, BOB, TEST_CODE, Server, ServerFactory
 from tests.integration.provisioning import add_bundle, add_operator, add_subscriber
-from tests.integration.sipp import Sipp, free_port
+from tests.integration.sipp import Sipp
 from tests.integration.test_calls import RATE, heard
 from tests.integration.test_trunk_calls import LANDLINE, trunk_up
+from tests.ports import free_port
 from voice.audio.analysis import tone_fraction
 
 STATE_TIMEOUT = 10_000  # ms, for anything the page shows after a server event
@@ -238,7 +240,7 @@ async def test_connection_status_goes_offline_and_comes_back(
 async def test_a_call_to_a_phone_number_offers_the_keypad(
     make_server: ServerFactory, browser_user: BrowserUser, tmp_path: Path, shots: Shots
 ) -> None:
-    sbc_port = free_port()
+    sbc_port = free_port(socket.SOCK_DGRAM)
     server = await make_server(
         sip_listen="127.0.0.1:0",
         sip_sbc=(f"udp:127.0.0.1:{sbc_port}",),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +37,8 @@ from tests.fuzz.mutate import CORPUS, PEER_PORT, TRUNK_PORT
 from tests.integration.provisioning import add_bundle, add_operator, add_subscriber
 from tests.integration.sip_trunk_support import SDP, running_trunk, until
 from tests.integration.sip_trunk_support import Sipp as RawSipp
-from tests.integration.sipp import Sipp, free_port
+from tests.integration.sipp import Sipp
+from tests.ports import free_port
 from voice.client.signaling import SignalingClient
 from voice.codecs.g711 import alaw_encode
 
@@ -74,7 +76,7 @@ def _record_ws() -> None:
 
 
 async def _phone_network_calls(workdir: Path) -> None:
-    sbc_port = free_port()
+    sbc_port = free_port(socket.SOCK_DGRAM)
     server = await start_server(
         server_config(
             workdir,
@@ -128,7 +130,7 @@ async def _phone_network_calls(workdir: Path) -> None:
         tone = alaw_encode(0.5 * np.sin(2 * np.pi * 1000 * seconds))
         caller = sipp(
             "trunk_uac_tone.xml",
-            port=free_port(),
+            port=free_port(socket.SOCK_DGRAM),
             remote=f"127.0.0.1:{trunk_port}",
             service=BOB,
             files={"tone.raw": tone},

@@ -8,6 +8,7 @@ It answers calls at once (answermode=auto) or dials one (``dial``), sends an
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import wave
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import in_ci
-from tests.integration.sipp import free_port
+from tests.ports import free_port
 
 MODULES = ("g711", "aufile", "aubridge", "account", "menu", "sndfile")
 
@@ -35,7 +36,7 @@ class Baresip:
         self, workdir: Path, *, tone: int, seconds: int, dial: str = "", user: str = "far"
     ) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = free_port(socket.SOCK_DGRAM)
         workdir.mkdir(parents=True, exist_ok=True)
         tone_file = workdir / "tone.wav"
         subprocess.run(

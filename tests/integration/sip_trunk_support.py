@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,13 +12,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
 
-import pytest
-
 from signaling.sip.message import ParseError, Request, Response, parse_message
 from signaling.sip.trunk import CallEvent, IncomingCall, SipTrunk, TrunkSettings
-from tests.conftest import in_ci
+from tests.integration.sipp import SCENARIOS, sipp_binary
+from tests.ports import free_port
 
-SCENARIOS = Path(__file__).resolve().parents[1] / "sip"
 CALLER = "+4917700000001"
 CALLEE = "+4930555000100"
 SDP = (
@@ -27,22 +24,6 @@ SDP = (
     "m=audio 40000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n"
     "a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
 )
-
-
-def sipp_binary() -> str:
-    """sipp: missing fails the test in CI (CI=true) and skips it elsewhere."""
-    path = shutil.which("sipp")
-    if path is None:
-        if in_ci():
-            pytest.fail("sipp is missing (Debian package sip-tester; ./dev test installs it)")
-        pytest.skip("sipp is not installed (apt install sip-tester)")
-    return path
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Sipp:
@@ -66,7 +47,14 @@ class Sipp:
         )
         command = [sipp_binary()]
         command += ["-sf", str(SCENARIOS / scenario)] if scenario else ["-sn", builtin or "uas"]
-        command += ["-i", "127.0.0.1", "-p", str(self.port), "-mp", str(free_port())]
+        command += [
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-mp",
+            str(free_port(socket.SOCK_DGRAM)),
+        ]
         command += ["-t", transport, "-m", "1", "-nostdin", "-timeout", f"{timeout:g}s"]
         command += ["-timeout_error", "-trace_err", "-trace_msg", *args]
         if remote:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import in_ci
+from tests.ports import free_port
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "sip"
 
@@ -23,12 +24,6 @@ def sipp_binary() -> str:
             pytest.fail("sipp is not installed (Debian package sip-tester); .ci/run installs it")
         pytest.skip("sipp is not installed (apt install sip-tester)")
     return path
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Sipp:
@@ -65,7 +60,7 @@ class Sipp:
             "-timeout_error",
             "-trace_err",
         ]
-        args += ["-mp", str(media_port if media_port is not None else free_port())]
+        args += ["-mp", str(media_port if media_port is not None else free_port(socket.SOCK_DGRAM))]
         if echo:
             args.append("-rtp_echo")
         if service:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,9 +24,10 @@ from signaling.store.schema import bundles
 from signaling.store.schema import events as events_table
 from tests.conftest import ALICE, Server, ServerFactory, fresh_postgres
 from tests.integration.provisioning import add_bundle, add_subscriber
-from tests.integration.sipp import SCENARIOS, Sipp, free_port, sipp_binary
+from tests.integration.sipp import SCENARIOS, Sipp, sipp_binary
 from tests.integration.test_trunk_calls import trunk_up
 from tests.integration.webhooks import Received, Receiver, add_operator
+from tests.ports import free_port
 from voice.client.client import Call
 
 LANDLINE = "+4930555000100"
@@ -54,7 +56,7 @@ class TracedSipp(Sipp):
             *("-p", str(port), "-m", "1", "-nostdin", "-aa"),
             *("-timeout", "60s", "-timeout_error", "-trace_err"),
             *("-trace_msg", "-message_file", str(self.log)),
-            *("-mp", str(free_port()), "-rtp_echo"),
+            *("-mp", str(free_port(socket.SOCK_DGRAM)), "-rtp_echo"),
         ]
         self.port = port
         self.workdir = workdir
@@ -142,7 +144,7 @@ async def refused(server: Server, call: Call) -> tuple[str | None, str]:
 async def test_calls_outside_the_bundles_destinations_never_reach_the_network(
     make_server: ServerFactory, receiver: Receiver, tmp_path: Path
 ) -> None:
-    sbc_port = free_port()
+    sbc_port = free_port(socket.SOCK_DGRAM)
     server = await trunk_server(make_server, receiver, sbc_port, allowed_destinations="+49,+41")
     network = TracedSipp("trunk_uas_echo.xml", port=sbc_port, workdir=tmp_path)
     try:
@@ -182,7 +184,7 @@ async def test_calls_outside_the_bundles_destinations_never_reach_the_network(
 async def test_beyond_the_velocity_limit_calls_are_refused_and_alerted_once(
     make_server: ServerFactory, receiver: Receiver, tmp_path: Path, database_url: str
 ) -> None:
-    sbc_port = free_port()
+    sbc_port = free_port(socket.SOCK_DGRAM)
     server = await trunk_server(
         make_server, receiver, sbc_port, database_url, max_phone_calls_per_hour=1
     )

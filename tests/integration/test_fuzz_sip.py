@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import random
 import re
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,8 @@ from tests.integration.sip_trunk_support import (
     trunk_port,
     until,
 )
-from tests.integration.sipp import Sipp, free_port
+from tests.integration.sipp import Sipp
+from tests.ports import free_port
 from voice.client.client import Phone
 
 LANDLINE = "+4930555000100"
@@ -307,6 +309,7 @@ async def test_mutated_sip_messages_break_nothing(
     await add_subscriber(server, ALICE, operator, bundle)
     counts = _counts(server)
     baseline = counts()
+    calling: asyncio.Task[int] | None = None
     try:
         with watching_logs() as logs, tracing_memory():
             alice, bob = await server.phone(ALICE), await server.phone(BOB)
@@ -331,7 +334,7 @@ async def test_mutated_sip_messages_break_nothing(
             bob_calls = await _drain_incoming(bob)
             caller = Sipp(
                 "trunk_uac_tone.xml",
-                port=free_port(),
+                port=free_port(socket.SOCK_DGRAM),
                 remote=f"127.0.0.1:{sbc.trunk_port}",
                 service=BOB,
                 files={"tone.raw": b"\xd5" * 8000 * 5},
@@ -346,6 +349,8 @@ async def test_mutated_sip_messages_break_nothing(
             assert await settle(counts, baseline, timeout=10.0) == baseline
         assert not logs.unexpected(), logs.unexpected()
     finally:
+        if calling is not None:
+            calling.cancel()  # a failure above must not leave the app user calling
         sbc.close()
 
 

@@ -5,6 +5,7 @@ through, counted in /metrics, and unblocked when the block time is over."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,9 +13,11 @@ from pathlib import Path
 from signaling.keys import TRUNK
 from signaling.sip.trunk import SipTrunk
 from tests.conftest import Server, ServerFactory
-from tests.integration.sip_trunk_support import SCENARIOS, RawPeer, free_port, sipp_binary
+from tests.integration.sip_trunk_support import RawPeer
+from tests.integration.sipp import SCENARIOS, sipp_binary
 from tests.integration.test_limits import metric, metrics
 from tests.integration.test_sip_trunk_bad_input import request, statuses
+from tests.ports import free_port
 
 SCANNER = "127.0.0.2"
 
@@ -30,7 +33,7 @@ def flood(
         "-i",
         source,
         "-p",
-        str(free_port()),
+        str(free_port(socket.SOCK_DGRAM)),
         "-r",
         str(rate),
         "-m",

@@ -16,7 +16,8 @@ from functools import partial
 from signaling.sip.connections import TcpLimits
 from signaling.sip.message import ParseError, Request, Response, SipTarget
 from signaling.sip.transport import SipTransport
-from tests.integration.sip_trunk_support import until
+from signaling.sip.trunk import TrunkSettings
+from tests.integration.sip_trunk_support import running_trunk, trunk_port, until
 
 SBC_HOST = "127.0.0.2"
 
@@ -210,3 +211,25 @@ async def test_our_connection_to_a_tcp_sbc_is_made_when_inbound_slots_are_full()
         close_all(held)
         sbc.close()
         await sbc.wait_closed()
+
+
+async def test_the_trunk_holds_its_transport_to_the_tcp_limits_of_its_settings() -> None:
+    limits = TcpLimits(max_connections=8, reserved_for_accepted=2, max_per_source=1)
+    settings = TrunkSettings(
+        listen_port=0,
+        transports=("tcp",),
+        accepted_sources=(SBC_HOST,),
+        options_interval=0,
+        tcp_limits=limits,
+    )
+    held: list[Connection] = []
+    async with running_trunk(settings) as trunk:
+        port = trunk_port(trunk)
+        held.append(await connect(port, "127.0.0.3"))
+        held.append(await connect(port, "127.0.0.3"))
+        try:
+            assert await closed_by_peer(held[-1])
+            assert await still_open(held[0])
+            assert trunk.stats["tcp_refused_per_source"] == 1
+        finally:
+            close_all(held)

@@ -102,27 +102,6 @@ EXPECTED: dict[str, Expect] = {
     "inv2543": Expect(ANSWERED, "3.4.1: RFC 2543 syntax is accepted and processed"),
 }
 
-#: Where the trunk's answer is wrong through its own logic (signaling/sip/trunk.py),
-#: not the parser's: the case is kept and marked, so it turns green when fixed.
-TRUNK_DEVIATIONS = {
-    "sdp01": "trunk ignores Accept: the INVITE reaches the call (declined 486 here; an "
-    "answer would carry SDP the peer does not accept); RFC 4475 §3.3.15 and RFC 3261 "
-    "§21.4.7 want 406 Not Acceptable when application/sdp is not acceptable",
-    "inv2543": "trunk answers 400 'missing Contact' (and would answer 400 'missing From "
-    "tag'): RFC 4475 §3.4.1 asks to accept RFC 2543 syntax (no Contact, no From tag, no "
-    "branch), e.g. by making a tag-less From's dialog from Call-ID and the To tag",
-}
-
-
-def cases() -> list[object]:
-    out: list[object] = []
-    for name in sorted(EXPECTED):
-        marks = []
-        if name in TRUNK_DEVIATIONS:
-            marks.append(pytest.mark.xfail(reason=TRUNK_DEVIATIONS[name], strict=True))
-        out.append(pytest.param(name, marks=marks, id=name))
-    return out
-
 
 def test_every_message_of_the_corpus_has_an_expectation() -> None:
     assert {p.stem for p in FIXTURES.glob("*.sip")} == set(EXPECTED)
@@ -223,7 +202,7 @@ async def decline(call: IncomingCall) -> None:
     await call.reject(486)
 
 
-@pytest.mark.parametrize("name", cases())
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 async def test_the_trunk_answers_each_torture_message_as_the_rfc_says(
     name: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,6 +5,7 @@ raw socket as the SBC where SIPp cannot say it (tags, P-Asserted-Identity)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,11 @@ from tests.integration.sip_trunk_support import (
     Events,
     RawPeer,
     Sipp,
-    free_port,
     running_trunk,
     trunk_port,
     until,
 )
+from tests.ports import free_port
 
 #: Shortened timers (T1 = 50 ms: Timer B/F = 3.2 s) where a test waits for a timeout.
 FAST = TimerValues(t1=0.05, t2=0.4, t4=0.5, d=0.5)
@@ -223,7 +224,7 @@ def test_calls_over_tcp_on_uvloop(tmp_path: Path) -> None:
 
 
 async def test_no_answer_at_all_is_timer_b() -> None:
-    silent = SipTarget("udp", "127.0.0.1", free_port())
+    silent = SipTarget("udp", "127.0.0.1", free_port(socket.SOCK_DGRAM))
     events = Events()
     settings = inbound_settings(sbc=(silent,), timers=FAST)
     async with running_trunk(settings) as trunk:
@@ -250,7 +251,7 @@ async def test_options_keepalive_marks_the_trunk_up_and_down(tmp_path: Path) -> 
 
 
 async def test_limits_refuse_calls() -> None:
-    target = SipTarget("udp", "127.0.0.1", free_port())
+    target = SipTarget("udp", "127.0.0.1", free_port(socket.SOCK_DGRAM))
     settings = inbound_settings(sbc=(target,), max_concurrent_calls=1, timers=FAST)
     async with running_trunk(settings) as trunk:
         await trunk.invite(to_number=CALLEE, from_number=CALLER, sdp=SDP, on_event=Events())

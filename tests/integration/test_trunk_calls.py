@@ -8,6 +8,7 @@ and calls our app users with an A-law tone.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,8 +24,9 @@ from tests.integration.provisioning import (
     add_past_call,
     add_subscriber,
 )
-from tests.integration.sipp import Sipp, free_port
+from tests.integration.sipp import Sipp
 from tests.integration.test_calls import heard
+from tests.ports import free_port
 from voice.audio.analysis import tone_fraction
 from voice.client.client import Call
 
@@ -44,7 +46,7 @@ async def network(
     make_server: ServerFactory, tmp_path: Path
 ) -> AsyncIterator[tuple[Server, int, Callable[..., Sipp]]]:
     """A server whose trunk points at a SIPp port, Alice provisioned with minutes."""
-    sbc_port = free_port()
+    sbc_port = free_port(socket.SOCK_DGRAM)
     server = await make_server(
         sip_listen="127.0.0.1:0",
         sip_sbc=(f"udp:127.0.0.1:{sbc_port}",),
@@ -158,7 +160,7 @@ async def test_a_phone_number_calls_an_app_user_who_hears_it(
     tone = alaw_tone(tmp_path / "tone.raw", 1000, 8)
     caller = sipp(
         "trunk_uac_tone.xml",
-        port=free_port(),
+        port=free_port(socket.SOCK_DGRAM),
         remote=f"127.0.0.1:{trunk_port(server)}",
         service=BOB,
         files={"tone.raw": tone.read_bytes()},
@@ -181,7 +183,7 @@ async def test_a_call_from_the_network_to_a_number_without_the_app(
     server, _port, sipp = network
     caller = sipp(
         "trunk_uac_unknown.xml",
-        port=free_port(),
+        port=free_port(socket.SOCK_DGRAM),
         remote=f"127.0.0.1:{trunk_port(server)}",
         service="+4917700000099",
     )
@@ -224,7 +226,7 @@ async def test_a_phone_on_the_network_answers_an_app_call(
 async def test_a_phone_on_the_network_calls_an_app_user(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
-    server = await provisioned_trunk_server(make_server, free_port())
+    server = await provisioned_trunk_server(make_server, free_port(socket.SOCK_DGRAM))
     bob = await server.phone(BOB)
     phone = Baresip(
         tmp_path / "baresip",
@@ -271,7 +273,7 @@ async def test_early_media_then_hold_and_resume_from_the_network(
 async def test_a_call_to_a_phone_number_is_cut_when_the_minutes_run_out(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
-    sbc_port = free_port()
+    sbc_port = free_port(socket.SOCK_DGRAM)
     server = await make_server(
         sip_listen="127.0.0.1:0",
         sip_sbc=(f"udp:127.0.0.1:{sbc_port}",),

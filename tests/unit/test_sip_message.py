@@ -17,6 +17,8 @@ from signaling.sip.message import (
     SipTarget,
     StreamParser,
     Via,
+    accepts,
+    is_response,
     make_request,
     make_response,
     parse_message,
@@ -413,3 +415,34 @@ def test_stream_parser_tells_when_a_message_is_partly_read() -> None:
     assert parser.in_message
     assert len(parser.feed(INVITE[100:])) == 1
     assert not parser.in_message
+
+
+def test_a_response_is_told_from_a_request_before_parsing() -> None:
+    assert is_response(b"SIP/2.0 200 OK\r\n\r\n")
+    assert is_response(b"\r\n\r\nSIP/2.0 486 Busy Here\r\n")  # after keep-alives
+    assert not is_response(INVITE)
+    assert not is_response(b"\r\n")
+
+
+def test_a_branch_without_the_magic_cookie_is_an_rfc2543_sender() -> None:
+    assert Via.parse("SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK1").rfc3261
+    assert not Via.parse("SIP/2.0/UDP 192.0.2.10;branch=1").rfc3261
+    assert not Via.parse("SIP/2.0/UDP 192.0.2.10").rfc3261
+
+
+def test_accept_decides_which_bodies_a_response_may_carry() -> None:
+    """RFC 3261 §20.1: without Accept only SDP; an empty one accepts nothing."""
+    invite = parse_message(INVITE)
+    assert isinstance(invite, Request)
+    assert accepts(invite, "application/sdp") and not accepts(invite, "text/plain")
+    for value, sdp in [
+        ("", False),
+        ("text/nobodyKnowsThis", False),
+        ("Application/SDP", True),
+        ("application/*", True),
+        ("*/*;q=0.1", True),
+        ("application/sdp;q=0, text/plain", False),
+        ("application/sdp;q=0.0;level=1", False),
+    ]:
+        invite.headers.set("Accept", value)
+        assert accepts(invite, "application/sdp") is sdp, value

@@ -1,4 +1,5 @@
-"""The trunk's settings from Config (sip_* settings) and their errors."""
+"""The trunk's settings from Config (sip_* settings, mapped in signaling/app.py) and
+their errors."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import ipaddress
 
 import pytest
 
+from signaling.app import create_app, trunk_settings
 from signaling.config import ConfigError, load_config
+from signaling.sip.connections import TcpLimits
 from signaling.sip.message import SipTarget
-from signaling.sip.trunk import TrunkSettings, trunk_settings
+from signaling.sip.trunk import TrunkSettings
 
 
 def settings(**environ: str) -> TrunkSettings | None:
@@ -67,6 +70,15 @@ def test_settings_from_the_environment() -> None:
         ({"sip_domain": "bad domain"}, "setting sip_domain"),
         ({"sip_auth_max_failures": "-1"}, "setting sip_auth_max_failures: -1 must be >= 0"),
         ({"sip_auth_lockout_seconds": "0"}, "setting sip_auth_lockout_seconds: 0.0 must be"),
+        ({"sip_tcp_max_connections": "0"}, "setting sip_tcp_max_connections: 0 must be >= 1"),
+        (
+            {"sip_tcp_reserved_connections": "300"},
+            "setting sip_tcp_reserved_connections: 300 must be 0 to max_connections (256)",
+        ),
+        ({"sip_tcp_max_per_source": "0"}, "setting sip_tcp_max_per_source: 0 must be >= 1"),
+        ({"sip_tcp_idle_timeout": "0"}, "setting sip_tcp_idle_timeout: 0.0 must be a positive"),
+        ({"sip_tcp_accepted_idle_timeout": "-1"}, "setting sip_tcp_accepted_idle_timeout"),
+        ({"sip_tcp_message_timeout": "inf"}, "setting sip_tcp_message_timeout: inf must be"),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], message: str) -> None:
@@ -95,3 +107,25 @@ def test_the_server_header_and_the_digest_lockout_are_settings() -> None:
 def test_a_user_agent_is_one_line() -> None:
     with pytest.raises(ValueError, match="user_agent: must be one line"):
         TrunkSettings(user_agent="Trunk\r\nX-Injected: 1")
+
+
+def test_the_tcp_limits_are_settings() -> None:
+    default = settings(sip_listen="127.0.0.1:5060")
+    assert default is not None and default.tcp_limits == TcpLimits()
+    tcp = {
+        "max_connections": "64",
+        "reserved_connections": "16",
+        "max_per_source": "2",
+        "idle_timeout": "30",
+        "accepted_idle_timeout": "900",
+        "message_timeout": "5",
+    }
+    changed = settings(sip_listen="127.0.0.1:5060", **{f"sip_tcp_{k}": v for k, v in tcp.items()})
+    assert changed is not None
+    assert changed.tcp_limits == TcpLimits(64, 16, 2, 30.0, 900.0, 5.0)
+
+
+def test_a_bad_sip_setting_fails_before_the_app_opens_anything() -> None:
+    config = load_config(environ={"ANRUF_SIP_LISTEN": "127.0.0.1:5060", "ANRUF_SIP_SBC": "x"})
+    with pytest.raises(ConfigError, match="setting sip_sbc"):
+        create_app(config)

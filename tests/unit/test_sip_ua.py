@@ -423,6 +423,129 @@ def test_a_bye_for_no_call_gets_481(clock: Clock) -> None:
     assert [r.status for r in ours.sent_responses("BYE")] == [481]
 
 
+# Older and pickier peers (RFC 4475 §3.3.15, §3.4.1) --------------------------------------
+
+
+def raw_invite(*, via: str, headers: str = "", from_tag: str = "") -> bytes:
+    """An INVITE from the SBC as bytes, with only what ``via`` and ``headers`` add."""
+    tag = f";tag={from_tag}" if from_tag else ""
+    return (
+        f"INVITE sip:{CALLEE}@{OURS} SIP/2.0\r\n"
+        f"Via: {via}\r\n"
+        f"From: <sip:{CALLER}@{SBC};user=phone>{tag}\r\n"
+        f"To: sip:{CALLEE}@{OURS};user=phone\r\n"
+        f"Call-ID: older-peer@{SBC}\r\nCSeq: 56 INVITE\r\n{headers}"
+        f"Content-Type: application/sdp\r\n\r\n{OFFER}"
+    ).encode()
+
+
+def from_sbc(node: Node, data: bytes, clock: Clock) -> None:
+    node.absorb(node.ua.receive_datagram(data, SipTarget("udp", SBC, 5060), clock.now))
+
+
+RFC3261_VIA = f"SIP/2.0/UDP {SBC}:5060;branch=z9hG4bKpicky"
+CONTACT = f"Contact: <sip:{CALLER}@{SBC}:5060>\r\n"
+
+
+@pytest.mark.parametrize("accept", ["text/nobodyKnowsThis", "", "application/sdp;q=0, text/plain"])
+def test_an_invite_that_does_not_accept_sdp_gets_406(clock: Clock, accept: str) -> None:
+    """RFC 3261 §21.4.7, RFC 4475 §3.3.15: our answer would carry SDP; an empty
+    Accept accepts nothing (§20.1)."""
+    ours, _ = client_and_server(clock)
+    headers = f"{CONTACT}Accept: {accept}\r\n"
+    from_sbc(ours, raw_invite(via=RFC3261_VIA, headers=headers, from_tag="t1"), clock)
+    assert [r.status for r in ours.sent_responses("INVITE")] == [100, 406]
+    assert not ours.offered()
+
+
+@pytest.mark.parametrize("accept", ["application/sdp", "application/*;q=0.5", "*/*, text/x"])
+def test_an_invite_that_accepts_sdp_is_offered(clock: Clock, accept: str) -> None:
+    ours, _ = client_and_server(clock)
+    headers = f"{CONTACT}Accept: {accept}\r\n"
+    from_sbc(ours, raw_invite(via=RFC3261_VIA, headers=headers, from_tag="t1"), clock)
+    assert len(ours.offered()) == 1
+
+
+def test_a_reinvite_that_does_not_accept_sdp_gets_406(clock: Clock) -> None:
+    ours, sbc = client_and_server(clock)
+    remote, call = answered_call(sbc, ours, clock)
+    reinvite(sbc, remote, OFFER)
+    (request,) = [s.message for s in sbc.outbox if isinstance(s.message, Request)]
+    request.headers.add("Accept", "text/plain")
+    settle(sbc, ours, clock.now)
+    assert [r.status for r in ours.sent_responses("INVITE")][-1] == 406
+    assert not [e for e in ours.events if isinstance(e, Reoffered)]
+    assert call.state == "answered"
+
+
+@pytest.mark.parametrize(
+    ("headers", "from_tag", "warning"),
+    [("", "t1", "Contact"), (CONTACT, "", "From tag")],
+)
+def test_an_rfc3261_invite_without_contact_or_from_tag_gets_400(
+    clock: Clock, headers: str, from_tag: str, warning: str
+) -> None:
+    """§8.1.1.3, §8.1.1.8: mandatory for a UAC whose branch has the magic cookie."""
+    ours, _ = client_and_server(clock)
+    from_sbc(ours, raw_invite(via=RFC3261_VIA, headers=headers, from_tag=from_tag), clock)
+    final = ours.sent_responses("INVITE")[-1]
+    assert final.status == 400 and warning in (final.headers.get("Warning") or "")
+    assert not ours.offered()
+
+
+def rfc2543_request(method: str, to_tag: str, *, from_tag: str = "", cseq: int = 57) -> bytes:
+    """An in-dialog request of the RFC 2543 peer: no branch, no Max-Forwards."""
+    tag = f";tag={from_tag}" if from_tag else ""
+    return (
+        f"{method} sip:{CALLEE}@{OURS}:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {SBC}\r\n"
+        f"From: <sip:{CALLER}@{SBC};user=phone>{tag}\r\n"
+        f"To: <sip:{CALLEE}@{OURS};user=phone>;tag={to_tag}\r\n"
+        f"Call-ID: older-peer@{SBC}\r\nCSeq: {cseq} {method}\r\n\r\n"
+    ).encode()
+
+
+def test_an_rfc2543_call_is_answered_acked_and_hung_up_by_the_peer(clock: Clock) -> None:
+    """RFC 4475 §3.4.1: no branch, no From tag, no Contact, no Max-Forwards, no
+    Content-Length; the call proceeds. The dialog's remote tag is null (§12.1.1), so
+    only requests without a From tag are in it (§12.2.2)."""
+    ours, _ = client_and_server(clock)
+    from_sbc(ours, raw_invite(via=f"SIP/2.0/UDP {SBC}"), clock)
+    (call,) = ours.offered()
+    assert (call.from_number, call.to_number, call.offer_sdp) == (CALLER, CALLEE, OFFER)
+    call.answer(ANSWER, now=clock.now)
+    ours.absorb(ours.ua.take())
+    ok = ours.sent_responses("INVITE")[-1]
+    assert ok.status == 200 and ok.to_addr.tag == call.local_tag
+    assert ok.from_addr.tag is None
+
+    from_sbc(ours, rfc2543_request("ACK", call.local_tag, cseq=56), clock)
+    assert not ours.ua.retransmissions  # the ACK matched the dialog
+
+    from_sbc(ours, rfc2543_request("BYE", call.local_tag, from_tag="guessed"), clock)
+    assert [r.status for r in ours.sent_responses("BYE")] == [481]
+    assert call.state == "answered"
+    from_sbc(ours, rfc2543_request("BYE", call.local_tag), clock)
+    assert [r.status for r in ours.sent_responses("BYE")] == [481, 200]
+    assert ours.call_events(call) == [Ended(None, "bye", True, "")]
+
+
+def test_our_bye_to_an_rfc2543_peer_goes_to_its_from_uri(clock: Clock) -> None:
+    """Without Contact the remote target is the From URI; its To carries no tag."""
+    ours, _ = client_and_server(clock)
+    from_sbc(ours, raw_invite(via=f"SIP/2.0/UDP {SBC}"), clock)
+    (call,) = ours.offered()
+    call.answer(ANSWER, now=clock.now)
+    ours.absorb(ours.ua.take())
+    from_sbc(ours, rfc2543_request("ACK", call.local_tag, cseq=56), clock)
+    call.bye("done", now=clock.now)
+    ours.absorb(ours.ua.take())
+    (bye,) = ours.sent_requests("BYE")
+    assert str(bye.uri) == f"sip:{CALLER}@{SBC};user=phone"
+    assert bye.to_addr.tag is None and bye.from_addr.tag == call.local_tag
+    assert ours.outbox[-1].peer == SipTarget("udp", SBC, 5060)
+
+
 # re-INVITE (§14) --------------------------------------------------------------------------
 
 

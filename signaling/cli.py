@@ -205,7 +205,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     config.data_dir.mkdir(parents=True, exist_ok=True)
     loop = _event_loop(config.event_loop)
-    app = create_app(config)
+    try:
+        app = create_app(config)  # checks what only the parts can (the sip_* settings)
+    except ConfigError as exc:
+        print(f"anruf: {exc}", file=sys.stderr)
+        return 2
     drain_on_sigterm(app)
     web.run_app(app, host=config.host, port=config.port, print=None, loop=loop)
     return 0

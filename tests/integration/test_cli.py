@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -78,3 +79,14 @@ def test_login_answer_and_call_from_the_command_line(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_serve_refuses_a_bad_trunk_setting_with_a_clear_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*ANRUF, "serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")],
+        env={**os.environ, "ANRUF_SIP_LISTEN": "127.0.0.1:not-a-port"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "sip_listen" in result.stderr
+    assert "Traceback" not in result.stderr

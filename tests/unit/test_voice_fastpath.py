@@ -48,7 +48,7 @@ class Protocol:
 
 
 class FakeLeg:
-    """A relay Leg as far as the fast path may see and change it (its public surface)."""
+    """A relay Leg as far as the fast path may see and change it (fastpath.ForwardingLeg)."""
 
     def __init__(self, leg_id: str, key: bytes, port: int) -> None:
         self.leg_id = leg_id
@@ -99,7 +99,7 @@ class FakeLeg:
         if self.fast_path is None or not self.fast_path.current():
             if self.fast_path is not None:
                 self.fast_path.uninstall()
-            self.fast_path = FastPath.install(self)  # type: ignore[arg-type]
+            self.fast_path = FastPath.install(self)
         return self.fast_path
 
 
@@ -222,7 +222,7 @@ def test_switching_off_uninstalls_and_uninstall_restores_the_method(
     assert a.ensure_fast_path() is not None
     assert "datagram_received" in vars(a.protocol)
     # One interception per pair.
-    assert FastPath.install(a) is None  # type: ignore[arg-type]
+    assert FastPath.install(a) is None
 
 
 def test_forwarded_stream_has_no_gaps_across_many_packets(legs: tuple[FakeLeg, FakeLeg]) -> None:

@@ -11,7 +11,8 @@ from tests.integration.relaying import call_through
 from tests.integration.test_relay_failures import Failures
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
-from voice.relay import Relay, fastpath
+from voice.relay import fastpath
+from voice.relay.relay import Relay
 
 pytestmark = pytest.mark.timeout(40)
 

@@ -11,21 +11,22 @@ both of one call.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.conftest import require_redis
 from tests.integration.relaying import call_through, wait_connected
+from tests.ports import free_port
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
 from voice.loadtest.rtp_peer import PlainRtpPeer
-from voice.relay import LegStats, MediaRelay, NoOpusError, Relay, UnknownLegError
+from voice.relay import LegStats, MediaRelay, NoOpusError, UnknownLegError
 from voice.relay.avp import Direction, NoCommonCodecError, parse_audio
 from voice.relay.host import HostSettings, RelayHost
 from voice.relay.pool import RelayPool
 from voice.relay.registry import RedisHostDirectory
+from voice.relay.relay import Relay
 from voice.relay.server import WorkerSettings
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,12 +34,6 @@ pytestmark = pytest.mark.timeout(60)
 REDIS_DB = 7
 SECRET = "test-relay-secret-contract"
 BACKENDS = ["in_process", "worker_processes", "relay_host"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Digits(list[tuple[str, str]]):

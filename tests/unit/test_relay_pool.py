@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from tests.integration.relaying import LegEvents
 from voice.relay.api import (
     WORKER_LOST,
     LegStats,
@@ -190,19 +191,14 @@ class FakeBackend:
         self.writers[index].close()
 
 
-class Failures(list[tuple[str, str]]):
-    def __call__(self, leg_id: str, detail: str) -> None:
-        self.append((leg_id, detail))
-
-
 @pytest.fixture
-def failures() -> Failures:
-    return Failures()
+def failures() -> LegEvents:
+    return LegEvents()
 
 
 @pytest.fixture
 async def make_pool(
-    failures: Failures,
+    failures: LegEvents,
 ) -> AsyncIterator[Callable[..., tuple[RelayPool, FakeBackend]]]:
     pools: list[RelayPool] = []
 
@@ -314,7 +310,7 @@ async def test_errors_keep_their_types_through_the_pool(
 
 
 async def test_a_lost_channel_fails_its_legs_once_and_calls_go_on_elsewhere(
-    make_pool: Callable[..., tuple[RelayPool, FakeBackend]], failures: Failures
+    make_pool: Callable[..., tuple[RelayPool, FakeBackend]], failures: LegEvents
 ) -> None:
     pool, backend = make_pool([0, 0])
     await pool.answer("doomed:a", "v=0", call_id="doomed")
@@ -344,7 +340,7 @@ async def test_a_lost_channel_fails_its_legs_once_and_calls_go_on_elsewhere(
 
 
 async def test_a_silent_channel_is_dropped(
-    make_pool: Callable[..., tuple[RelayPool, FakeBackend]], failures: Failures
+    make_pool: Callable[..., tuple[RelayPool, FakeBackend]], failures: LegEvents
 ) -> None:
     pool, backend = make_pool([0], hang_timeout=0.4)
     await pool.offer("c:a", call_id="c")

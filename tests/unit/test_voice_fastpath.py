@@ -79,15 +79,13 @@ class FakeLeg:
         self.fast_path: FastPath | None = None
         self.notice_task: object | None = None
 
-    def now(self) -> float:
-        return 1.0
-
     def received_on_fast_path(
-        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
-    ) -> None:
+        self, ssrc: int, sequence_number: int, timestamp: int, size: int
+    ) -> float:
         self.fast_path_packets += 1
         self.remote_ssrc = ssrc
-        self.reception.receive(sequence_number, timestamp, arrival, size)
+        self.reception.receive(sequence_number, timestamp, 1.0, size)
+        return 1.0
 
     def count_sent(self, size: int, now: float) -> None:
         self.packets_sent += 1
@@ -245,7 +243,7 @@ def test_the_stand_in_offers_what_a_leg_offers_the_fast_path() -> None:
 
     from voice.relay.leg import Leg
 
-    for name in ("now", "received_on_fast_path", "count_sent", "ensure_fast_path"):
+    for name in ("received_on_fast_path", "count_sent", "ensure_fast_path"):
         ours, theirs = getattr(FakeLeg, name), getattr(Leg, name)
         assert inspect.signature(ours) == inspect.signature(theirs), name
     for name in ("remote_ssrc", "payload_type", "mid"):

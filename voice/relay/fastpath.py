@@ -110,12 +110,12 @@ class ForwardingLeg(Protocol):
     def ensure_fast_path(self) -> FastPath | None: ...
 
     def received_on_fast_path(
-        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
-    ) -> None: ...
+        self, ssrc: int, sequence_number: int, timestamp: int, size: int
+    ) -> float:
+        """Count one of the leg's packets (`size` payload octets); its arrival time."""
+        ...
 
     def count_sent(self, size: int, now: float) -> None: ...
-
-    def now(self) -> float: ...
 
 
 def set_enabled(value: bool) -> None:
@@ -241,9 +241,8 @@ class FastPath:
         if header < 0:
             return None
         end = payload_end(plain, header)
-        now = self.leg.now()
         sequence_number, timestamp, ssrc = _SEQUENCE_TIMESTAMP_SSRC.unpack_from(plain, 2)
-        self.leg.received_on_fast_path(ssrc, sequence_number, timestamp, now, end - header)
+        now = self.leg.received_on_fast_path(ssrc, sequence_number, timestamp, end - header)
         return plain, header, end, now, sequence_number, timestamp, ssrc
 
     def forward(self, data: bytes, out: FastPath) -> None:

@@ -4,7 +4,7 @@
         [--loops asyncio,uvloop]
 
 For each event loop (the stock asyncio loop, and uvloop if installed) a relay
-process is started (`voice.relay.Relay`, the production class, on
+process is started (`voice.relay.relay.Relay`, the production class, on
 127.0.0.1) and this process sets up --calls two-way calls through it: per
 call a caller and a callee endpoint (`RtpPeer`, the load generator's lean
 endpoint: aiortc for ICE and DTLS-SRTP, raw Opus RTP) that each send one
@@ -77,7 +77,8 @@ def uvloop_available() -> bool:
 
 async def relay_child() -> None:
     """Serve JSON-line commands on stdin/stdout with a Relay in this process."""
-    from voice.relay import Relay, fastpath
+    from voice.relay import fastpath
+    from voice.relay.relay import Relay
 
     restrict_host_addresses(["127.0.0.1"])
     relay = Relay(bind_address="127.0.0.1", media_timeout=60.0)

@@ -60,7 +60,7 @@ CPU_LIMIT = 0.9
 
 async def relay_child() -> None:
     """Serve JSON-line commands on stdin/stdout with a Relay in this process."""
-    from voice.relay import Relay
+    from voice.relay.relay import Relay
 
     restrict_host_addresses(["127.0.0.1"])
     relay = Relay(bind_address="127.0.0.1", media_timeout=120.0)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from voice.client.media import MediaEndpoint
-from voice.relay import Relay
+from voice.relay.relay import Relay
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import pytest
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
 from voice.loadtest.impair import Impairment, ImpairmentProxy
-from voice.relay import LegStats, Relay
+from voice.relay import LegStats
+from voice.relay.relay import Relay
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.relaying import call_through
 from voice.client.media import MediaEndpoint
-from voice.relay import Relay
+from voice.relay.relay import Relay
 
 # aioice checks consent every 5 s and gives up after 6 failures in a row.
 pytestmark = pytest.mark.timeout(90)

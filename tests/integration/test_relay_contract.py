@@ -11,21 +11,22 @@ both of one call.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.conftest import require_redis
-from tests.integration.relaying import call_through, wait_connected
+from tests.integration.relaying import LegEvents, call_through, hear_each_other, wait_connected
+from tests.ports import free_port
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
 from voice.loadtest.rtp_peer import PlainRtpPeer
-from voice.relay import LegStats, MediaRelay, NoOpusError, Relay, UnknownLegError
+from voice.relay import LegStats, MediaRelay, NoOpusError, UnknownLegError
 from voice.relay.avp import Direction, NoCommonCodecError, parse_audio
 from voice.relay.host import HostSettings, RelayHost
 from voice.relay.pool import RelayPool
 from voice.relay.registry import RedisHostDirectory
+from voice.relay.relay import Relay
 from voice.relay.server import WorkerSettings
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,24 +36,13 @@ SECRET = "test-relay-secret-contract"
 BACKENDS = ["in_process", "worker_processes", "relay_host"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Digits(list[tuple[str, str]]):
-    def __call__(self, leg_id: str, digit: str) -> None:
-        self.append((leg_id, digit))
-
-
 @pytest.fixture
-def digits() -> Digits:
-    return Digits()
+def digits() -> LegEvents:
+    return LegEvents()
 
 
 @pytest.fixture(params=BACKENDS)
-async def relay(request: pytest.FixtureRequest, digits: Digits) -> AsyncIterator[MediaRelay]:
+async def relay(request: pytest.FixtureRequest, digits: LegEvents) -> AsyncIterator[MediaRelay]:
     backend: MediaRelay
     host: RelayHost | None = None
     if request.param == "in_process":
@@ -92,15 +82,6 @@ async def relay(request: pytest.FixtureRequest, digits: Digits) -> AsyncIterator
         assert backend.active_legs == 0
 
 
-@pytest.fixture
-async def endpoints() -> AsyncIterator[tuple[MediaEndpoint, MediaEndpoint]]:
-    caller = MediaEndpoint(source="tone:440")
-    callee = MediaEndpoint(source="tone:880")
-    yield caller, callee
-    await caller.close()
-    await callee.close()
-
-
 async def settled_stats(relay: MediaRelay, leg_id: str) -> LegStats:
     """The leg's counters once a pool has had a report to give (at most a second)."""
     async with asyncio.timeout(3):
@@ -120,17 +101,7 @@ async def test_bridged_endpoints_hear_each_other(
     relay.bridge(a, b)
     caller.mark("bridged")
     callee.mark("bridged")
-    await caller.wait_for_tone(880, timeout=5)
-    await callee.wait_for_tone(440, timeout=5)
-    await asyncio.sleep(2.5)
-
-    # Skip the switch-over itself (jitter buffers drain): judge from 0.5 s on.
-    skip = SAMPLE_RATE // 2
-    caller_audio = caller.received()[caller.markers["bridged"] + skip :]
-    callee_audio = callee.received()[callee.markers["bridged"] + skip :]
-    assert tone_fraction(caller_audio, SAMPLE_RATE, 880) >= 0.9
-    assert tone_fraction(callee_audio, SAMPLE_RATE, 440) >= 0.9
-    assert tone_fraction(caller_audio, SAMPLE_RATE, 425) == 0.0
+    await hear_each_other(caller, callee, listen=2.5)
 
     if isinstance(relay, Relay):
         # The relay's own receivers never fed aiortc's jitter buffer or decoder.
@@ -180,7 +151,7 @@ async def test_bad_requests_raise_their_own_errors(relay: MediaRelay) -> None:
     assert relay.active_legs == 0
 
 
-async def test_an_rtp_leg_carries_g711_dtmf_and_hold(relay: MediaRelay, digits: Digits) -> None:
+async def test_an_rtp_leg_carries_g711_dtmf_and_hold(relay: MediaRelay, digits: LegEvents) -> None:
     app = MediaEndpoint(source="tone:440")
     peer = PlainRtpPeer(codec="PCMA", tone=880.0)
     await peer.open()

@@ -10,7 +10,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from voice.client.media import MediaEndpoint
 from voice.ice import ice_configuration
-from voice.relay import NoOpusError, Relay, UnknownLegError
+from voice.relay import NoOpusError, UnknownLegError
+from voice.relay.relay import Relay
 
 pytestmark = pytest.mark.timeout(30)
 

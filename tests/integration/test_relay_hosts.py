@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ import redis.asyncio as aioredis
 
 from signaling.keys import CALLS, RELAY
 from tests.conftest import ALICE, BOB, CAROL, Server, ServerFactory, require_redis
+from tests.ports import free_port
 from voice.audio import tone_fraction
 from voice.client.client import Call, Phone
 from voice.client.media import SAMPLE_RATE
@@ -48,12 +48,6 @@ HEARTBEAT = 0.5
 TTL = 1.5
 #: The relay hosts' and the servers' relay_secret (the hosts get it from the environment).
 SECRET = "test-relay-secret-0001"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_for(condition: Callable[[], bool], limit: float = 10.0) -> None:

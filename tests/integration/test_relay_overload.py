@@ -8,8 +8,8 @@ import threading
 
 from tests.integration.relaying import call_through
 from voice.client.media import MediaEndpoint
-from voice.relay import Relay
 from voice.relay.leg import RECEIVE_QUEUE_LIMIT
+from voice.relay.relay import Relay
 
 
 async def test_a_burst_beyond_the_queue_is_dropped_and_counted(

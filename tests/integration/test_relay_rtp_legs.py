@@ -14,8 +14,8 @@ from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
 from voice.ice import restrict_host_addresses
 from voice.loadtest.rtp_peer import PlainRtpPeer
-from voice.relay import Relay
 from voice.relay.avp import Direction, NoCommonCodecError, parse_audio
+from voice.relay.relay import Relay
 from voice.relay.rtp_leg import WebRtcTap
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,7 +14,8 @@ from tests.integration.relaying import call_through
 from tests.integration.test_calls import connect, heard
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
-from voice.relay import LegStats, NoOpusError, Relay, UnknownLegError
+from voice.relay import LegStats, NoOpusError, UnknownLegError
+from voice.relay.relay import Relay
 from voice.relay.transcode import TranscodingRelay
 
 pytestmark = pytest.mark.timeout(40)

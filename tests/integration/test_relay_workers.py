@@ -17,6 +17,7 @@ import pytest
 
 from signaling.keys import CALLS, RELAY
 from tests.conftest import ALICE, BOB, Server, ServerFactory
+from tests.integration.relaying import LegEvents
 from voice.audio import tone_fraction
 from voice.client.media import SAMPLE_RATE, MediaEndpoint
 from voice.relay.api import WORKER_LOST, RelayUnavailable
@@ -25,18 +26,13 @@ from voice.relay.pool import RelayPool
 pytestmark = pytest.mark.timeout(60)
 
 
-class Failures(list[tuple[str, str]]):
-    def __call__(self, leg_id: str, detail: str) -> None:
-        self.append((leg_id, detail))
+@pytest.fixture
+def failures() -> LegEvents:
+    return LegEvents()
 
 
 @pytest.fixture
-def failures() -> Failures:
-    return Failures()
-
-
-@pytest.fixture
-async def make_relay(failures: Failures) -> AsyncIterator[Callable[..., RelayPool]]:
+async def make_relay(failures: LegEvents) -> AsyncIterator[Callable[..., RelayPool]]:
     relays: list[RelayPool] = []
 
     def make(**options: object) -> RelayPool:
@@ -82,7 +78,7 @@ def pid_alive(pid: int) -> bool:
 
 
 async def test_calls_spread_over_workers(
-    make_relay: Callable[..., RelayPool], failures: Failures
+    make_relay: Callable[..., RelayPool], failures: LegEvents
 ) -> None:
     relay = make_relay(workers=2)
     started = time.monotonic()
@@ -116,7 +112,7 @@ async def test_calls_spread_over_workers(
 
 
 async def test_a_killed_worker_fails_its_legs_once_and_calls_go_on_elsewhere(
-    make_relay: Callable[..., RelayPool], failures: Failures
+    make_relay: Callable[..., RelayPool], failures: LegEvents
 ) -> None:
     relay = make_relay(workers=2)
     await relay.start()
@@ -164,7 +160,7 @@ async def test_a_killed_worker_fails_its_legs_once_and_calls_go_on_elsewhere(
 
 
 async def test_without_a_live_worker_requests_raise_relay_unavailable(
-    make_relay: Callable[..., RelayPool], failures: Failures
+    make_relay: Callable[..., RelayPool], failures: LegEvents
 ) -> None:
     relay = make_relay(workers=1)
     await relay.offer("c1:a", call_id="c1")
@@ -253,7 +249,7 @@ async def test_a_worker_killed_mid_call_ends_that_call_and_the_next_call_works(
 
 
 async def test_a_hung_worker_is_killed_and_replaced(
-    make_relay: Callable[..., RelayPool], failures: Failures
+    make_relay: Callable[..., RelayPool], failures: LegEvents
 ) -> None:
     relay = make_relay(workers=1, hang_timeout=1.0)
     await relay.offer("c:a", call_id="c")

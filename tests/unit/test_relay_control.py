@@ -9,28 +9,16 @@ from typing import Any
 
 import pytest
 
+from voice.relay import api
 from voice.relay.api import (
-    AcceptAnswer,
-    AcceptRtpAnswer,
-    Answer,
-    AnswerRtp,
-    Bridge,
-    CloseLeg,
     LegStats,
+    MediaRelay,
     NoCommonCodecError,
     NoOpusError,
-    Offer,
-    OfferRtp,
-    PlayNotice,
     RelayError,
     RelayUnavailable,
     RelayWorkerError,
-    SendDtmf,
-    StartRingback,
-    Stats,
-    StopRingback,
     UnknownLegError,
-    UpdateRtp,
 )
 from voice.relay.control import (
     MAX_FRAME,
@@ -90,8 +78,8 @@ def test_the_decoder_refuses_garbage() -> None:
 
 def test_requests_are_numbered_and_replies_matched() -> None:
     correlator = Correlator()
-    first, frame = correlator.request(Answer("c:a", "v=0", call_id="c"))
-    second, _ = correlator.request(Offer("c:b", call_id="c"))
+    first, frame = correlator.request(api.Answer("c:a", "v=0", call_id="c"))
+    second, _ = correlator.request(api.Offer("c:b", call_id="c"))
     assert first != second and correlator.pending == 2
     assert FrameDecoder().feed(frame) == [
         {"id": first, "op": "answer", "args": ["c:a", "v=0", "c"]}
@@ -109,9 +97,9 @@ def test_requests_are_numbered_and_replies_matched() -> None:
 def test_results_arrive_as_the_operation_returns_them() -> None:
     correlator = Correlator()
     stats = LegStats(packets_received=7, rtt_ms=12.5)
-    stats_id, _ = correlator.request(Stats("c:a"))
-    close_id, _ = correlator.request(CloseLeg("c:a"))
-    accept_id, _ = correlator.request(AcceptAnswer("c:a", "v=0"))
+    stats_id, _ = correlator.request(api.Stats("c:a"))
+    close_id, _ = correlator.request(api.CloseLeg("c:a"))
+    accept_id, _ = correlator.request(api.AcceptAnswer("c:a", "v=0"))
     wire = json.loads(json.dumps(encode_reply(stats_id, stats)))
     assert correlator.receive(wire) == Reply(stats_id, stats)
     assert correlator.receive({"id": close_id, "result": stats_to_wire(stats)}) == Reply(
@@ -119,14 +107,14 @@ def test_results_arrive_as_the_operation_returns_them() -> None:
     )
     assert correlator.receive({"id": accept_id, "result": None}) == Reply(accept_id, None)
     # A result that cannot be what the operation returns is the other side's fault.
-    bad_id, _ = correlator.request(Stats("c:a"))
+    bad_id, _ = correlator.request(api.Stats("c:a"))
     failure = correlator.receive({"id": bad_id, "result": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]})
     assert isinstance(failure, Failure) and isinstance(failure.error, RelayWorkerError)
 
 
 def test_abandoned_requests_ignore_late_replies() -> None:
     correlator = Correlator()
-    request_id, _ = correlator.request(Offer("c:a"))
+    request_id, _ = correlator.request(api.Offer("c:a"))
     correlator.abandon(request_id)
     assert correlator.receive({"id": request_id, "result": "late"}) is None
     ids = [correlator.request(Ping())[0] for _ in range(3)]
@@ -134,7 +122,7 @@ def test_abandoned_requests_ignore_late_replies() -> None:
 
 
 def test_notifications_carry_no_id_and_events_pass_through() -> None:
-    (message,) = FrameDecoder().feed(Correlator.notify(Bridge("c:a", "c:b")))
+    (message,) = FrameDecoder().feed(Correlator.notify(api.Bridge("c:a", "c:b")))
     assert message == {"op": "bridge", "args": ["c:a", "c:b"]}
     correlator = Correlator()
     event = correlator.receive({"event": "leg_failed", "args": ["c:a", "ice_failed"]})
@@ -147,23 +135,47 @@ def test_notifications_carry_no_id_and_events_pass_through() -> None:
 
 
 EVERY_REQUEST: list[Request] = [
-    Answer("c:a", "v=0", "c"),
-    Offer("c:b", "c"),
-    OfferRtp("c:sip", "c"),
-    AnswerRtp("c:sip", "v=0", "c"),
-    AcceptAnswer("c:b", "v=0"),
-    AcceptRtpAnswer("c:sip", "v=0"),
-    UpdateRtp("c:sip", "v=0"),
-    SendDtmf("c:sip", "12#"),
-    StartRingback("c:a"),
-    StopRingback("c:a"),
-    PlayNotice("c:a"),
-    Bridge("c:a", "c:b"),
-    Stats("c:a"),
-    CloseLeg("c:a"),
+    api.Answer("c:a", "v=0", "c"),
+    api.Offer("c:b", "c"),
+    api.OfferRtp("c:sip", "c"),
+    api.AnswerRtp("c:sip", "v=0", "c"),
+    api.AcceptAnswer("c:b", "v=0"),
+    api.AcceptRtpAnswer("c:sip", "v=0"),
+    api.UpdateRtp("c:sip", "v=0"),
+    api.SendDtmf("c:sip", "12#"),
+    api.StartRingback("c:a"),
+    api.StopRingback("c:a"),
+    api.PlayNotice("c:a"),
+    api.Bridge("c:a", "c:b"),
+    api.Stats("c:a"),
+    api.CloseLeg("c:a"),
     Ping(),
     Shutdown(),
 ]
+
+
+def test_an_operation_goes_by_its_relay_method_name() -> None:
+    names = [json.loads(encode_request(None, request)[4:])["op"] for request in EVERY_REQUEST]
+    assert names == [
+        "answer",
+        "offer",
+        "offer_rtp",
+        "answer_rtp",
+        "accept_answer",
+        "accept_rtp_answer",
+        "update_rtp",
+        "send_dtmf",
+        "start_ringback",
+        "stop_ringback",
+        "play_notice",
+        "bridge",
+        "stats",
+        "close_leg",
+        "ping",
+        "shutdown",
+    ]
+    for name in names[:-2]:
+        assert callable(getattr(MediaRelay, name)), name
 
 
 @pytest.mark.parametrize("request_", EVERY_REQUEST, ids=lambda r: type(r).__name__)
@@ -174,8 +186,8 @@ def test_every_request_reads_back_as_sent(request_: Request) -> None:
 
 
 def test_a_new_leg_without_a_call_is_a_call_of_its_own() -> None:
-    assert decode_request({"id": 1, "op": "offer", "args": ["x"]}) == (1, Offer("x", ""))
-    assert decode_request({"op": "answer", "args": ["x", "v=0"]}) == (None, Answer("x", "v=0"))
+    assert decode_request({"id": 1, "op": "offer", "args": ["x"]}) == (1, api.Offer("x", ""))
+    assert decode_request({"op": "answer", "args": ["x", "v=0"]}) == (None, api.Answer("x", "v=0"))
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from tests.integration.relaying import LegEvents
 from voice.relay.api import (
     WORKER_LOST,
     LegStats,
@@ -20,8 +21,9 @@ from voice.relay.api import (
     RelayUnavailable,
     UnknownLegError,
 )
+from voice.relay.channel import Channel, ChannelPool
 from voice.relay.control import encode_message
-from voice.relay.pool import Channel, RelayPool
+from voice.relay.pool import RelayPool
 from voice.relay.registry import Candidate
 from voice.relay.server import ChannelServer, serve_channel
 
@@ -107,8 +109,16 @@ def _contract(relay: MemoryRelay) -> MediaRelay:
 
 
 class FakeChannel(Channel):
-    def __init__(self, *args: object, capacity: int = 0, accepting: bool = True) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        index: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        capacity: int = 0,
+        accepting: bool = True,
+    ) -> None:
+        super().__init__(index, reader, writer)
         self.capacity = capacity
         self.accepting = accepting
 
@@ -138,7 +148,7 @@ class FakeBackend:
         self.writers: list[asyncio.StreamWriter] = []
         self.lost_channels: list[tuple[Channel, bool]] = []
 
-    async def start(self, pool: RelayPool) -> None:
+    async def start(self, pool: ChannelPool) -> None:
         for index, capacity in enumerate(self.capacities):
             ours, theirs = socket.socketpair()
             relay = MemoryRelay()
@@ -155,17 +165,13 @@ class FakeBackend:
             server.send_ready()
             self.servers.append(asyncio.create_task(serve_channel(reader, server, 0.05)))
             self.relays.append(relay)
-            loop = asyncio.get_running_loop()
             pool_reader, pool_writer = await asyncio.open_unix_connection(sock=ours)
-            ready = loop.create_future()
-            channel = FakeChannel(
-                index, pool_reader, pool_writer, ready, loop.time(), capacity=capacity
-            )
+            channel = FakeChannel(index, pool_reader, pool_writer, capacity=capacity)
             self.channels.append(channel)
             pool.attach(channel)
         await asyncio.wait([channel.ready for channel in self.channels], timeout=5)
 
-    def lost(self, pool: RelayPool, channel: Channel, in_service: bool) -> None:
+    def lost(self, pool: ChannelPool, channel: Channel, in_service: bool) -> None:
         self.lost_channels.append((channel, in_service))
 
     async def close(self) -> None:
@@ -185,19 +191,14 @@ class FakeBackend:
         self.writers[index].close()
 
 
-class Failures(list[tuple[str, str]]):
-    def __call__(self, leg_id: str, detail: str) -> None:
-        self.append((leg_id, detail))
-
-
 @pytest.fixture
-def failures() -> Failures:
-    return Failures()
+def failures() -> LegEvents:
+    return LegEvents()
 
 
 @pytest.fixture
 async def make_pool(
-    failures: Failures,
+    failures: LegEvents,
 ) -> AsyncIterator[Callable[..., tuple[RelayPool, FakeBackend]]]:
     pools: list[RelayPool] = []
 
@@ -309,7 +310,7 @@ async def test_errors_keep_their_types_through_the_pool(
 
 
 async def test_a_lost_channel_fails_its_legs_once_and_calls_go_on_elsewhere(
-    make_pool: Callable[..., tuple[RelayPool, FakeBackend]], failures: Failures
+    make_pool: Callable[..., tuple[RelayPool, FakeBackend]], failures: LegEvents
 ) -> None:
     pool, backend = make_pool([0, 0])
     await pool.answer("doomed:a", "v=0", call_id="doomed")
@@ -339,7 +340,7 @@ async def test_a_lost_channel_fails_its_legs_once_and_calls_go_on_elsewhere(
 
 
 async def test_a_silent_channel_is_dropped(
-    make_pool: Callable[..., tuple[RelayPool, FakeBackend]], failures: Failures
+    make_pool: Callable[..., tuple[RelayPool, FakeBackend]], failures: LegEvents
 ) -> None:
     pool, backend = make_pool([0], hang_timeout=0.4)
     await pool.offer("c:a", call_id="c")

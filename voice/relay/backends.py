@@ -1,8 +1,10 @@
 """The two backends of a RelayPool: worker processes of our own, and relay hosts.
 
-Both hand the pool (voice/relay/pool.py) control channels that speak
-voice/relay/control.py to a serving side running voice/relay/server.py; they
-differ only in where the channels come from and what happens when one ends.
+Both hand the pool (voice/relay/pool.py) control channels
+(voice/relay/channel.py) that speak voice/relay/control.py to a serving side
+running voice/relay/server.py; they differ only in where the channels come
+from and what happens when one ends. Neither imports the pool: they use it
+through `ChannelPool`.
 
 - ProcessBackend: `workers` processes (multiprocessing "spawn" context), each
   reached over a socket pair. One that exits or hangs is killed, reaped (no
@@ -27,9 +29,9 @@ import os
 import signal
 import socket
 from multiprocessing.process import BaseProcess
-from typing import Protocol
 
 from voice.relay.api import RelayUnavailable
+from voice.relay.channel import Channel, ChannelPool
 from voice.relay.control import MAX_AUTH_FRAME, encode_message
 from voice.relay.control_auth import (
     AuthError,
@@ -37,11 +39,10 @@ from voice.relay.control_auth import (
     check_authenticated,
     check_relay_secret,
 )
-from voice.relay.pool import Channel, RelayPool
-from voice.relay.registry import Candidate, HostRecord
+from voice.relay.registry import Candidate, HostDirectory, HostRecord
 from voice.relay.server import WorkerSettings, read_frame, worker_main
 
-__all__ = ["HostBackend", "HostChannel", "HostDirectory", "ProcessBackend", "ProcessChannel"]
+__all__ = ["HostBackend", "HostChannel", "ProcessBackend", "ProcessChannel"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,8 @@ class ProcessChannel(Channel):
         process: BaseProcess,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        ready: asyncio.Future[int],
-        last_seen: float,
     ) -> None:
-        super().__init__(index, reader, writer, ready, last_seen)
+        super().__init__(index, reader, writer)
         self.process = process
 
     @property
@@ -109,7 +108,7 @@ class ProcessBackend:
         self.workers = count
         self._context = multiprocessing.get_context("spawn")
 
-    async def start(self, pool: RelayPool) -> None:
+    async def start(self, pool: ChannelPool) -> None:
         for index in range(self.workers):
             await self._launch(pool, index)
         starting = list(pool.channels)
@@ -123,7 +122,7 @@ class ProcessBackend:
             raise RelayUnavailable("no relay worker started")
         logger.info("relay workers ready (%s): %s", self.settings.relay_mode, pool.worker_pids)
 
-    async def _launch(self, pool: RelayPool, index: int) -> ProcessChannel:
+    async def _launch(self, pool: ChannelPool, index: int) -> ProcessChannel:
         parent_end, child_end = self._context.Pipe(duplex=True)
         sock = socket.socket(fileno=os.dup(parent_end.fileno()))
         parent_end.close()
@@ -147,17 +146,16 @@ class ProcessBackend:
             raise
         finally:
             child_end.close()  # the child's copy is its own now: its exit reads as EOF here
-        loop = asyncio.get_running_loop()
-        channel = ProcessChannel(index, process, reader, writer, loop.create_future(), loop.time())
+        channel = ProcessChannel(index, process, reader, writer)
         pool.attach(channel)
         return channel
 
-    def lost(self, pool: RelayPool, channel: Channel, in_service: bool) -> None:
+    def lost(self, pool: ChannelPool, channel: Channel, in_service: bool) -> None:
         if in_service:
             # One that never became ready is retried by whoever started it.
             pool.spawn(self._replace(pool, channel))
 
-    async def _replace(self, pool: RelayPool, lost: Channel) -> None:
+    async def _replace(self, pool: ChannelPool, lost: Channel) -> None:
         """Start a worker in place of a lost one, retrying with backoff until one is ready."""
         await lost.reap(pool.stop_timeout, pool.stop_timeout)
         delay = 0.5
@@ -182,14 +180,6 @@ class ProcessBackend:
 # -- relay hosts ------------------------------------------------------------------------
 
 
-class HostDirectory(Protocol):
-    """Where relay hosts are registered (voice.relay.registry.RedisHostDirectory)."""
-
-    async def hosts(self) -> list[HostRecord]: ...
-
-    async def close(self) -> None: ...
-
-
 class HostChannel(Channel):
     """The TCP control connection to a relay host."""
 
@@ -199,10 +189,8 @@ class HostChannel(Channel):
         host: HostRecord,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        ready: asyncio.Future[int],
-        last_seen: float,
     ) -> None:
-        super().__init__(index, reader, writer, ready, last_seen)
+        super().__init__(index, reader, writer)
         #: The host's registration, as of the latest reading of the directory.
         self.host = host
 
@@ -241,7 +229,7 @@ class HostBackend:
         self._index = 0  # numbers the control connections
         self._retry_at: dict[str, tuple[float, float]] = {}  # host id: (when, backoff)
 
-    async def start(self, pool: RelayPool) -> None:
+    async def start(self, pool: ChannelPool) -> None:
         """Connect to the hosts registered now; later ones are found every discovery_interval.
 
         Raises RelayUnavailable when the registry cannot be read at all; no host
@@ -257,13 +245,13 @@ class HostBackend:
         pool.spawn(self._track(pool))
         logger.info("relay hosts in service: %s", sorted(pool.host_loads))
 
-    def lost(self, pool: RelayPool, channel: Channel, in_service: bool) -> None:
+    def lost(self, pool: ChannelPool, channel: Channel, in_service: bool) -> None:
         pass  # a relay host is not ours to replace: the directory says when it is back
 
     async def close(self) -> None:
         await self.directory.close()
 
-    async def _track(self, pool: RelayPool) -> None:
+    async def _track(self, pool: ChannelPool) -> None:
         while not pool.closing:
             await asyncio.sleep(self.discovery_interval)
             try:
@@ -275,7 +263,7 @@ class HostBackend:
                 # connections (and stats heartbeat) still tell whether they are alive.
                 logger.warning("relay hosts cannot be read: %s", exc)
 
-    async def _discover(self, pool: RelayPool) -> list[asyncio.Task[None]]:
+    async def _discover(self, pool: ChannelPool) -> list[asyncio.Task[None]]:
         """Match the control connections to the registrations: connect, update, drop.
 
         Returns the connection attempts started.
@@ -309,7 +297,7 @@ class HostBackend:
             attempts.append(pool.spawn(self._connect(pool, record)))
         return attempts
 
-    async def _connect(self, pool: RelayPool, record: HostRecord) -> None:
+    async def _connect(self, pool: ChannelPool, record: HostRecord) -> None:
         loop = asyncio.get_running_loop()
         channel: HostChannel | None = None
         try:
@@ -322,9 +310,7 @@ class HostBackend:
                     writer.close()
                     raise
             self._index += 1
-            channel = HostChannel(
-                self._index, record, reader, writer, loop.create_future(), loop.time()
-            )
+            channel = HostChannel(self._index, record, reader, writer)
             pool.attach(channel)
             await asyncio.wait([channel.ready], timeout=pool.start_timeout)
             if not channel.usable:

@@ -24,30 +24,21 @@ and decodes results and events to typed values); `decode_request` and
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import MISSING, astuple, dataclass, fields
-from typing import Any
+from typing import Any, get_args
 
 from voice.relay.api import (
-    AcceptAnswer,
-    AcceptRtpAnswer,
-    Answer,
-    AnswerRtp,
-    Bridge,
     CloseLeg,
     LegStats,
+    NewLeg,
     NoCommonCodecError,
     NoOpusError,
-    Offer,
-    OfferRtp,
     Operation,
-    PlayNotice,
     RelayUnavailable,
     RelayWorkerError,
-    SendDtmf,
-    StartRingback,
     Stats,
-    StopRingback,
     UnknownLegError,
     UpdateRtp,
 )
@@ -215,23 +206,10 @@ class Shutdown:
 
 Request = Operation | Ping | Shutdown
 
+#: Each request by its name on the wire: an operation's is the relay contract's method
+#: (MediaRelay.offer_rtp for OfferRtp: the class name in snake case), then ping, shutdown.
 _OPS: dict[str, type[Request]] = {
-    "answer": Answer,
-    "offer": Offer,
-    "offer_rtp": OfferRtp,
-    "answer_rtp": AnswerRtp,
-    "accept_answer": AcceptAnswer,
-    "accept_rtp_answer": AcceptRtpAnswer,
-    "update_rtp": UpdateRtp,
-    "send_dtmf": SendDtmf,
-    "start_ringback": StartRingback,
-    "stop_ringback": StopRingback,
-    "play_notice": PlayNotice,
-    "bridge": Bridge,
-    "stats": Stats,
-    "close_leg": CloseLeg,
-    "ping": Ping,
-    "shutdown": Shutdown,
+    re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower(): cls for cls in get_args(Request)
 }
 _NAMES: dict[type[Request], str] = {cls: name for name, cls in _OPS.items()}
 
@@ -379,7 +357,7 @@ def _result(request: Request, value: Any) -> Any:
     """A reply's result as the operation returns it."""
     if isinstance(request, Stats | CloseLeg):
         return stats_from_wire(value)
-    if isinstance(request, Answer | Offer | OfferRtp | AnswerRtp | UpdateRtp):
+    if isinstance(request, NewLeg | UpdateRtp):  # an SDP
         return str(value)
     return value
 

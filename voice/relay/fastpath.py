@@ -45,18 +45,16 @@ from __future__ import annotations
 import struct
 import weakref
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pylibsrtp
 from aiortc.rtp import RtpPacket
 
 from voice.relay import seams
 from voice.rtp.header import FIXED_HEADER, forward_packet, header_length, payload_end
+from voice.rtp.rewriter import StreamRewriter
 
-if TYPE_CHECKING:
-    from voice.relay.leg import Leg
-
-__all__ = ["FastPath", "enabled", "set_enabled"]
+__all__ = ["FastPath", "ForwardingLeg", "enabled", "set_enabled"]
 
 #: The fast path is used by legs of this process (the benchmark switches it off).
 enabled = True
@@ -71,6 +69,53 @@ _installed: weakref.WeakSet[FastPath] = weakref.WeakSet()
 #: An unprotected packet: bytes, header length, payload end, arrival time,
 #: sequence number, timestamp, SSRC.
 Received = tuple[bytes, int, int, float, int, int, int]
+
+
+class ForwardingLeg(Protocol):
+    """A relay leg as the fast path sees it (voice.relay.leg.Leg): what it reads,
+    and the only calls through which it changes the leg."""
+
+    @property
+    def leg_id(self) -> str: ...
+
+    @property
+    def peer(self) -> ForwardingLeg | None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def notice_task(self) -> object | None: ...
+
+    @property
+    def fast_path(self) -> FastPath | None: ...
+
+    @property
+    def payload_type(self) -> int: ...
+
+    @property
+    def ssrc(self) -> int: ...
+
+    @property
+    def mid(self) -> str | None: ...
+
+    @property
+    def sender(self) -> Any: ...
+
+    @property
+    def rewriter(self) -> StreamRewriter:
+        """The leg's outgoing stream: the fast path maps forwarded packets onto it."""
+        ...
+
+    def ensure_fast_path(self) -> FastPath | None: ...
+
+    def received_on_fast_path(
+        self, ssrc: int, sequence_number: int, timestamp: int, size: int
+    ) -> float:
+        """Count one of the leg's packets (`size` payload octets); its arrival time."""
+        ...
+
+    def count_sent(self, size: int, now: float) -> None: ...
 
 
 def set_enabled(value: bool) -> None:
@@ -97,7 +142,7 @@ class FastPath:
 
     def __init__(
         self,
-        leg: Leg,
+        leg: ForwardingLeg,
         dtls: Any,
         nominated: dict[int, Any],
         pair: Any,
@@ -122,7 +167,7 @@ class FastPath:
         self._hook: Callable[[bytes, tuple[Any, ...]], None] | None = None
 
     @classmethod
-    def install(cls, leg: Leg) -> FastPath | None:
+    def install(cls, leg: ForwardingLeg) -> FastPath | None:
         """Intercept the leg's nominated pair, or None if it has none yet."""
         dtls = leg.sender.transport
         if not seams.dtls_connected(dtls):
@@ -196,9 +241,8 @@ class FastPath:
         if header < 0:
             return None
         end = payload_end(plain, header)
-        now = self.leg.now()
         sequence_number, timestamp, ssrc = _SEQUENCE_TIMESTAMP_SSRC.unpack_from(plain, 2)
-        self.leg.received_on_fast_path(ssrc, sequence_number, timestamp, now, end - header)
+        now = self.leg.received_on_fast_path(ssrc, sequence_number, timestamp, end - header)
         return plain, header, end, now, sequence_number, timestamp, ssrc
 
     def forward(self, data: bytes, out: FastPath) -> None:
@@ -237,7 +281,7 @@ class FastPath:
         peer.count_sent(end - header, now)
 
 
-def _extension_block(leg: Leg, dtls: Any) -> bytes:
+def _extension_block(leg: ForwardingLeg, dtls: Any) -> bytes:
     """The header extension block aiortc's path puts on this leg's packets (the MID)."""
     probe = RtpPacket(payload_type=leg.payload_type, ssrc=leg.ssrc)
     probe.extensions.mid = leg.mid

@@ -22,9 +22,9 @@ voice/relay/fastpath.py intercepts it at the nominated pair's socket and
 forwards it with the SRTP sessions aiortc set up (`Leg.ensure_fast_path`).
 The path above stays the fallback and carries RTCP, ringback and anything
 the fast path does not take. What the fast path may change on a leg is
-public here: `count_received`, `count_sent` (and `received_on_fast_path`),
-`rewriter` and `reception`; it reads `now()`, `peer`, `notice_task`,
-`closed`, `payload_type`, `ssrc`, `mid` and `ensure_fast_path()`.
+public here (voice.relay.fastpath.ForwardingLeg): `received_on_fast_path`,
+`count_sent` and `rewriter`; it reads `peer`, `notice_task`, `closed`,
+`payload_type`, `ssrc`, `mid` and `ensure_fast_path()`.
 
 `RtpPeer` holds these seams, the send path and RTCP; `Leg` adds what the
 relay needs on top (forwarding to the peer leg, failure detection). The load
@@ -388,11 +388,17 @@ class Leg(RtpPeer):
         return seams.shadows_rtp(self.transceiver.receiver, self._handle_rtp_packet)
 
     def received_on_fast_path(
-        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
-    ) -> None:
-        """count_received for a packet the fast path took (counted apart as well)."""
+        self, ssrc: int, sequence_number: int, timestamp: int, size: int
+    ) -> float:
+        """count_received for a packet the fast path took now (counted apart as well);
+        returns its arrival time. The fast path's one call per received packet, so
+        count_received's work is done here rather than called."""
+        arrival = self._loop.time()
         self.fast_path_packets += 1
-        self.count_received(ssrc, sequence_number, timestamp, arrival, size)
+        self.decoder_bypassed_packets += 1
+        self._remote_ssrc = ssrc
+        self.reception.receive(sequence_number, timestamp, arrival, size)
+        return arrival
 
     def drop_fast_path(self) -> None:
         if self.fast_path is not None:

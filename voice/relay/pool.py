@@ -3,7 +3,7 @@
 RelayPool implements the relay contract (voice.relay.api.MediaRelay) over
 control channels (voice/relay/control.py) to serving sides that each run an
 ordinary Relay (voice/relay/server.py). Where the channels come from is its
-backend (`WorkerBackend`, voice/relay/backends.py):
+backend (`WorkerBackend`, voice/relay/channel.py; voice/relay/backends.py):
 
 - ProcessBackend: worker processes we spawn, one per core by default, each
   owning its media sockets on its own event loop (ARCHITECTURE, "Scale": the
@@ -37,7 +37,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from voice.relay.api import (
     WORKER_LOST,
@@ -61,6 +61,7 @@ from voice.relay.api import (
     UnknownLegError,
     UpdateRtp,
 )
+from voice.relay.channel import Channel, ChannelPool, WorkerBackend
 from voice.relay.control import (
     Correlator,
     DtmfReceived,
@@ -75,13 +76,13 @@ from voice.relay.control import (
     Shutdown,
     StatsReport,
 )
-from voice.relay.registry import Candidate, choose
+from voice.relay.registry import choose
 
 if TYPE_CHECKING:
-    from voice.relay.backends import HostDirectory
+    from voice.relay.registry import HostDirectory
     from voice.relay.server import WorkerSettings
 
-__all__ = ["WORKER_LOST", "Channel", "RelayPool", "WorkerBackend"]
+__all__ = ["WORKER_LOST", "RelayPool"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,89 +94,6 @@ HANG_TIMEOUT = 10.0
 MAX_LOST_LEGS = 10_000
 
 T = TypeVar("T")
-
-
-class Channel:
-    """One control channel to where legs live: a worker process or a relay host."""
-
-    def __init__(
-        self,
-        index: int,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        ready: asyncio.Future[int],
-        last_seen: float,
-    ) -> None:
-        self.index = index
-        self.reader = reader
-        self.writer = writer
-        self.ready = ready
-        self.last_seen = last_seen
-        self.correlator = Correlator()
-        self.waiters: dict[int, asyncio.Future[Any]] = {}
-        self.legs: set[str] = set()
-        self.alive = True
-        self.loop = ""  # the serving side's event loop: "uvloop" or "asyncio"
-        self.reader_task: asyncio.Task[None] | None = None
-        #: The serving side's process id, from its ready event.
-        self.remote_pid = 0
-        #: Legs others (other signaling nodes) hold there, as of its latest report.
-        self.others = 0
-
-    @property
-    def pid(self) -> int:
-        return self.remote_pid
-
-    @property
-    def name(self) -> str:
-        return f"relay channel {self.index}"
-
-    @property
-    def host_id(self) -> str | None:
-        """The relay host's id (None for a worker process)."""
-        return None
-
-    @property
-    def usable(self) -> bool:
-        return self.alive and self.ready.done() and not self.ready.cancelled()
-
-    @property
-    def leaving(self) -> bool:
-        """Going away on purpose (a draining host): its loss is no error."""
-        return False
-
-    def how_lost(self) -> str:
-        return "lost its control connection"
-
-    def candidate(self) -> Candidate:
-        return Candidate(key=("", self.index), load=self.others + len(self.legs))
-
-    def kill(self) -> None:
-        """Make sure the serving side is gone (a process of ours is killed)."""
-
-    async def reap(self, grace: float, stop_timeout: float) -> None:
-        """Wait for the serving side to end, if it is ours to end."""
-
-    def send(self, data: bytes) -> None:
-        if self.alive and not self.writer.is_closing():
-            self.writer.write(data)
-
-
-class WorkerBackend(Protocol):
-    """Where a RelayPool's channels come from (voice/relay/backends.py)."""
-
-    #: What its channels are called in messages: "relay worker", "relay host".
-    kind: str
-
-    async def start(self, pool: RelayPool) -> None:
-        """Open the first channels (pool.attach each); RelayUnavailable if none can be."""
-        ...
-
-    def lost(self, pool: RelayPool, channel: Channel, in_service: bool) -> None:
-        """A channel ended (after its legs were failed): replace it, or not."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -715,3 +633,7 @@ class RelayPool:
 
 def _keeps_the_contract(pool: RelayPool) -> MediaRelay:
     return pool  # checked by mypy: a RelayPool is a MediaRelay
+
+
+def _serves_its_backend(pool: RelayPool) -> ChannelPool:
+    return pool  # checked by mypy: what a backend may use of its pool

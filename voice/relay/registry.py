@@ -20,11 +20,12 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "KEY_PREFIX",
     "Candidate",
+    "HostDirectory",
     "HostRecord",
     "RedisHostDirectory",
     "RedisRegistrar",
@@ -164,6 +165,14 @@ def choose(candidates: Sequence[Candidate]) -> Candidate | None:
 
 
 # -- Redis -------------------------------------------------------------------------
+
+
+class HostDirectory(Protocol):
+    """Where relay hosts are registered, as a signaling node reads them."""
+
+    async def hosts(self) -> list[HostRecord]: ...
+
+    async def close(self) -> None: ...
 
 
 class RedisHostDirectory:

@@ -205,7 +205,7 @@ class TranscodingLeg(Leg):
 
 
 class TranscodingRelay(Relay):
-    """voice.relay.Relay's interface; media decoded, relayed as frames and re-encoded."""
+    """voice.relay.relay.Relay's interface; media decoded, relayed as frames and re-encoded."""
 
     def __init__(
         self,

@@ -172,6 +172,11 @@ class OperatorStore:
             async with self.db.read() as own:
                 yield own
 
+    async def _first(self, conn: AsyncConnection | None, query: sa.Select[Any]) -> Any:
+        """The first row ``query`` finds (None: none), read in ``conn`` or a read of its own."""
+        async with self._reading(conn) as c:
+            return (await c.execute(query)).first()
+
     # -- operators (an admin's actions) -----------------------------------------------
 
     async def create_operator(
@@ -214,10 +219,9 @@ class OperatorStore:
             return [_operator(row) for row in rows]
 
     async def get_operator(self, operator_id: str, conn: AsyncConnection | None = None) -> Operator:
-        async with self._reading(conn) as c:
-            row = (
-                await c.execute(sa.select(operators).where(operators.c.operator_id == operator_id))
-            ).first()
+        row = await self._first(
+            conn, sa.select(operators).where(operators.c.operator_id == operator_id)
+        )
         if row is None:
             raise OperatorNotFound(f"no operator {operator_id!r}")
         return _operator(row)
@@ -284,17 +288,15 @@ class OperatorStore:
         """The operator holding ``api_key``; None if unknown or revoked."""
         if not api_key.startswith(API_KEY_PREFIX) or len(api_key) > MAX_API_KEY_LENGTH:
             return None
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(operators, operator_keys.c.key_id)
-                    .join(operator_keys, operator_keys.c.operator_id == operators.c.operator_id)
-                    .where(
-                        operator_keys.c.key_hash == hash_token(api_key),
-                        operator_keys.c.revoked_at.is_(None),
-                    )
-                )
-            ).first()
+        row = await self._first(
+            None,
+            sa.select(operators, operator_keys.c.key_id)
+            .join(operator_keys, operator_keys.c.operator_id == operators.c.operator_id)
+            .where(
+                operator_keys.c.key_hash == hash_token(api_key),
+                operator_keys.c.revoked_at.is_(None),
+            ),
+        )
         if row is None:
             return None
         return Caller(_operator(row), row.key_id)
@@ -406,14 +408,12 @@ class OperatorStore:
     async def get_bundle(
         self, operator_id: str, bundle_id: str, conn: AsyncConnection | None = None
     ) -> OperatorBundle:
-        async with self._reading(conn) as c:
-            row = (
-                await c.execute(
-                    sa.select(bundles).where(
-                        bundles.c.bundle_id == bundle_id, bundles.c.operator_id == operator_id
-                    )
-                )
-            ).first()
+        row = await self._first(
+            conn,
+            sa.select(bundles).where(
+                bundles.c.bundle_id == bundle_id, bundles.c.operator_id == operator_id
+            ),
+        )
         if row is None:
             raise BundleNotFound(f"no bundle {bundle_id!r}")
         return _bundle(row)
@@ -531,14 +531,12 @@ class OperatorStore:
             e164 = self.normalise(number)
         except InvalidSubscriberNumber:
             raise SubscriberNotFound(f"no subscriber {number!r}") from None
-        async with self._reading(conn) as c:
-            row = (
-                await c.execute(
-                    sa.select(subscribers).where(
-                        subscribers.c.number == e164, subscribers.c.operator_id == operator_id
-                    )
-                )
-            ).first()
+        row = await self._first(
+            conn,
+            sa.select(subscribers).where(
+                subscribers.c.number == e164, subscribers.c.operator_id == operator_id
+            ),
+        )
         if row is None:
             raise SubscriberNotFound(f"no subscriber {e164}")
         return _subscriber(row)
@@ -610,14 +608,12 @@ class OperatorStore:
     async def get_event(
         self, operator_id: str, event_id: str, conn: AsyncConnection | None = None
     ) -> StoredEvent:
-        async with self._reading(conn) as c:
-            row = (
-                await c.execute(
-                    sa.select(events).where(
-                        events.c.event_id == event_id, events.c.operator_id == operator_id
-                    )
-                )
-            ).first()
+        row = await self._first(
+            conn,
+            sa.select(events).where(
+                events.c.event_id == event_id, events.c.operator_id == operator_id
+            ),
+        )
         if row is None:
             raise EventNotFound(f"no event {event_id!r}")
         return StoredEvent.from_row(row)
@@ -667,13 +663,12 @@ class OperatorStore:
                 idempotency_keys.c.created_at < self._clock() - IDEMPOTENCY_TTL,
             )
         )
-        row = (
-            await conn.execute(
-                sa.select(idempotency_keys).where(
-                    idempotency_keys.c.operator_id == operator_id, idempotency_keys.c.key == key
-                )
-            )
-        ).first()
+        row = await self._first(
+            conn,
+            sa.select(idempotency_keys).where(
+                idempotency_keys.c.operator_id == operator_id, idempotency_keys.c.key == key
+            ),
+        )
         if row is None:
             return None
         if row.request_hash != fingerprint:

@@ -177,6 +177,19 @@ class OperatorStore:
         async with self._reading(conn) as c:
             return (await c.execute(query)).first()
 
+    async def _owned(
+        self,
+        conn: AsyncConnection | None,
+        table: sa.Table,
+        key: sa.ColumnElement[bool],
+        operator_id: str,
+    ) -> Any:
+        """The row of ``table`` that ``key`` picks if ``operator_id`` owns it (None: no
+        such row, or another operator's)."""
+        return await self._first(
+            conn, sa.select(table).where(key, table.c.operator_id == operator_id)
+        )
+
     # -- operators (an admin's actions) -----------------------------------------------
 
     async def create_operator(
@@ -408,12 +421,7 @@ class OperatorStore:
     async def get_bundle(
         self, operator_id: str, bundle_id: str, conn: AsyncConnection | None = None
     ) -> OperatorBundle:
-        row = await self._first(
-            conn,
-            sa.select(bundles).where(
-                bundles.c.bundle_id == bundle_id, bundles.c.operator_id == operator_id
-            ),
-        )
+        row = await self._owned(conn, bundles, bundles.c.bundle_id == bundle_id, operator_id)
         if row is None:
             raise BundleNotFound(f"no bundle {bundle_id!r}")
         return _bundle(row)
@@ -531,12 +539,7 @@ class OperatorStore:
             e164 = self.normalise(number)
         except InvalidSubscriberNumber:
             raise SubscriberNotFound(f"no subscriber {number!r}") from None
-        row = await self._first(
-            conn,
-            sa.select(subscribers).where(
-                subscribers.c.number == e164, subscribers.c.operator_id == operator_id
-            ),
-        )
+        row = await self._owned(conn, subscribers, subscribers.c.number == e164, operator_id)
         if row is None:
             raise SubscriberNotFound(f"no subscriber {e164}")
         return _subscriber(row)
@@ -608,12 +611,7 @@ class OperatorStore:
     async def get_event(
         self, operator_id: str, event_id: str, conn: AsyncConnection | None = None
     ) -> StoredEvent:
-        row = await self._first(
-            conn,
-            sa.select(events).where(
-                events.c.event_id == event_id, events.c.operator_id == operator_id
-            ),
-        )
+        row = await self._owned(conn, events, events.c.event_id == event_id, operator_id)
         if row is None:
             raise EventNotFound(f"no event {event_id!r}")
         return StoredEvent.from_row(row)
@@ -663,12 +661,7 @@ class OperatorStore:
                 idempotency_keys.c.created_at < self._clock() - IDEMPOTENCY_TTL,
             )
         )
-        row = await self._first(
-            conn,
-            sa.select(idempotency_keys).where(
-                idempotency_keys.c.operator_id == operator_id, idempotency_keys.c.key == key
-            ),
-        )
+        row = await self._owned(conn, idempotency_keys, idempotency_keys.c.key == key, operator_id)
         if row is None:
             return None
         if row.request_hash != fingerprint:

@@ -22,10 +22,9 @@ from voice.relay.api import (
     UnknownLegError,
 )
 from voice.relay.channel import Channel, ChannelPool
-from voice.relay.control import encode_message
 from voice.relay.pool import RelayPool
 from voice.relay.registry import Candidate
-from voice.relay.server import ChannelServer, serve_channel
+from voice.relay.server import serve_channel, sole_channel
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -154,15 +153,7 @@ class FakeBackend:
             relay = MemoryRelay()
             reader, writer = await asyncio.open_unix_connection(sock=theirs)
             self.writers.append(writer)
-
-            def send(message: dict[str, object], writer: asyncio.StreamWriter = writer) -> None:
-                if not writer.is_closing():
-                    writer.write(encode_message(message))
-
-            server = ChannelServer(relay, send)
-            relay.on_leg_failed = server.leg_failed
-            relay.on_dtmf = server.dtmf
-            server.send_ready()
+            server = sole_channel(relay, writer)
             self.servers.append(asyncio.create_task(serve_channel(reader, server, 0.05)))
             self.relays.append(relay)
             pool_reader, pool_writer = await asyncio.open_unix_connection(sock=ours)

@@ -45,6 +45,7 @@ from voice.relay.server import (
     make_relay,
     read_frame,
     serve_channel,
+    writer_send,
 )
 
 __all__ = ["HostIdInUse", "HostSettings", "RelayHost"]
@@ -223,13 +224,8 @@ class RelayHost:
             return
         self._next_channel += 1
         prefix = f"{self._next_channel}/"
-
-        def send(message: dict[str, object]) -> None:
-            if not writer.is_closing():
-                writer.write(encode_message(message))
-
         channel = ChannelServer(
-            self.relay, send, prefix=prefix, admit=self._admit, owns_relay=False
+            self.relay, writer_send(writer), prefix=prefix, admit=self._admit, owns_relay=False
         )
         self._channels[prefix] = channel
         self._writers.add(writer)

@@ -71,7 +71,9 @@ __all__ = [
     "perform",
     "read_frame",
     "serve_channel",
+    "sole_channel",
     "worker_main",
+    "writer_send",
 ]
 
 logger = logging.getLogger(__name__)
@@ -339,6 +341,26 @@ async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> di
 # -- a worker process ---------------------------------------------------------------------
 
 
+def writer_send(writer: asyncio.StreamWriter) -> Callable[[dict[str, Any]], None]:
+    """How a channel sends on `writer`: a frame a message, none once it is closing."""
+
+    def send(message: dict[str, Any]) -> None:
+        if not writer.is_closing():
+            writer.write(encode_message(message))
+
+    return send
+
+
+def sole_channel(relay: MediaRelay, writer: asyncio.StreamWriter) -> ChannelServer:
+    """The one channel on a Relay it has to itself (a worker's), sending on `writer`:
+    it hears the Relay's events and has said Ready."""
+    server = ChannelServer(relay, writer_send(writer))
+    relay.on_leg_failed = server.leg_failed
+    relay.on_dtmf = server.dtmf
+    server.send_ready()
+    return server
+
+
 def worker_main(conn: Connection, settings: WorkerSettings) -> None:
     """Entry point of a worker process."""
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when we stop.
@@ -361,15 +383,7 @@ async def _serve(sock: socket.socket, settings: WorkerSettings) -> None:
     sock.setblocking(False)
     relay = make_relay(settings)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
-
-    def send(message: dict[str, Any]) -> None:
-        if not writer.is_closing():
-            writer.write(encode_message(message))
-
-    server = ChannelServer(relay, send)
-    relay.on_leg_failed = server.leg_failed
-    relay.on_dtmf = server.dtmf
-    server.send_ready()
+    server = sole_channel(relay, writer)
     try:
         await serve_channel(reader, server, settings.stats_interval)
     finally:

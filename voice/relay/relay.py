@@ -393,20 +393,15 @@ class Relay:
 
 
 def _rtp_stats(leg: RtpLeg) -> LegStats:
-    reception = leg.reception
-    return LegStats(
-        packets_received=reception.packets_received,
-        packets_sent=leg.packets_sent,
-        packets_lost=reception.packets_lost,
-        bytes_received=reception.bytes_received,
-        bytes_sent=leg.bytes_sent,
-        jitter_ms=round(reception.jitter_ms, 3),
-        rtt_ms=None if leg.rtt is None else round(leg.rtt * 1000.0, 3),
-        packets_dropped=leg.packets_foreign,
-    )
+    # An RTP leg drops what comes from a source other than its peer's.
+    return _leg_stats(leg, dropped=leg.packets_foreign)
 
 
 def _stats(leg: Leg) -> LegStats:
+    return _leg_stats(leg, dropped=leg.packets_dropped)
+
+
+def _leg_stats(leg: Leg | RtpLeg, dropped: int) -> LegStats:
     reception = leg.reception
     return LegStats(
         packets_received=reception.packets_received,
@@ -416,7 +411,7 @@ def _stats(leg: Leg) -> LegStats:
         bytes_sent=leg.bytes_sent,
         jitter_ms=round(reception.jitter_ms, 3),
         rtt_ms=None if leg.rtt is None else round(leg.rtt * 1000.0, 3),
-        packets_dropped=leg.packets_dropped,
+        packets_dropped=dropped,
     )
 
 

@@ -80,7 +80,9 @@ def add_parser(commands: Any) -> None:
         default="",
         help="e.g. loss=5%%,jitter=30ms,delay=50ms on every device's access link, both ways",
     )
-    p.add_argument("--slo", default="", help=f"thresholds, e.g. {DEFAULT_SLOS}")
+    p.add_argument(
+        "--slo", default="", help=f"thresholds, e.g. {DEFAULT_SLOS.replace('%', '%%')}"
+    )  # argparse %-formats help
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--plots", type=Path, help="write PNG plots into this directory")
     p.add_argument(

@@ -391,13 +391,10 @@ class Leg(RtpPeer):
         self, ssrc: int, sequence_number: int, timestamp: int, size: int
     ) -> float:
         """count_received for a packet the fast path took now (counted apart as well);
-        returns its arrival time. The fast path's one call per received packet, so
-        count_received's work is done here rather than called."""
+        returns its arrival time."""
         arrival = self._loop.time()
         self.fast_path_packets += 1
-        self.decoder_bypassed_packets += 1
-        self._remote_ssrc = ssrc
-        self.reception.receive(sequence_number, timestamp, arrival, size)
+        self.count_received(ssrc, sequence_number, timestamp, arrival, size)
         return arrival
 
     def drop_fast_path(self) -> None:
